@@ -1,0 +1,106 @@
+// aa/executor.h: executors run posted work. Three are provided: the inline
+// executor (runs work in the caller), a thread pool, and a strand (work of
+// one strand never runs concurrently and runs in order).
+//
+// Work is an aa_work item, embedded by its owner so that posting allocates
+// nothing (as libuv's uv_work_t and nng's internal task). It has a work
+// function and an optional done callback that runs right after it on the
+// same thread. aa_executor_post is the convenience form that allocates the
+// item itself (from a recycler) and cannot be aborted.
+//
+// Chaining (Envoy's AsyncFileManager): work that a callback submits to the
+// strand it is running on runs next, on the same thread, before unrelated
+// work queued on the pool.
+//
+// Abort: work not yet started is dropped and neither function runs; work
+// already running finishes but its done callback does not run; a done
+// callback already running is waited for, unless the abort is called from
+// inside it.
+//
+// Lifecycle, as nng does it: close (idempotent, never blocks; new submits
+// fail with AA_ECLOSED; queued work is dropped and its done callback runs
+// with AA_ECLOSED), stop (waits until no work of the executor runs), free.
+// Callbacks must be short and must not block: they share the threads.
+#ifndef AA_EXECUTOR_H
+#define AA_EXECUTOR_H
+
+#include <stdbool.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct aa_executor aa_executor;
+
+typedef void (*aa_work_fn)(void *arg);
+// A done callback: rv is 0 after the work function ran, or AA_ECLOSED when
+// the executor closed before the work started (the work function did not
+// run).
+typedef void (*aa_done_fn)(void *arg, int rv);
+
+// An embeddable work item. Its fields are private to the library; the
+// struct is public only so that owners can embed it without allocating.
+// The executor does not touch the item once its done callback has begun,
+// so the done callback may free the memory the item lives in.
+typedef struct aa_work {
+	struct aa_work *next_;
+	struct aa_work *prev_;
+	aa_work_fn      fn_;
+	aa_done_fn      done_;
+	void           *arg_;
+	aa_executor    *ex_;
+	int             state_;
+	bool            aborted_;
+} aa_work;
+
+// aa_work_init prepares an idle work item; fn may be NULL (only done
+// runs), done may be NULL.
+void aa_work_init(aa_work *w, aa_work_fn fn, aa_done_fn done, void *arg);
+
+// aa_work_submit queues w on ex: 0, AA_EBUSY when w is already queued or
+// running, AA_ECLOSED when ex is closed (then nothing of w ever runs).
+int aa_work_submit(aa_work *w, aa_executor *ex);
+
+// aa_work_abort prevents w's done callback: 0 when it dropped w before its
+// work started or suppressed the done callback of running work; AA_EALREADY
+// when the done callback already ran or is running (it waits for it unless
+// called from inside it) or w was never submitted.
+int aa_work_abort(aa_work *w);
+
+// aa_work_wait waits until w is neither queued nor running; AA_EDEADLK when
+// called from inside w's own functions.
+int aa_work_wait(aa_work *w);
+
+// aa_executor_inline returns the executor that runs work in the caller,
+// inside aa_work_submit. It is never closed or freed.
+aa_executor *aa_executor_inline(void);
+
+// aa_pool_alloc creates a thread pool of nthreads workers (FIFO queue).
+int aa_pool_alloc(aa_executor **exp, int nthreads);
+
+// aa_strand_alloc creates a strand that runs its work, one item at a time
+// and in order, on target (a pool or the inline executor).
+int aa_strand_alloc(aa_executor **exp, aa_executor *target);
+
+// aa_executor_post runs fn(arg) on ex; 0 or AA_ECLOSED / AA_ENOMEM.
+int aa_executor_post(aa_executor *ex, aa_work_fn fn, void *arg);
+
+// aa_executor_close stops ex accepting work and drops what is queued.
+void aa_executor_close(aa_executor *ex);
+
+// aa_executor_stop closes ex and waits until none of its work runs:
+// 0, or AA_EDEADLK when called from a thread running ex's work.
+int aa_executor_stop(aa_executor *ex);
+
+// aa_executor_free closes, stops and frees ex. Called from inside ex's own
+// work, the free is deferred until that work has returned.
+void aa_executor_free(aa_executor *ex);
+
+// aa_executor_in_thread says whether the calling thread is running work of
+// ex right now (for a strand: work of that strand).
+bool aa_executor_in_thread(aa_executor *ex);
+
+#ifdef __cplusplus
+}
+#endif
+#endif // AA_EXECUTOR_H

@@ -1,0 +1,47 @@
+// aai.h: the private umbrella header shared by aaproxy's sources. Internal
+// functions shared between files are named aai_; nothing here is public.
+#ifndef AA_AAI_H
+#define AA_AAI_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <aa/aa.h>
+
+// Counted heap allocation: every malloc of the library goes through here,
+// so that aa_heap_allocs() can prove steady state allocates nothing.
+void *aai_alloc(size_t size);
+void *aai_zalloc(size_t size);
+void  aai_free(void *p);
+char *aai_strdup(const char *s);
+
+// Live-object counters behind aa_live().
+void aai_live_inc(aa_live_kind kind);
+void aai_live_dec(aa_live_kind kind);
+
+// Thin pthread wrappers that abort on the errors that mean a bug.
+void aai_mtx_init(pthread_mutex_t *m);
+void aai_mtx_fini(pthread_mutex_t *m);
+void aai_mtx_lock(pthread_mutex_t *m);
+void aai_mtx_unlock(pthread_mutex_t *m);
+void aai_cv_init(pthread_cond_t *cv);
+void aai_cv_fini(pthread_cond_t *cv);
+void aai_cv_wait(pthread_cond_t *cv, pthread_mutex_t *m);
+void aai_cv_broadcast(pthread_cond_t *cv);
+void aai_cv_signal(pthread_cond_t *cv);
+
+// aai_panic reports a broken invariant and aborts.
+_Noreturn void aai_panic(const char *fmt, ...);
+
+#define AAI_ASSERT(x)                                                       \
+	do {                                                                \
+		if (!(x)) {                                                 \
+			aai_panic("%s:%d: assertion failed: %s", __FILE__,  \
+			    __LINE__, #x);                                  \
+		}                                                           \
+	} while (0)
+
+#endif // AA_AAI_H

@@ -1,0 +1,41 @@
+// testutil.h: helpers shared by the Criterion suites: gates to force
+// interleavings without sleeps, threads, and the live-object check that
+// every suite's .fini runs.
+#ifndef AA_TESTUTIL_H
+#define AA_TESTUTIL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include <criterion/criterion.h>
+
+#include <aa/aa.h>
+
+// A gate: a one-shot event. gate_open wakes every gate_wait, then and
+// later. Used in pairs ("reached" / "release") to hold a thread at a point.
+typedef struct gate {
+	pthread_mutex_t mtx;
+	pthread_cond_t  cv;
+	bool            open;
+} gate;
+
+void gate_init(gate *g);
+void gate_fini(gate *g);
+void gate_open(gate *g);
+void gate_wait(gate *g);
+bool gate_is_open(gate *g);
+
+// A thread running fn(arg), joined by thr_join.
+typedef struct thr {
+	pthread_t t;
+} thr;
+
+void thr_start(thr *t, void *(*fn)(void *), void *arg);
+void thr_join(thr *t);
+
+// aa_test_check_live aborts (failing the binary under CTest) when any
+// library object is still alive: every suite's .fini calls it.
+void aa_test_check_live(void);
+
+#endif // AA_TESTUTIL_H
