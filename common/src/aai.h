@@ -33,6 +33,19 @@ void aai_cv_wait(pthread_cond_t *cv, pthread_mutex_t *m);
 void aai_cv_broadcast(pthread_cond_t *cv);
 void aai_cv_signal(pthread_cond_t *cv);
 
+// Checkpoints (aa/checkpoint.h): AAI_CHECKPOINT costs a relaxed load and a
+// predictable branch when no checkpoint function is installed.
+extern _Atomic(aa_checkpoint_fn) aai_checkpoint_fn;
+void aai_checkpoint_call(const char *name, void *subject);
+#define AAI_CHECKPOINT(name, subject)                                       \
+	do {                                                                \
+		if (__builtin_expect(atomic_load_explicit(&aai_checkpoint_fn, \
+		                         memory_order_relaxed) != NULL,     \
+		        0)) {                                               \
+			aai_checkpoint_call(name, subject);                 \
+		}                                                           \
+	} while (0)
+
 // aai_panic reports a broken invariant and aborts.
 _Noreturn void aai_panic(const char *fmt, ...);
 

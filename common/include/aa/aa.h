@@ -4,6 +4,7 @@
 
 #include <aa/alloc.h>
 #include <aa/cancel.h>
+#include <aa/checkpoint.h>
 #include <aa/errors.h>
 #include <aa/executor.h>
 #include <aa/op.h>

@@ -1,0 +1,732 @@
+// op.c: the operation object (docs/op.md is the contract).
+//
+// Design notes.
+//
+// State. `state` is STARTED, then exactly one of COMPLETED, CANCELED,
+// ERROR. Every transition out of STARTED happens in one locked step (the
+// single place that decides complete vs cancel vs fail): whoever takes the
+// op's mutex first while the state is STARTED wins; everyone after that
+// sees a final state and is absorbed (AA_EALREADY). The state is also kept
+// in an atomic so that aa_op_status reads it without the lock; results are
+// written before the state is published (release) and never change after.
+//
+// Delivery of the completion handler. `dstate` says where the handler is:
+//   NONE      the op is STARTED;
+//   WAITING   final, but no handler set yet: aa_op_set_handler delivers;
+//   RUNNING   one thread (`dthread`) is delivering it (waiting for a
+//             running progress callback to return, then running it);
+//   POSTED    queued on the associated executor;
+//   DONE      it has returned.
+// The thread that moves dstate to RUNNING (the finisher, or the setter when
+// the op was already final) runs the handler after dropping the lock, so the
+// handler runs exactly once and never under a lock. Delivery holds a
+// reference, so a handler may drop the last user reference.
+//
+// Waiting. A cancel on a final op waits while the handler or a progress
+// callback runs on another thread, so that after cancel returns no callback
+// of the op is running (Envoy's abort rule). It does not wait when the
+// calling thread is itself inside one of the op's callbacks (cancel from
+// inside the handler or a progress callback), which is what makes those
+// calls safe instead of deadlocks. Before running the handler, delivery
+// waits for a progress callback running on another thread: the completion
+// handler is always the last callback and never overlaps a progress one.
+// The settle handler is the exception: it reports what the provider really
+// did, which may become known long after cancel returned.
+//
+// Cancel policies. Immediate: the cancel itself makes the op CANCELED (the
+// locked step above), calls the provider's cancel function once (outside
+// the lock) and delivers the handler inline. The provider's later finish is
+// absorbed and becomes the settlement. Cooperative: the cancel function is
+// called once, outside the lock, and the op stays STARTED until the
+// provider finishes it.
+//
+// Cancellation slot. An op made with a slot connects to it (holding a
+// reference) until it is final. The slot handler cancels without waiting,
+// because the emitting parent may itself be running inside a callback. The
+// thread that makes the op final disconnects the slot before delivering the
+// handler; disconnect waits for an emit running on another thread, and that
+// emit cannot wait for this thread (it does not wait), so no deadlock.
+//
+// Locks: one mutex per op; no user or provider function runs under it.
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aai.h"
+
+enum delivery {
+	D_NONE,
+	D_WAITING,
+	D_RUNNING,
+	D_POSTED,
+	D_DONE,
+};
+
+struct aa_op {
+	pthread_mutex_t mtx;
+	pthread_cond_t cv;
+	atomic_uint refs;
+	atomic_int state;  // aa_state, written under mtx
+	atomic_int detail; // what the provider's cancel fn returned
+	uint64_t id;
+
+	// Provider.
+	aa_op_cancel_fn cancel_fn;
+	void *prov_arg;
+	aa_cancel_policy policy;
+	unsigned cancel_types;
+	bool cancel_called;
+	bool slot_connected;
+	aa_assoc assoc;
+	size_t size; // bytes taken from the allocator
+
+	// Completion handler.
+	aa_op_cb cb;
+	void *cb_arg;
+	bool cb_set;
+	enum delivery dstate;
+	pthread_t dthread;
+	aa_work work; // posts the handler to the associated executor
+
+	// Progress handler.
+	aa_op_progress_cb pcb;
+	void *pcb_arg;
+	bool progress_running;
+	pthread_t pthread;
+
+	// Settlement and its handler.
+	aa_settlement settle;
+	aa_op_cb scb;
+	void *scb_arg;
+	bool scb_set;
+	bool scb_done;
+
+	// Result.
+	void *result;
+	size_t result_len;
+	aa_free_fn release;
+	int err;
+	char *errmsg;
+
+	max_align_t extra[];
+};
+
+static atomic_uint_fast64_t next_op_id = 1;
+
+static void deliver(aa_op *op);
+static void maybe_settle(aa_op *op);
+static void slot_handler(void *arg, aa_cancel_type type);
+
+static bool
+is_self(pthread_t t)
+{
+	return pthread_equal(t, pthread_self()) != 0;
+}
+
+static aa_state
+load_state(const aa_op *op)
+{
+	return (aa_state)atomic_load_explicit(&((aa_op *)op)->state,
+	                                      memory_order_acquire);
+}
+
+int
+aa_op_alloc(aa_op **opp, const aa_op_provider *prov, const aa_assoc *assoc)
+{
+	const aa_allocator *a;
+	aa_op *op;
+	size_t size;
+
+	if (opp == NULL || prov == NULL ||
+	    (prov->cancel_types & ~(unsigned)AA_CANCEL_ALL) != 0) {
+		return AA_EINVAL;
+	}
+	a = (assoc != NULL && assoc->allocator != NULL)
+	        ? assoc->allocator
+	        : aa_allocator_default();
+	size = offsetof(aa_op, extra) + prov->extra;
+	if ((op = a->alloc(a->ctx, size)) == NULL) {
+		return AA_ENOMEM;
+	}
+	memset(op, 0, size);
+	aai_mtx_init(&op->mtx);
+	aai_cv_init(&op->cv);
+	atomic_init(&op->refs, 1);
+	atomic_init(&op->state, AA_STARTED);
+	atomic_init(&op->detail, -1);
+	op->id = atomic_fetch_add(&next_op_id, 1);
+	op->cancel_fn = prov->cancel;
+	op->prov_arg = prov->arg;
+	op->policy = prov->policy;
+	op->cancel_types = prov->cancel_types;
+	op->size = size;
+	op->dstate = D_NONE;
+	op->settle = AA_SETTLE_PENDING;
+	if (assoc != NULL) {
+		op->assoc = *assoc;
+	}
+	op->assoc.allocator = a;
+	aai_live_inc(AA_LIVE_OP);
+
+	if (op->assoc.slot != NULL) {
+		// The slot holds a reference until the op is final.
+		atomic_fetch_add(&op->refs, 1);
+		int rv =
+		    aa_cancel_slot_connect(op->assoc.slot, slot_handler, op);
+		if (rv != 0) {
+			atomic_fetch_sub(&op->refs, 1);
+			op->assoc.slot = NULL;
+			aa_op_unref(op);
+			return rv;
+		}
+		op->slot_connected = true;
+	}
+	*opp = op;
+	return 0;
+}
+
+void *
+aa_op_extra(aa_op *op)
+{
+	return op->extra;
+}
+
+void
+aa_op_ref(aa_op *op)
+{
+	atomic_fetch_add_explicit(&op->refs, 1, memory_order_relaxed);
+}
+
+static void
+op_free(aa_op *op)
+{
+	const aa_allocator *a = op->assoc.allocator;
+	AAI_ASSERT(!op->slot_connected);
+	if (op->release != NULL && op->result != NULL) {
+		op->release(op->result);
+	}
+	aai_free(op->errmsg);
+	aai_cv_fini(&op->cv);
+	aai_mtx_fini(&op->mtx);
+	a->free(a->ctx, op, op->size);
+	aai_live_dec(AA_LIVE_OP);
+}
+
+void
+aa_op_unref(aa_op *op)
+{
+	if (op == NULL) {
+		return;
+	}
+	if (atomic_fetch_sub_explicit(&op->refs, 1, memory_order_acq_rel) ==
+	    1) {
+		op_free(op);
+	}
+}
+
+aa_state
+aa_op_status(const aa_op *op)
+{
+	return load_state(op);
+}
+
+const aa_assoc *
+aa_op_assoc(const aa_op *op)
+{
+	return &op->assoc;
+}
+
+uint64_t
+aa_op_id(const aa_op *op)
+{
+	return op->id;
+}
+
+int
+aa_op_cancel_detail(const aa_op *op)
+{
+	return atomic_load(&((aa_op *)op)->detail);
+}
+
+aa_settlement
+aa_op_settlement(const aa_op *op)
+{
+	aa_op *m = (aa_op *)op;
+	aai_mtx_lock(&m->mtx);
+	aa_settlement s = m->settle;
+	aai_mtx_unlock(&m->mtx);
+	return s;
+}
+
+int
+aa_op_result(const aa_op *op, const void **data, size_t *len)
+{
+	switch (load_state(op)) {
+	case AA_STARTED:
+		return AA_ESTATE;
+	case AA_CANCELED:
+		return AA_ECANCELED;
+	case AA_ERROR:
+		return op->err;
+	case AA_COMPLETED:
+		break;
+	}
+	if (data != NULL) {
+		*data = op->result;
+	}
+	if (len != NULL) {
+		*len = op->result_len;
+	}
+	return 0;
+}
+
+int
+aa_op_error(const aa_op *op)
+{
+	switch (load_state(op)) {
+	case AA_CANCELED:
+		return AA_ECANCELED;
+	case AA_ERROR:
+		return op->err;
+	default:
+		return 0;
+	}
+}
+
+const char *
+aa_op_error_msg(const aa_op *op)
+{
+	if (load_state(op) == AA_ERROR && op->errmsg != NULL) {
+		return op->errmsg;
+	}
+	return "";
+}
+
+// ---- Delivery ----
+
+// mark_delivery decides, as part of the final transition or of setting the
+// handler, who delivers the handler. Expects the op's lock; returns true
+// when the caller must call deliver() after dropping the lock.
+static bool
+mark_delivery(aa_op *op)
+{
+	if (!op->cb_set) {
+		op->dstate = D_WAITING;
+		return false;
+	}
+	op->dstate = D_RUNNING;
+	op->dthread = pthread_self();
+	return true;
+}
+
+// run_handler runs the completion handler on the calling thread and marks
+// it done. The caller holds a reference for the duration.
+static void
+run_handler(aa_op *op)
+{
+	aai_mtx_lock(&op->mtx);
+	op->dstate = D_RUNNING;
+	op->dthread = pthread_self();
+	aai_mtx_unlock(&op->mtx);
+
+	op->cb(op, op->cb_arg);
+
+	aai_mtx_lock(&op->mtx);
+	op->dstate = D_DONE;
+	aai_cv_broadcast(&op->cv);
+	aai_mtx_unlock(&op->mtx);
+	maybe_settle(op);
+}
+
+static void
+posted_work(void *arg)
+{
+	run_handler(arg);
+}
+
+static void
+posted_done(void *arg, int rv)
+{
+	aa_op *op = arg;
+	if (rv != 0) {
+		// The executor closed before running it: the handler must
+		// still run exactly once, so it runs here.
+		run_handler(op);
+	}
+	aa_op_unref(op);
+}
+
+// deliver runs (or posts) the handler. Called by the thread that set
+// dstate to RUNNING, without the lock.
+static void
+deliver(aa_op *op)
+{
+	aa_executor *ex = op->assoc.executor;
+
+	aai_mtx_lock(&op->mtx);
+	while (op->progress_running && !is_self(op->pthread)) {
+		AAI_CHECKPOINT("op.deliver_wait", op);
+		aai_cv_wait(&op->cv, &op->mtx);
+	}
+	aai_mtx_unlock(&op->mtx);
+
+	aa_op_ref(op);
+	if (ex != NULL && ex != aa_executor_inline()) {
+		aa_work_init(&op->work, posted_work, posted_done, op);
+		aai_mtx_lock(&op->mtx);
+		op->dstate = D_POSTED;
+		aai_mtx_unlock(&op->mtx);
+		if (aa_work_submit(&op->work, ex) == 0) {
+			return; // posted_done drops the reference
+		}
+		// A closed executor: run the handler here instead.
+	}
+	run_handler(op);
+	aa_op_unref(op);
+}
+
+// maybe_settle runs the settle handler once the op is final, its
+// settlement known and its completion handler not in progress.
+static void
+maybe_settle(aa_op *op)
+{
+	aai_mtx_lock(&op->mtx);
+	if (!op->scb_set || op->scb_done || op->settle == AA_SETTLE_PENDING ||
+	    op->dstate == D_NONE || op->dstate == D_RUNNING ||
+	    op->dstate == D_POSTED) {
+		aai_mtx_unlock(&op->mtx);
+		return;
+	}
+	op->scb_done = true;
+	aai_mtx_unlock(&op->mtx);
+	aa_op_ref(op);
+	op->scb(op, op->scb_arg);
+	aa_op_unref(op);
+}
+
+// after_final runs on the thread that made the op final, without the lock:
+// disconnect the parent's slot, then deliver the handler.
+static void
+after_final(aa_op *op, bool must_deliver)
+{
+	bool disconnect;
+	aai_mtx_lock(&op->mtx);
+	disconnect = op->slot_connected;
+	op->slot_connected = false;
+	aai_mtx_unlock(&op->mtx);
+	if (disconnect) {
+		aa_cancel_slot_disconnect(op->assoc.slot, slot_handler, op);
+		aa_op_unref(op); // the slot's reference; the caller holds one
+	}
+	if (must_deliver) {
+		deliver(op);
+	}
+	maybe_settle(op);
+}
+
+int
+aa_op_set_handler(aa_op *op, aa_op_cb cb, void *arg)
+{
+	bool run;
+	if (cb == NULL) {
+		return AA_EINVAL;
+	}
+	aai_mtx_lock(&op->mtx);
+	if (op->cb_set) {
+		aai_mtx_unlock(&op->mtx);
+		return AA_EBUSY;
+	}
+	op->cb = cb;
+	op->cb_arg = arg;
+	op->cb_set = true;
+	run = op->dstate == D_WAITING && mark_delivery(op);
+	aai_mtx_unlock(&op->mtx);
+	if (run) {
+		deliver(op);
+	}
+	return 0;
+}
+
+int
+aa_op_set_progress_handler(aa_op *op, aa_op_progress_cb cb, void *arg)
+{
+	if (cb == NULL) {
+		return AA_EINVAL;
+	}
+	aai_mtx_lock(&op->mtx);
+	if (op->pcb != NULL) {
+		aai_mtx_unlock(&op->mtx);
+		return AA_EBUSY;
+	}
+	op->pcb = cb;
+	op->pcb_arg = arg;
+	aai_mtx_unlock(&op->mtx);
+	return 0;
+}
+
+int
+aa_op_set_settle_handler(aa_op *op, aa_op_cb cb, void *arg)
+{
+	if (cb == NULL) {
+		return AA_EINVAL;
+	}
+	aai_mtx_lock(&op->mtx);
+	if (op->scb_set) {
+		aai_mtx_unlock(&op->mtx);
+		return AA_EBUSY;
+	}
+	op->scb = cb;
+	op->scb_arg = arg;
+	op->scb_set = true;
+	aai_mtx_unlock(&op->mtx);
+	maybe_settle(op);
+	return 0;
+}
+
+// ---- Cancel ----
+
+// wait_callbacks waits until neither the handler nor a progress callback
+// runs on another thread, unless this thread is inside one of them.
+// Expects the op's lock.
+static void
+wait_callbacks(aa_op *op)
+{
+	if ((op->progress_running && is_self(op->pthread)) ||
+	    (op->dstate == D_RUNNING && is_self(op->dthread))) {
+		return;
+	}
+	while ((op->dstate == D_RUNNING && !is_self(op->dthread)) ||
+	       (op->progress_running && !is_self(op->pthread))) {
+		// Checkpoint under the op's lock: it may record or open a
+		// gate, never call into the op.
+		AAI_CHECKPOINT("op.cancel_wait", op);
+		aai_cv_wait(&op->cv, &op->mtx);
+	}
+}
+
+static int
+cancel(aa_op *op, aa_cancel_type type, bool may_wait)
+{
+	bool call_fn;
+	bool run;
+
+	if (type == AA_CANCEL_NONE ||
+	    ((unsigned)type & ~(unsigned)AA_CANCEL_ALL) != 0) {
+		return AA_EINVAL;
+	}
+	aai_mtx_lock(&op->mtx);
+	if (load_state(op) != AA_STARTED) {
+		if (may_wait) {
+			wait_callbacks(op);
+		}
+		aai_mtx_unlock(&op->mtx);
+		return AA_EALREADY;
+	}
+	if (!aa_cancel_supports(op->cancel_types, type) ||
+	    (op->policy == AA_POLICY_COOPERATIVE && op->cancel_fn == NULL)) {
+		aai_mtx_unlock(&op->mtx);
+		return AA_ENOTSUP;
+	}
+	call_fn = !op->cancel_called && op->cancel_fn != NULL;
+	op->cancel_called = true;
+	if (op->policy == AA_POLICY_COOPERATIVE) {
+		// The provider decides; a repeated request is not passed on.
+		aai_mtx_unlock(&op->mtx);
+		if (call_fn) {
+			atomic_store(&op->detail,
+			             op->cancel_fn(op, type, op->prov_arg));
+		}
+		return 0;
+	}
+	// Immediate: this locked step is the one that decides the race with
+	// complete / fail / canceled.
+	atomic_store_explicit(&op->state, AA_CANCELED, memory_order_release);
+	run = mark_delivery(op);
+	aai_mtx_unlock(&op->mtx);
+
+	// The caller's reference keeps op alive; hold one more in case the
+	// handler drops it.
+	aa_op_ref(op);
+	if (call_fn) {
+		atomic_store(&op->detail,
+		             op->cancel_fn(op, type, op->prov_arg));
+	}
+	after_final(op, run);
+	aa_op_unref(op);
+	return 0;
+}
+
+int
+aa_op_cancel(aa_op *op, aa_cancel_type type)
+{
+	return cancel(op, type, true);
+}
+
+static void
+slot_handler(void *arg, aa_cancel_type type)
+{
+	(void)cancel(arg, type, false);
+}
+
+// ---- Provider side ----
+
+static aa_settlement
+settlement_of(aa_state s)
+{
+	switch (s) {
+	case AA_COMPLETED:
+		return AA_SETTLE_COMPLETED;
+	case AA_CANCELED:
+		return AA_SETTLE_CANCELED;
+	default:
+		return AA_SETTLE_FAILED;
+	}
+}
+
+// finish is the provider's side of the one transition out of STARTED.
+// Takes ownership of data (released when absorbed) and of msg.
+static int
+finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
+       int err, char *msg)
+{
+	bool run;
+
+	aai_mtx_lock(&op->mtx);
+	if (load_state(op) != AA_STARTED) {
+		// Absorbed. The first finish after an immediate cancel is what
+		// the provider really did: the settlement.
+		bool settled = false;
+		if (op->settle == AA_SETTLE_PENDING) {
+			op->settle = settlement_of(to);
+			settled = true;
+		}
+		aai_mtx_unlock(&op->mtx);
+		if (release != NULL && data != NULL) {
+			release(data);
+		}
+		aai_free(msg);
+		if (settled) {
+			maybe_settle(op);
+		}
+		return AA_EALREADY;
+	}
+	op->result = data;
+	op->result_len = len;
+	op->release = release;
+	op->err = err;
+	op->errmsg = msg;
+	if (op->settle == AA_SETTLE_PENDING) {
+		op->settle = settlement_of(to);
+	}
+	// This locked step decides the race with cancel.
+	atomic_store_explicit(&op->state, to, memory_order_release);
+	run = mark_delivery(op);
+	aai_mtx_unlock(&op->mtx);
+
+	aa_op_ref(op);
+	after_final(op, run);
+	aa_op_unref(op);
+	return 0;
+}
+
+int
+aa_op_complete(aa_op *op, void *data, size_t len, aa_free_fn release)
+{
+	return finish(op, AA_COMPLETED, data, len, release, 0, NULL);
+}
+
+int
+aa_op_fail(aa_op *op, int err, const char *msg)
+{
+	char *copy = NULL;
+	if (err <= 0) {
+		return AA_EINVAL;
+	}
+	if (msg != NULL && msg[0] != '\0') {
+		copy =
+		    aai_strdup(msg); // NULL on ENOMEM: the code still counts
+	}
+	return finish(op, AA_ERROR, NULL, 0, NULL, err, copy);
+}
+
+int
+aa_op_canceled(aa_op *op)
+{
+	return finish(op, AA_CANCELED, NULL, 0, NULL, 0, NULL);
+}
+
+int
+aa_op_settle(aa_op *op, aa_settlement s)
+{
+	if (s == AA_SETTLE_PENDING || (unsigned)s > AA_SETTLE_UNKNOWN) {
+		return AA_EINVAL;
+	}
+	aai_mtx_lock(&op->mtx);
+	if (op->settle != AA_SETTLE_PENDING) {
+		aai_mtx_unlock(&op->mtx);
+		return AA_EALREADY;
+	}
+	op->settle = s;
+	aai_mtx_unlock(&op->mtx);
+	maybe_settle(op);
+	return 0;
+}
+
+int
+aa_op_progress(aa_op *op, const void *data, size_t len)
+{
+	aai_mtx_lock(&op->mtx);
+	// Progress callbacks of one op are serialised.
+	while (op->progress_running && !is_self(op->pthread)) {
+		aai_cv_wait(&op->cv, &op->mtx);
+	}
+	if (load_state(op) != AA_STARTED) {
+		aai_mtx_unlock(&op->mtx);
+		return AA_EALREADY;
+	}
+	if (op->pcb == NULL || op->progress_running) {
+		aai_mtx_unlock(&op->mtx);
+		return 0;
+	}
+	op->progress_running = true;
+	op->pthread = pthread_self();
+	aai_mtx_unlock(&op->mtx);
+
+	aa_op_ref(op);
+	op->pcb(op, op->pcb_arg, data, len);
+
+	aai_mtx_lock(&op->mtx);
+	op->progress_running = false;
+	aai_cv_broadcast(&op->cv);
+	aai_mtx_unlock(&op->mtx);
+	aa_op_unref(op);
+	return 0;
+}
+
+const char *
+aa_op_state_name(aa_state s)
+{
+	switch (s) {
+	case AA_STARTED:
+		return "started";
+	case AA_COMPLETED:
+		return "completed";
+	case AA_CANCELED:
+		return "canceled";
+	case AA_ERROR:
+		return "error";
+	}
+	return "?";
+}
+
+const char *
+aa_settlement_name(aa_settlement s)
+{
+	static const char *const names[] = {"pending",  "never_started",
+	                                    "canceled", "completed",
+	                                    "failed",   "unknown"};
+	if ((unsigned)s < sizeof(names) / sizeof(names[0])) {
+		return names[s];
+	}
+	return "?";
+}

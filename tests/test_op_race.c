@@ -1,0 +1,631 @@
+// aa-test-labels: concurrent
+// test_op_race.c: every pair of racing events on an aa_op, forced into
+// each order with gates and the library's checkpoints (never sleeps), and a
+// stress run of cancel racing complete on two threads.
+#include <sched.h>
+#include <string.h>
+
+#include "testutil.h"
+
+// ---- A scripted provider and handler ----
+
+typedef struct script {
+	gate in_cancel_fn;   // opened when the provider's cancel fn runs
+	gate release_cancel; // the cancel fn returns once this opens
+	bool hold_cancel;
+	gate in_handler; // opened when the handler starts
+	gate release_handler;
+	bool hold_handler;
+	gate cancel_waiting;  // opened at checkpoint "op.cancel_wait"
+	gate deliver_waiting; // opened at checkpoint "op.deliver_wait"
+	gate in_progress;
+	gate release_progress;
+	atomic_int handler_calls;
+	atomic_int handler_returned;
+	atomic_int progress_returned;
+	atomic_int handler_saw_progress_returned;
+	aa_state handler_state;
+	pthread_t handler_thread;
+	atomic_int cancel_fn_calls;
+} script;
+
+static script *cur; // the checkpoint function's view of the test
+
+static void
+script_init(script *s)
+{
+	memset(s, 0, sizeof(*s));
+	gate_init(&s->in_cancel_fn);
+	gate_init(&s->release_cancel);
+	gate_init(&s->in_handler);
+	gate_init(&s->release_handler);
+	gate_init(&s->cancel_waiting);
+	gate_init(&s->deliver_waiting);
+	gate_init(&s->in_progress);
+	gate_init(&s->release_progress);
+	cur = s;
+}
+
+static void
+on_checkpoint(void *arg, const char *name, void *subject)
+{
+	script *s = arg;
+	(void)subject;
+	if (strcmp(name, "op.cancel_wait") == 0) {
+		gate_open(&s->cancel_waiting);
+	} else if (strcmp(name, "op.deliver_wait") == 0) {
+		gate_open(&s->deliver_waiting);
+	}
+}
+
+static void
+suite_init(void)
+{
+	static script s;
+	script_init(&s);
+	aa_checkpoint_set(on_checkpoint, &s);
+}
+
+static void
+suite_fini(void)
+{
+	aa_checkpoint_set(NULL, NULL);
+	aa_test_check_live();
+}
+
+TestSuite(op_race, .init = suite_init, .fini = suite_fini, .timeout = 60);
+
+static int
+scripted_cancel(aa_op *op, aa_cancel_type type, void *arg)
+{
+	script *s = arg;
+	(void)op;
+	(void)type;
+	atomic_fetch_add(&s->cancel_fn_calls, 1);
+	gate_open(&s->in_cancel_fn);
+	if (s->hold_cancel) {
+		gate_wait(&s->release_cancel);
+	}
+	return 7;
+}
+
+static void
+scripted_handler(aa_op *op, void *arg)
+{
+	script *s = arg;
+	atomic_fetch_add(&s->handler_calls, 1);
+	s->handler_state = aa_op_status(op);
+	s->handler_thread = pthread_self();
+	atomic_store(&s->handler_saw_progress_returned,
+	             atomic_load(&s->progress_returned));
+	gate_open(&s->in_handler);
+	if (s->hold_handler) {
+		gate_wait(&s->release_handler);
+	}
+	atomic_store(&s->handler_returned, 1);
+}
+
+static void
+scripted_progress(aa_op *op, void *arg, const void *data, size_t len)
+{
+	script *s = arg;
+	(void)op;
+	(void)data;
+	(void)len;
+	gate_open(&s->in_progress);
+	gate_wait(&s->release_progress);
+	atomic_store(&s->progress_returned, 1);
+}
+
+static aa_op *
+scripted_op(script *s, aa_cancel_policy policy, const aa_assoc *assoc)
+{
+	aa_op_provider pv = {.cancel = scripted_cancel,
+	                     .arg = s,
+	                     .policy = policy,
+	                     .cancel_types = AA_CANCEL_ALL};
+	aa_op *op;
+	cr_assert_eq(aa_op_alloc(&op, &pv, assoc), 0);
+	return op;
+}
+
+// ---- Threads that run one call and record what it returned ----
+
+typedef enum action {
+	ACT_CANCEL,
+	ACT_COMPLETE,
+	ACT_FAIL,
+	ACT_SET_HANDLER,
+	ACT_PROGRESS,
+	ACT_UNREF,
+} action;
+
+typedef struct call {
+	thr t;
+	aa_op *op;
+	action act;
+	script *s;
+	int rv;
+	int handler_returned_at_return; // seen when the call returned
+	int handler_calls_at_return;
+	pthread_t self;
+} call;
+
+static void *
+call_main(void *arg)
+{
+	call *c = arg;
+	c->self = pthread_self();
+	switch (c->act) {
+	case ACT_CANCEL:
+		c->rv = aa_op_cancel(c->op, AA_CANCEL_TERMINAL);
+		break;
+	case ACT_COMPLETE:
+		c->rv = aa_op_complete(c->op, NULL, 0, NULL);
+		break;
+	case ACT_FAIL:
+		c->rv = aa_op_fail(c->op, AA_EAPP, "failed");
+		break;
+	case ACT_SET_HANDLER:
+		c->rv = aa_op_set_handler(c->op, scripted_handler, c->s);
+		break;
+	case ACT_PROGRESS:
+		c->rv = aa_op_progress(c->op, "p", 1);
+		break;
+	case ACT_UNREF:
+		aa_op_unref(c->op);
+		c->rv = 0;
+		break;
+	}
+	c->handler_returned_at_return = atomic_load(&c->s->handler_returned);
+	c->handler_calls_at_return = atomic_load(&c->s->handler_calls);
+	return NULL;
+}
+
+static void
+call_start(call *c, aa_op *op, action act, script *s)
+{
+	c->op = op;
+	c->act = act;
+	c->s = s;
+	thr_start(&c->t, call_main, c);
+}
+
+// ---- cancel vs complete ----
+
+Test(op_race, complete_wins_and_cancel_waits_for_its_running_handler)
+{
+	script *s = cur;
+	s->hold_handler = true;
+	aa_op *op = scripted_op(s, AA_POLICY_IMMEDIATE, NULL);
+	cr_assert_eq(aa_op_set_handler(op, scripted_handler, s), 0);
+	call fin, can;
+	call_start(&fin, op, ACT_COMPLETE, s);
+	gate_wait(&s->in_handler); // the handler runs on the finisher
+	call_start(&can, op, ACT_CANCEL, s);
+	gate_wait(&s->cancel_waiting); // cancel is blocked on the handler
+	cr_assert_eq(atomic_load(&s->handler_returned), 0);
+	gate_open(&s->release_handler);
+	thr_join(&can.t);
+	thr_join(&fin.t);
+	cr_assert_eq(fin.rv, 0);
+	cr_assert_eq(can.rv, AA_EALREADY);
+	cr_assert_eq(can.handler_returned_at_return, 1,
+	             "cancel returned while the handler still ran");
+	cr_assert_eq(atomic_load(&s->handler_calls), 1);
+	cr_assert_eq(s->handler_state, AA_COMPLETED);
+	cr_assert_eq(atomic_load(&s->cancel_fn_calls), 0);
+	aa_op_unref(op);
+}
+
+Test(op_race, cancel_wins_and_complete_is_absorbed)
+{
+	script *s = cur;
+	s->hold_cancel = true;
+	aa_op *op = scripted_op(s, AA_POLICY_IMMEDIATE, NULL);
+	cr_assert_eq(aa_op_set_handler(op, scripted_handler, s), 0);
+	call can, fin;
+	call_start(&can, op, ACT_CANCEL, s);
+	gate_wait(&s->in_cancel_fn); // state is CANCELED, handler pending
+	cr_assert_eq(aa_op_status(op), AA_CANCELED);
+	call_start(&fin, op, ACT_COMPLETE, s);
+	thr_join(&fin.t);
+	cr_assert_eq(fin.rv, AA_EALREADY);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_COMPLETED);
+	gate_open(&s->release_cancel);
+	thr_join(&can.t);
+	cr_assert_eq(can.rv, 0);
+	cr_assert_eq(can.handler_calls_at_return, 1, "handler inline");
+	cr_assert(pthread_equal(s->handler_thread, can.self));
+	cr_assert_eq(s->handler_state, AA_CANCELED);
+	cr_assert_eq(aa_op_cancel_detail(op), 7);
+	aa_op_unref(op);
+}
+
+// ---- cancel vs fail ----
+
+Test(op_race, cancel_wins_over_fail)
+{
+	script *s = cur;
+	s->hold_cancel = true;
+	aa_op *op = scripted_op(s, AA_POLICY_IMMEDIATE, NULL);
+	cr_assert_eq(aa_op_set_handler(op, scripted_handler, s), 0);
+	call can, fin;
+	call_start(&can, op, ACT_CANCEL, s);
+	gate_wait(&s->in_cancel_fn);
+	call_start(&fin, op, ACT_FAIL, s);
+	thr_join(&fin.t);
+	cr_assert_eq(fin.rv, AA_EALREADY);
+	gate_open(&s->release_cancel);
+	thr_join(&can.t);
+	cr_assert_eq(can.rv, 0);
+	cr_assert_eq(atomic_load(&s->handler_calls), 1);
+	cr_assert_eq(s->handler_state, AA_CANCELED);
+	cr_assert_eq(aa_op_error(op), AA_ECANCELED);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_FAILED);
+	aa_op_unref(op);
+}
+
+Test(op_race, fail_wins_and_cancel_waits)
+{
+	script *s = cur;
+	s->hold_handler = true;
+	aa_op *op = scripted_op(s, AA_POLICY_IMMEDIATE, NULL);
+	cr_assert_eq(aa_op_set_handler(op, scripted_handler, s), 0);
+	call fin, can;
+	call_start(&fin, op, ACT_FAIL, s);
+	gate_wait(&s->in_handler);
+	call_start(&can, op, ACT_CANCEL, s);
+	gate_wait(&s->cancel_waiting);
+	gate_open(&s->release_handler);
+	thr_join(&can.t);
+	thr_join(&fin.t);
+	cr_assert_eq(can.rv, AA_EALREADY);
+	cr_assert_eq(can.handler_returned_at_return, 1);
+	cr_assert_eq(s->handler_state, AA_ERROR);
+	cr_assert_eq(aa_op_error(op), AA_EAPP);
+	aa_op_unref(op);
+}
+
+// ---- cancel vs set-handler ----
+
+Test(op_race, handler_set_while_cancel_is_in_progress)
+{
+	script *s = cur;
+	s->hold_cancel = true;
+	aa_op *op = scripted_op(s, AA_POLICY_IMMEDIATE, NULL);
+	call can, set;
+	call_start(&can, op, ACT_CANCEL, s);
+	gate_wait(&s->in_cancel_fn); // CANCELED, no handler yet
+	call_start(&set, op, ACT_SET_HANDLER, s);
+	thr_join(&set.t);
+	cr_assert_eq(set.rv, 0);
+	cr_assert_eq(set.handler_calls_at_return, 1,
+	             "set on a final op runs the handler before returning");
+	cr_assert(pthread_equal(s->handler_thread, set.self));
+	gate_open(&s->release_cancel);
+	thr_join(&can.t);
+	cr_assert_eq(can.rv, 0);
+	cr_assert_eq(atomic_load(&s->handler_calls), 1, "exactly once");
+	aa_op_unref(op);
+}
+
+Test(op_race, handler_set_first_runs_inside_cancel_on_other_thread)
+{
+	script *s = cur;
+	aa_op *op = scripted_op(s, AA_POLICY_IMMEDIATE, NULL);
+	call set, can;
+	call_start(&set, op, ACT_SET_HANDLER, s);
+	thr_join(&set.t);
+	cr_assert_eq(set.handler_calls_at_return, 0);
+	call_start(&can, op, ACT_CANCEL, s);
+	thr_join(&can.t);
+	cr_assert_eq(can.handler_calls_at_return, 1);
+	cr_assert(pthread_equal(s->handler_thread, can.self));
+	aa_op_unref(op);
+}
+
+// ---- cancel vs cancel ----
+
+Test(op_race, second_cancel_waits_for_the_first_ones_handler)
+{
+	script *s = cur;
+	s->hold_cancel = true;
+	aa_op *op = scripted_op(s, AA_POLICY_IMMEDIATE, NULL);
+	cr_assert_eq(aa_op_set_handler(op, scripted_handler, s), 0);
+	call c1, c2;
+	call_start(&c1, op, ACT_CANCEL, s);
+	gate_wait(&s->in_cancel_fn);
+	call_start(&c2, op, ACT_CANCEL, s);
+	gate_wait(&s->cancel_waiting); // c2 waits for c1's delivery
+	cr_assert_eq(atomic_load(&s->handler_calls), 0);
+	gate_open(&s->release_cancel);
+	thr_join(&c1.t);
+	thr_join(&c2.t);
+	cr_assert_eq(c1.rv, 0);
+	cr_assert_eq(c2.rv, AA_EALREADY);
+	cr_assert_eq(c2.handler_returned_at_return, 1);
+	cr_assert_eq(atomic_load(&s->cancel_fn_calls), 1);
+	cr_assert_eq(atomic_load(&s->handler_calls), 1);
+	aa_op_unref(op);
+}
+
+Test(op_race, cooperative_concurrent_cancels_call_provider_once)
+{
+	script *s = cur;
+	s->hold_cancel = true;
+	aa_op *op = scripted_op(s, AA_POLICY_COOPERATIVE, NULL);
+	call c1, c2;
+	call_start(&c1, op, ACT_CANCEL, s);
+	gate_wait(&s->in_cancel_fn);
+	call_start(&c2, op, ACT_CANCEL, s);
+	thr_join(&c2.t); // does not wait for the provider
+	cr_assert_eq(c2.rv, 0);
+	gate_open(&s->release_cancel);
+	thr_join(&c1.t);
+	cr_assert_eq(atomic_load(&s->cancel_fn_calls), 1);
+	cr_assert_eq(aa_op_status(op), AA_STARTED);
+	cr_assert_eq(aa_op_canceled(op), 0);
+	aa_op_unref(op);
+}
+
+// ---- unref vs complete ----
+
+Test(op_race, caller_releases_while_handler_runs)
+{
+	script *s = cur;
+	s->hold_handler = true;
+	aa_op *op = scripted_op(s, AA_POLICY_IMMEDIATE, NULL);
+	aa_op_ref(op); // the caller's reference
+	cr_assert_eq(aa_op_set_handler(op, scripted_handler, s), 0);
+	call fin, rel;
+	call_start(&fin, op, ACT_COMPLETE, s);
+	gate_wait(&s->in_handler);
+	aa_op_unref(op); // the provider lets go while the handler runs
+	call_start(&rel, op, ACT_UNREF, s); // and so does the caller
+	thr_join(&rel.t);
+	cr_assert_eq(aa_live(AA_LIVE_OP), 1, "delivery holds a reference");
+	gate_open(&s->release_handler);
+	thr_join(&fin.t);
+	cr_assert_eq(aa_live(AA_LIVE_OP), 0);
+}
+
+Test(op_race, provider_releases_before_caller_cancels)
+{
+	script *s = cur;
+	aa_op *op = scripted_op(s, AA_POLICY_IMMEDIATE, NULL);
+	aa_op_ref(op);
+	call rel;
+	call_start(&rel, op, ACT_UNREF, s); // provider's reference
+	thr_join(&rel.t);
+	cr_assert_eq(aa_op_set_handler(op, scripted_handler, s), 0);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(atomic_load(&s->handler_calls), 1);
+	aa_op_unref(op);
+}
+
+// ---- progress vs cancel ----
+
+Test(op_race, cancel_waits_for_progress_callback_before_handler)
+{
+	script *s = cur;
+	aa_op *op = scripted_op(s, AA_POLICY_IMMEDIATE, NULL);
+	cr_assert_eq(aa_op_set_handler(op, scripted_handler, s), 0);
+	cr_assert_eq(aa_op_set_progress_handler(op, scripted_progress, s), 0);
+	call pr, can;
+	call_start(&pr, op, ACT_PROGRESS, s);
+	gate_wait(&s->in_progress);
+	call_start(&can, op, ACT_CANCEL, s);
+	gate_wait(&s->deliver_waiting);
+	cr_assert_eq(aa_op_status(op), AA_CANCELED, "CANCELED at once");
+	cr_assert_eq(atomic_load(&s->handler_calls), 0);
+	gate_open(&s->release_progress);
+	thr_join(&can.t);
+	thr_join(&pr.t);
+	cr_assert_eq(can.rv, 0);
+	cr_assert_eq(atomic_load(&s->handler_saw_progress_returned), 1,
+	             "the handler is the last callback");
+	cr_assert_eq(can.handler_returned_at_return, 1);
+	aa_op_unref(op);
+}
+
+// ---- handler with an executor ----
+
+Test(op_race, handler_runs_on_its_executor_and_cancel_waits_for_it)
+{
+	script *s = cur;
+	aa_executor *pool;
+	s->hold_handler = true;
+	cr_assert_eq(aa_pool_alloc(&pool, 1), 0);
+	aa_assoc assoc = {.executor = pool};
+	aa_op *op = scripted_op(s, AA_POLICY_IMMEDIATE, &assoc);
+	cr_assert_eq(aa_op_set_handler(op, scripted_handler, s), 0);
+	cr_assert_eq(aa_op_complete(op, NULL, 0, NULL), 0);
+	gate_wait(&s->in_handler);
+	cr_assert(!pthread_equal(s->handler_thread, pthread_self()),
+	          "posted to the pool");
+	call can;
+	call_start(&can, op, ACT_CANCEL, s);
+	gate_wait(&s->cancel_waiting);
+	gate_open(&s->release_handler);
+	thr_join(&can.t);
+	cr_assert_eq(can.rv, AA_EALREADY);
+	cr_assert_eq(can.handler_returned_at_return, 1);
+	aa_op_unref(op);
+	aa_executor_free(pool);
+}
+
+Test(op_race, handler_on_closed_executor_still_runs_once)
+{
+	script *s = cur;
+	aa_executor *pool;
+	cr_assert_eq(aa_pool_alloc(&pool, 1), 0);
+	aa_executor_close(pool);
+	aa_assoc assoc = {.executor = pool};
+	aa_op *op = scripted_op(s, AA_POLICY_IMMEDIATE, &assoc);
+	cr_assert_eq(aa_op_set_handler(op, scripted_handler, s), 0);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(atomic_load(&s->handler_calls), 1);
+	cr_assert(pthread_equal(s->handler_thread, pthread_self()));
+	aa_op_unref(op);
+	aa_executor_free(pool);
+}
+
+// ---- slot emit vs complete ----
+
+typedef struct emitter {
+	thr t;
+	aa_cancel_signal *sig;
+	int rv;
+} emitter;
+
+static void *
+emit_main(void *arg)
+{
+	emitter *e = arg;
+	e->rv = aa_cancel_signal_emit(e->sig, AA_CANCEL_TERMINAL);
+	return NULL;
+}
+
+Test(op_race, parent_emit_racing_completion_delivers_once)
+{
+	script *s = cur;
+	aa_cancel_signal *sig;
+	cr_assert_eq(aa_cancel_signal_alloc(&sig), 0);
+	s->hold_cancel = true;
+	aa_assoc assoc = {.slot = aa_cancel_signal_slot(sig)};
+	aa_op *op = scripted_op(s, AA_POLICY_IMMEDIATE, &assoc);
+	cr_assert_eq(aa_op_set_handler(op, scripted_handler, s), 0);
+	// The emit holds inside the provider's cancel fn: op is CANCELED and
+	// the slot is still connected. A completion now is absorbed.
+	emitter e = {.sig = sig};
+	thr_start(&e.t, emit_main, &e);
+	gate_wait(&s->in_cancel_fn);
+	cr_assert(aa_cancel_slot_is_connected(assoc.slot));
+	cr_assert_eq(aa_op_complete(op, NULL, 0, NULL), AA_EALREADY);
+	gate_open(&s->release_cancel);
+	thr_join(&e.t);
+	cr_assert_eq(e.rv, 0);
+	cr_assert_eq(atomic_load(&s->handler_calls), 1);
+	cr_assert(!aa_cancel_slot_is_connected(assoc.slot));
+	aa_op_unref(op);
+	aa_cancel_signal_free(sig);
+}
+
+// ---- Stress: cancel racing complete on two threads ----
+
+#ifdef AA_TSAN
+#define STRESS_ROUNDS 20000 // ThreadSanitizer runs ~50x slower
+#else
+#define STRESS_ROUNDS 1000000
+#endif
+
+typedef struct spin_barrier {
+	atomic_int arrived;
+	atomic_int generation;
+} spin_barrier;
+
+static void
+spin_barrier_wait(spin_barrier *b)
+{
+	int gen = atomic_load(&b->generation);
+	if (atomic_fetch_add(&b->arrived, 1) == 1) {
+		atomic_store(&b->arrived, 0);
+		atomic_fetch_add(&b->generation, 1);
+		return;
+	}
+	for (int spins = 0; atomic_load(&b->generation) == gen; spins++) {
+		if (spins > 100) {
+			sched_yield();
+		}
+	}
+}
+
+typedef struct stress {
+	spin_barrier bar;
+	aa_op *_Atomic op;
+	atomic_int complete_rv;
+	atomic_int handler_calls;
+	atomic_int handler_state;
+	int rounds;
+} stress;
+
+static void
+stress_handler(aa_op *op, void *arg)
+{
+	stress *st = arg;
+	atomic_fetch_add(&st->handler_calls, 1);
+	atomic_store(&st->handler_state, aa_op_status(op));
+}
+
+static void *
+stress_completer(void *arg)
+{
+	stress *st = arg;
+	for (int i = 0; i < st->rounds; i++) {
+		spin_barrier_wait(&st->bar); // op published
+		atomic_store(
+		    &st->complete_rv,
+		    aa_op_complete(atomic_load(&st->op), NULL, 0, NULL));
+		spin_barrier_wait(&st->bar); // both done
+	}
+	return NULL;
+}
+
+Test(op_race, stress_cancel_versus_complete, .timeout = 300)
+{
+	aa_recycler *r;
+	stress st = {.rounds = STRESS_ROUNDS};
+	cr_assert_eq(aa_recycler_alloc(&r, 0), 0);
+	aa_assoc assoc = {.allocator = aa_recycler_allocator(r)};
+	aa_op_provider pv = {.policy = AA_POLICY_IMMEDIATE,
+	                     .cancel_types = AA_CANCEL_ALL};
+	int cancel_won = 0, complete_won = 0;
+	thr t;
+	thr_start(&t, stress_completer, &st);
+	for (int i = 0; i < st.rounds; i++) {
+		aa_op *op;
+		cr_assert_eq(aa_op_alloc(&op, &pv, &assoc), 0);
+		cr_assert_eq(aa_op_set_handler(op, stress_handler, &st), 0);
+		atomic_store(&st.handler_calls, 0);
+		atomic_store(&st.op, op);
+		spin_barrier_wait(&st.bar);
+		int crv = aa_op_cancel(op, AA_CANCEL_TERMINAL);
+		spin_barrier_wait(&st.bar);
+		int frv = atomic_load(&st.complete_rv);
+		if (atomic_load(&st.handler_calls) != 1) {
+			cr_assert_fail("round %d: handler ran %d times", i,
+			               atomic_load(&st.handler_calls));
+		}
+		aa_state state = aa_op_status(op);
+		if (crv == 0) {
+			cancel_won++;
+			if (frv != AA_EALREADY || state != AA_CANCELED ||
+			    aa_op_settlement(op) != AA_SETTLE_COMPLETED) {
+				cr_assert_fail(
+				    "round %d: cancel won but complete "
+				    "said %d, state %d",
+				    i, frv, state);
+			}
+		} else {
+			complete_won++;
+			if (crv != AA_EALREADY || frv != 0 ||
+			    state != AA_COMPLETED) {
+				cr_assert_fail(
+				    "round %d: cancel %d complete %d "
+				    "state %d",
+				    i, crv, frv, state);
+			}
+		}
+		if (atomic_load(&st.handler_state) != (int)state) {
+			cr_assert_fail("round %d: handler saw %d, op is %d", i,
+			               atomic_load(&st.handler_state), state);
+		}
+		aa_op_unref(op);
+	}
+	thr_join(&t);
+	cr_log_info("cancel won %d, complete won %d of %d", cancel_won,
+	            complete_won, st.rounds);
+	cr_assert_eq(cancel_won + complete_won, st.rounds);
+	aa_recycler_free(r);
+}
