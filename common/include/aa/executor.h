@@ -6,21 +6,24 @@
 // nothing (as libuv's uv_work_t and nng's internal task). It has a work
 // function and an optional done callback that runs right after it on the
 // same thread. aa_executor_post is the convenience form that allocates the
-// item itself (from a recycler) and cannot be aborted.
+// item itself (counted as AA_LIVE_WORK, freed after it ran or was dropped)
+// and cannot be aborted.
 //
 // Chaining (Envoy's AsyncFileManager): work that a callback submits to the
 // strand it is running on runs next, on the same thread, before unrelated
 // work queued on the pool.
 //
 // Abort: work not yet started is dropped and neither function runs; work
-// already running finishes but its done callback does not run; a done
-// callback already running is waited for, unless the abort is called from
-// inside it.
+// already running finishes but its done callback does not run (abort does
+// not wait for the work function: aa_work_wait does); a done callback
+// already running is waited for, unless the abort is called from inside it.
 //
 // Lifecycle, as nng does it: close (idempotent, never blocks; new submits
 // fail with AA_ECLOSED; queued work is dropped and its done callback runs
 // with AA_ECLOSED), stop (waits until no work of the executor runs), free.
 // Callbacks must be short and must not block: they share the threads.
+// Free strands before the executor they run on. docs/executor.md has the
+// details.
 #ifndef AA_EXECUTOR_H
 #define AA_EXECUTOR_H
 
@@ -41,16 +44,19 @@ typedef void (*aa_done_fn)(void *arg, int rv);
 // An embeddable work item. Its fields are private to the library; the
 // struct is public only so that owners can embed it without allocating.
 // The executor does not touch the item once its done callback has begun,
-// so the done callback may free the memory the item lives in.
+// so the done callback may free or resubmit the memory the item lives in.
+// Without a done callback the item must outlive its work function. After
+// it ran, an item remembers its executor: abort or wait on it only while
+// that executor is not freed. Submit an item from one thread at a time.
 typedef struct aa_work {
 	struct aa_work *next_;
 	struct aa_work *prev_;
-	aa_work_fn      fn_;
-	aa_done_fn      done_;
-	void           *arg_;
-	aa_executor    *ex_;
-	int             state_;
-	bool            aborted_;
+	aa_work_fn fn_;
+	aa_done_fn done_;
+	void *arg_;
+	aa_executor *ex_;
+	int state_;
+	bool aborted_;
 } aa_work;
 
 // aa_work_init prepares an idle work item; fn may be NULL (only done
@@ -89,7 +95,8 @@ int aa_executor_post(aa_executor *ex, aa_work_fn fn, void *arg);
 void aa_executor_close(aa_executor *ex);
 
 // aa_executor_stop closes ex and waits until none of its work runs:
-// 0, or AA_EDEADLK when called from a thread running ex's work.
+// 0, or AA_EDEADLK when called from a thread running ex's work (ex is
+// closed all the same). On the inline executor it does nothing.
 int aa_executor_stop(aa_executor *ex);
 
 // aa_executor_free closes, stops and frees ex. Called from inside ex's own

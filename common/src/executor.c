@@ -1,0 +1,830 @@
+// executor.c: the inline executor, the thread pool and the strand.
+//
+// Design notes.
+//
+// States of a work item (w->state_, written under the lock of the executor
+// it was last submitted to, read atomically where no lock is held):
+//
+//   IDLE ---submit---> QUEUED ---a thread takes it---> RUNNING (fn runs)
+//    ^                   |                                 |
+//    |   abort or close  |                 fn returned     |
+//    +-------------------+---------------------------------+
+//
+// An item goes back to IDLE *before* its done callback runs, because the
+// done callback may free or resubmit the memory the item lives in: from
+// that moment the executor never touches the item again. What is running,
+// fn or done, on which thread, is recorded in a `runrec` that lives on the
+// running thread's stack. It is linked into the executor's `running` list
+// (for abort, wait and stop, which look there, under the executor's lock)
+// and into a thread-local chain (for in_thread and the "from inside"
+// checks, which need no lock). A runrec of a done callback keeps the item's
+// address only to compare it, never to dereference it.
+//
+// Locks. One mutex per executor guards its queue, its running list, its
+// flags and the state of the items submitted to it. No callback runs under
+// a lock: a thread unlocks, runs fn or done, and locks again. The only
+// nesting is a strand's lock, then its target's lock, in close (to take
+// the strand's drain item back out of the target's queue); a target never
+// takes a strand's lock while holding its own, so there is no cycle.
+//
+// The strand. A strand has its own queue and one embedded drain item that
+// it submits to its target when work arrives while it is idle
+// (`scheduled` says the drain item is queued or running on the target).
+// The drain function keeps taking items from the strand's queue until it
+// is empty, including items submitted while it runs: that is the chaining
+// rule, work a strand callback submits to its own strand runs next on the
+// same thread. `scheduled` is cleared in the drain item's done callback,
+// not in its function, because the target still touches the drain item
+// after the function returns; once the done callback has begun it does
+// not, so a strand waiting in stop may then free the strand. A strand on
+// the inline executor is drained by the submitting thread itself.
+//
+// The races, and who wins.
+// * abort vs start: one locked step on each side. If abort takes the lock
+//   first the item leaves the queue and nothing of it runs (0); if the
+//   thread took it first, abort marks it aborted_ and its done callback
+//   will not run (0).
+// * abort vs done: after fn returns the running thread, under the lock,
+//   reads aborted_ and moves the item to IDLE. An abort before that wins
+//   (0, no done); an abort after it finds the done runrec and waits for it
+//   (AA_EALREADY), unless that runrec is on its own thread.
+// * close vs submit: one locked step each; a submit after close fails with
+//   AA_ECLOSED and nothing of the item runs. A submit before close queued
+//   the item, and close then drops it: its done runs with AA_ECLOSED. The
+//   closing thread takes the dropped items out of the queue one at a time,
+//   so that an abort of one of them still wins until its done begins.
+// * free from inside: free closes, and when the calling thread is running
+//   the executor's work (in_thread) it only sets free_deferred. The thread
+//   that makes the executor quiescent (no runrec, no closer dispatching,
+//   no worker alive, no drain item scheduled) frees it after unlocking.
+// * target closed under a strand: the drain item's done callback gets
+//   AA_ECLOSED, or resubmitting it fails; either way the strand closes
+//   itself and drops its queue, so no done callback is lost and stop does
+//   not wait for a pool that will never run it.
+#include <stdlib.h>
+
+#include "aai.h"
+
+enum { EX_INLINE, EX_POOL, EX_STRAND };
+enum { W_IDLE = 0, W_QUEUED, W_RUNNING };
+
+// A record of one fn or done callback running on a thread (on its stack).
+typedef struct runrec {
+	struct runrec *next; // in ex->running
+	struct runrec **pprev;
+	struct runrec *outer; // enclosing record of this thread
+	aa_executor *ex;
+	const aa_work *w; // compared only, once in_done
+	bool in_done;
+} runrec;
+
+struct aa_executor {
+	int kind;
+	pthread_mutex_t mtx;
+	pthread_cond_t idle_cv; // a runrec left, a closer ended, and so on
+	pthread_cond_t work_cv; // pool: work queued or closed
+	aa_work *head;          // the FIFO queue, through next_/prev_
+	aa_work *tail;
+	runrec *running;
+	int closers; // threads dispatching dropped items
+	int waiters; // threads waiting on idle_cv
+	bool closed;
+	bool free_deferred;
+
+	// Pool.
+	pthread_t *threads;
+	int nthreads;
+	int alive; // workers not yet out of their loop
+	bool joining;
+	bool joined;
+
+	// Strand.
+	aa_executor *target;
+	aa_work drain; // submitted to target while scheduled
+	bool scheduled;
+};
+
+static _Thread_local runrec *tl_top;
+
+static aa_executor inline_ex = {
+    .kind = EX_INLINE,
+    .mtx = PTHREAD_MUTEX_INITIALIZER,
+    .idle_cv = PTHREAD_COND_INITIALIZER,
+    .work_cv = PTHREAD_COND_INITIALIZER,
+};
+
+// ---- Item fields read without the executor's lock ----
+
+static int
+w_state(const aa_work *w)
+{
+	return __atomic_load_n(&w->state_, __ATOMIC_ACQUIRE);
+}
+
+static void
+w_set_state(aa_work *w, int s)
+{
+	__atomic_store_n(&w->state_, s, __ATOMIC_RELEASE);
+}
+
+static aa_executor *
+w_ex(const aa_work *w)
+{
+	return __atomic_load_n(&w->ex_, __ATOMIC_ACQUIRE);
+}
+
+// ---- Queue and records (expect ex->mtx) ----
+
+static void
+q_push(aa_executor *ex, aa_work *w)
+{
+	w->next_ = NULL;
+	w->prev_ = ex->tail;
+	if (ex->tail != NULL) {
+		ex->tail->next_ = w;
+	} else {
+		ex->head = w;
+	}
+	ex->tail = w;
+}
+
+static void
+q_remove(aa_executor *ex, aa_work *w)
+{
+	if (w->prev_ != NULL) {
+		w->prev_->next_ = w->next_;
+	} else {
+		ex->head = w->next_;
+	}
+	if (w->next_ != NULL) {
+		w->next_->prev_ = w->prev_;
+	} else {
+		ex->tail = w->prev_;
+	}
+	w->next_ = NULL;
+	w->prev_ = NULL;
+}
+
+static aa_work *
+q_pop(aa_executor *ex)
+{
+	aa_work *w = ex->head;
+	if (w != NULL) {
+		q_remove(ex, w);
+	}
+	return w;
+}
+
+static void
+rec_push(aa_executor *ex, runrec *r, const aa_work *w, bool in_done)
+{
+	r->ex = ex;
+	r->w = w;
+	r->in_done = in_done;
+	r->next = ex->running;
+	r->pprev = &ex->running;
+	if (ex->running != NULL) {
+		ex->running->pprev = &r->next;
+	}
+	ex->running = r;
+	r->outer = tl_top;
+	tl_top = r;
+}
+
+static void
+rec_pop(aa_executor *ex, runrec *r)
+{
+	*r->pprev = r->next;
+	if (r->next != NULL) {
+		r->next->pprev = r->pprev;
+	}
+	AAI_ASSERT(tl_top == r);
+	tl_top = r->outer;
+	if (ex->waiters > 0) {
+		aai_cv_broadcast(&ex->idle_cv);
+	}
+}
+
+// done_running_elsewhere: is a done callback of w running on a thread
+// other than the caller? Expects ex->mtx.
+static bool
+done_running_elsewhere(aa_executor *ex, const aa_work *w)
+{
+	for (runrec *r = ex->running; r != NULL; r = r->next) {
+		if (r->w == w && r->in_done) {
+			bool mine = false;
+			for (runrec *t = tl_top; t != NULL; t = t->outer) {
+				if (t == r) {
+					mine = true;
+				}
+			}
+			if (!mine) {
+				return true;
+			}
+		}
+	}
+	return false;
+}
+
+// in_own_callback: is the calling thread inside a callback of w (any
+// phase when any_phase, else only its done)? No lock needed.
+static bool
+in_own_callback(const aa_work *w, bool any_phase)
+{
+	for (runrec *r = tl_top; r != NULL; r = r->outer) {
+		if (r->w == w && (any_phase || r->in_done)) {
+			return true;
+		}
+	}
+	return false;
+}
+
+static void
+wait_idle(aa_executor *ex)
+{
+	ex->waiters++;
+	aai_cv_wait(&ex->idle_cv, &ex->mtx);
+	ex->waiters--;
+}
+
+// ---- Running items (expect ex->mtx; drop it around callbacks) ----
+
+// run_item runs a dequeued item: fn, then done unless it was aborted.
+static void
+run_item(aa_executor *ex, aa_work *w)
+{
+	runrec r;
+	aa_work_fn fn = w->fn_;
+	void *arg = w->arg_;
+	aa_done_fn done;
+
+	w->aborted_ = false;
+	w_set_state(w, W_RUNNING);
+	rec_push(ex, &r, w, false);
+	aai_mtx_unlock(&ex->mtx);
+	if (fn != NULL) {
+		fn(arg);
+	}
+	aai_mtx_lock(&ex->mtx);
+	// This locked step decides abort vs done.
+	done = w->aborted_ ? NULL : w->done_;
+	arg = w->arg_;
+	w_set_state(w, W_IDLE);
+	if (done != NULL) {
+		r.in_done = true; // from here on w is not touched
+		aai_mtx_unlock(&ex->mtx);
+		done(arg, 0);
+		aai_mtx_lock(&ex->mtx);
+	}
+	rec_pop(ex, &r);
+}
+
+// drop_queued runs the done callbacks of everything queued on a closed
+// executor with AA_ECLOSED, one item at a time, so that an abort of an
+// item still in the queue wins.
+static void
+drop_queued(aa_executor *ex)
+{
+	aa_work *w;
+	ex->closers++;
+	while ((w = q_pop(ex)) != NULL) {
+		aa_done_fn done = w->done_;
+		void *arg = w->arg_;
+		runrec r;
+		w_set_state(w, W_IDLE);
+		if (done == NULL) {
+			continue;
+		}
+		rec_push(ex, &r, w, true);
+		aai_mtx_unlock(&ex->mtx);
+		done(arg, AA_ECLOSED);
+		aai_mtx_lock(&ex->mtx);
+		rec_pop(ex, &r);
+	}
+	ex->closers--;
+	if (ex->waiters > 0) {
+		aai_cv_broadcast(&ex->idle_cv);
+	}
+}
+
+// quiescent: nothing of ex runs or can run any more. Expects ex->mtx.
+static bool
+quiescent(aa_executor *ex)
+{
+	if (ex->running != NULL || ex->closers > 0 || ex->head != NULL) {
+		return false;
+	}
+	if (ex->kind == EX_POOL) {
+		return ex->alive == 0;
+	}
+	return !ex->scheduled;
+}
+
+// take_deferred_free: true when the caller must now free ex (after
+// dropping the lock, and touching nothing of ex before that). Expects
+// ex->mtx.
+static bool
+take_deferred_free(aa_executor *ex)
+{
+	if (ex->free_deferred && quiescent(ex)) {
+		ex->free_deferred = false;
+		return true;
+	}
+	return false;
+}
+
+static void
+destroy(aa_executor *ex)
+{
+	if (ex->kind == EX_POOL) {
+		pthread_t self = pthread_self();
+		for (int i = 0; i < ex->nthreads; i++) {
+			if (pthread_equal(ex->threads[i], self)) {
+				pthread_detach(self); // the last worker frees
+			} else if (!ex->joined) {
+				pthread_join(ex->threads[i], NULL);
+			}
+		}
+		aai_free(ex->threads);
+		aai_cv_fini(&ex->work_cv);
+	}
+	aai_cv_fini(&ex->idle_cv);
+	aai_mtx_fini(&ex->mtx);
+	aai_free(ex);
+	aai_live_dec(AA_LIVE_EXECUTOR);
+}
+
+// ---- Work items ----
+
+void
+aa_work_init(aa_work *w, aa_work_fn fn, aa_done_fn done, void *arg)
+{
+	w->next_ = NULL;
+	w->prev_ = NULL;
+	w->fn_ = fn;
+	w->done_ = done;
+	w->arg_ = arg;
+	w->ex_ = NULL;
+	w->state_ = W_IDLE;
+	w->aborted_ = false;
+}
+
+static int strand_submit(aa_work *w, aa_executor *s);
+
+int
+aa_work_submit(aa_work *w, aa_executor *ex)
+{
+	if (w == NULL || ex == NULL) {
+		return AA_EINVAL;
+	}
+	// Only the executor that ran w changes its state from here on, and
+	// only towards IDLE: an IDLE item stays IDLE until we queue it.
+	if (w_state(w) != W_IDLE) {
+		return AA_EBUSY;
+	}
+	if (ex->kind == EX_STRAND) {
+		return strand_submit(w, ex);
+	}
+	aai_mtx_lock(&ex->mtx);
+	if (ex->closed) {
+		aai_mtx_unlock(&ex->mtx);
+		return AA_ECLOSED;
+	}
+	__atomic_store_n(&w->ex_, ex, __ATOMIC_RELEASE);
+	w->aborted_ = false;
+	if (ex->kind == EX_INLINE) {
+		run_item(ex, w);
+	} else {
+		w_set_state(w, W_QUEUED);
+		q_push(ex, w);
+		aai_cv_signal(&ex->work_cv);
+	}
+	aai_mtx_unlock(&ex->mtx);
+	return 0;
+}
+
+int
+aa_work_abort(aa_work *w)
+{
+	aa_executor *ex = w_ex(w);
+	int rv = AA_EALREADY;
+	if (ex == NULL) {
+		return AA_EALREADY; // never submitted
+	}
+	aai_mtx_lock(&ex->mtx);
+	switch (w_state(w)) {
+	case W_QUEUED:
+		q_remove(ex, w);
+		w_set_state(w, W_IDLE);
+		rv = 0;
+		break;
+	case W_RUNNING:
+		w->aborted_ = true; // its fn finishes, its done will not run
+		aai_mtx_unlock(&ex->mtx);
+		return 0;
+	default:
+		break;
+	}
+	// A done callback of w running elsewhere is waited for, so that
+	// after abort returns none runs; never our own (that would hang).
+	while (done_running_elsewhere(ex, w)) {
+		wait_idle(ex);
+	}
+	aai_mtx_unlock(&ex->mtx);
+	return rv;
+}
+
+int
+aa_work_wait(aa_work *w)
+{
+	aa_executor *ex = w_ex(w);
+	if (ex == NULL) {
+		return 0;
+	}
+	if (in_own_callback(w, true)) {
+		return AA_EDEADLK;
+	}
+	aai_mtx_lock(&ex->mtx);
+	while (done_running_elsewhere(ex, w) || w_state(w) != W_IDLE) {
+		wait_idle(ex);
+	}
+	aai_mtx_unlock(&ex->mtx);
+	return 0;
+}
+
+// ---- Executors ----
+
+aa_executor *
+aa_executor_inline(void)
+{
+	return &inline_ex;
+}
+
+static void *
+pool_worker(void *arg)
+{
+	aa_executor *ex = arg;
+	bool do_free;
+	aai_mtx_lock(&ex->mtx);
+	for (;;) {
+		aa_work *w;
+		while (!ex->closed && ex->head == NULL) {
+			aai_cv_wait(&ex->work_cv, &ex->mtx);
+		}
+		if (ex->closed) {
+			break; // the closer drops what is queued
+		}
+		w = q_pop(ex);
+		run_item(ex, w);
+	}
+	ex->alive--;
+	if (ex->waiters > 0) {
+		aai_cv_broadcast(&ex->idle_cv);
+	}
+	do_free = take_deferred_free(ex);
+	aai_mtx_unlock(&ex->mtx);
+	if (do_free) {
+		destroy(ex);
+	}
+	return NULL;
+}
+
+static aa_executor *
+ex_new(int kind)
+{
+	aa_executor *ex = aai_zalloc(sizeof(*ex));
+	if (ex == NULL) {
+		return NULL;
+	}
+	ex->kind = kind;
+	aai_mtx_init(&ex->mtx);
+	aai_cv_init(&ex->idle_cv);
+	aai_cv_init(&ex->work_cv);
+	aai_live_inc(AA_LIVE_EXECUTOR);
+	return ex;
+}
+
+int
+aa_pool_alloc(aa_executor **exp, int nthreads)
+{
+	aa_executor *ex;
+	if (exp == NULL || nthreads <= 0) {
+		return AA_EINVAL;
+	}
+	if ((ex = ex_new(EX_POOL)) == NULL) {
+		return AA_ENOMEM;
+	}
+	ex->threads = aai_zalloc(sizeof(pthread_t) * (size_t)nthreads);
+	if (ex->threads == NULL) {
+		destroy(ex);
+		return AA_ENOMEM;
+	}
+	aai_mtx_lock(&ex->mtx);
+	for (int i = 0; i < nthreads; i++) {
+		if (pthread_create(&ex->threads[i], NULL, pool_worker, ex) !=
+		    0) {
+			ex->closed = true;
+			aai_cv_broadcast(&ex->work_cv);
+			aai_mtx_unlock(&ex->mtx);
+			for (int j = 0; j < i; j++) {
+				pthread_join(ex->threads[j], NULL);
+			}
+			ex->joined = true;
+			destroy(ex);
+			return AA_ESYSTEM;
+		}
+		ex->nthreads++;
+		ex->alive++;
+	}
+	aai_mtx_unlock(&ex->mtx);
+	*exp = ex;
+	return 0;
+}
+
+// strand_run takes items from the strand's queue until it is empty or the
+// strand closed. The caller owns the strand's `scheduled` flag.
+static void
+strand_run(aa_executor *s)
+{
+	aa_work *w;
+	aai_mtx_lock(&s->mtx);
+	while (!s->closed && (w = q_pop(s)) != NULL) {
+		run_item(s, w);
+	}
+	aai_mtx_unlock(&s->mtx);
+}
+
+static void
+strand_drain_fn(void *arg)
+{
+	strand_run(arg);
+}
+
+// strand_closed_under closes s because its target refused or dropped the
+// drain item; keep is an item to take back out of the queue (its submit
+// fails instead). Returns AA_ECLOSED when keep was taken back.
+static int
+strand_closed_under(aa_executor *s, aa_work *keep)
+{
+	int rv = 0;
+	bool do_free;
+	aai_mtx_lock(&s->mtx);
+	s->closed = true;
+	s->scheduled = false;
+	if (keep != NULL && w_ex(keep) == s && w_state(keep) == W_QUEUED) {
+		q_remove(s, keep);
+		w_set_state(keep, W_IDLE);
+		rv = AA_ECLOSED;
+	}
+	drop_queued(s);
+	if (s->waiters > 0) {
+		aai_cv_broadcast(&s->idle_cv);
+	}
+	do_free = take_deferred_free(s);
+	aai_mtx_unlock(&s->mtx);
+	if (do_free) {
+		destroy(s);
+	}
+	return rv;
+}
+
+// strand_drain_done runs when the target has finished with the drain item
+// (or dropped it, rv AA_ECLOSED): reschedule or go idle.
+static void
+strand_drain_done(void *arg, int rv)
+{
+	aa_executor *s = arg;
+	bool again;
+	bool do_free;
+	if (rv != 0) {
+		strand_closed_under(s, NULL);
+		return;
+	}
+	aai_mtx_lock(&s->mtx);
+	again = !s->closed && s->head != NULL;
+	if (!again) {
+		s->scheduled = false;
+		if (s->waiters > 0) {
+			aai_cv_broadcast(&s->idle_cv);
+		}
+	}
+	do_free = take_deferred_free(s);
+	aai_mtx_unlock(&s->mtx);
+	if (do_free) {
+		destroy(s);
+	} else if (again && aa_work_submit(&s->drain, s->target) != 0) {
+		strand_closed_under(s, NULL);
+	}
+}
+
+static int
+strand_submit(aa_work *w, aa_executor *s)
+{
+	bool schedule;
+	bool do_free = false;
+	aai_mtx_lock(&s->mtx);
+	if (s->closed) {
+		aai_mtx_unlock(&s->mtx);
+		return AA_ECLOSED;
+	}
+	__atomic_store_n(&w->ex_, s, __ATOMIC_RELEASE);
+	w->aborted_ = false;
+	w_set_state(w, W_QUEUED);
+	q_push(s, w);
+	schedule = !s->scheduled;
+	s->scheduled = true;
+	aai_mtx_unlock(&s->mtx);
+	if (!schedule) {
+		return 0; // the running drain takes it (chaining)
+	}
+	if (s->target->kind != EX_INLINE) {
+		if (aa_work_submit(&s->drain, s->target) != 0) {
+			return strand_closed_under(s, w);
+		}
+		return 0;
+	}
+	// On the inline executor the submitting thread drains the strand.
+	for (;;) {
+		strand_run(s);
+		aai_mtx_lock(&s->mtx);
+		if (!s->closed && s->head != NULL) {
+			aai_mtx_unlock(&s->mtx);
+			continue;
+		}
+		s->scheduled = false;
+		if (s->waiters > 0) {
+			aai_cv_broadcast(&s->idle_cv);
+		}
+		do_free = take_deferred_free(s);
+		aai_mtx_unlock(&s->mtx);
+		break;
+	}
+	if (do_free) {
+		destroy(s);
+	}
+	return 0;
+}
+
+int
+aa_strand_alloc(aa_executor **exp, aa_executor *target)
+{
+	aa_executor *s;
+	bool closed;
+	if (exp == NULL || target == NULL) {
+		return AA_EINVAL;
+	}
+	aai_mtx_lock(&target->mtx);
+	closed = target->closed;
+	aai_mtx_unlock(&target->mtx);
+	if (closed) {
+		return AA_ECLOSED;
+	}
+	if ((s = ex_new(EX_STRAND)) == NULL) {
+		return AA_ENOMEM;
+	}
+	s->target = target;
+	aa_work_init(&s->drain, strand_drain_fn, strand_drain_done, s);
+	*exp = s;
+	return 0;
+}
+
+typedef struct posted {
+	aa_work w;
+	aa_work_fn fn;
+	void *arg;
+} posted;
+
+static void
+posted_fn(void *arg)
+{
+	posted *p = arg;
+	p->fn(p->arg);
+}
+
+static void
+posted_done(void *arg, int rv)
+{
+	(void)rv; // AA_ECLOSED: dropped, fn did not run
+	aai_free(arg);
+	aai_live_dec(AA_LIVE_WORK);
+}
+
+int
+aa_executor_post(aa_executor *ex, aa_work_fn fn, void *arg)
+{
+	posted *p;
+	int rv;
+	if (ex == NULL || fn == NULL) {
+		return AA_EINVAL;
+	}
+	if ((p = aai_zalloc(sizeof(*p))) == NULL) {
+		return AA_ENOMEM;
+	}
+	aai_live_inc(AA_LIVE_WORK);
+	p->fn = fn;
+	p->arg = arg;
+	aa_work_init(&p->w, posted_fn, posted_done, p);
+	if ((rv = aa_work_submit(&p->w, ex)) != 0) {
+		aai_free(p);
+		aai_live_dec(AA_LIVE_WORK);
+	}
+	return rv;
+}
+
+void
+aa_executor_close(aa_executor *ex)
+{
+	bool do_free;
+	if (ex == NULL || ex->kind == EX_INLINE) {
+		return;
+	}
+	aai_mtx_lock(&ex->mtx);
+	if (ex->closed) {
+		aai_mtx_unlock(&ex->mtx);
+		return;
+	}
+	ex->closed = true;
+	if (ex->kind == EX_POOL) {
+		aai_cv_broadcast(&ex->work_cv);
+	} else if (ex->scheduled && ex->target->kind != EX_INLINE) {
+		// Take the drain item back if the target has not started it,
+		// so that stop never waits for a busy (or our own) thread.
+		aa_executor *t = ex->target;
+		aai_mtx_lock(&t->mtx);
+		if (w_state(&ex->drain) == W_QUEUED) {
+			q_remove(t, &ex->drain);
+			w_set_state(&ex->drain, W_IDLE);
+			ex->scheduled = false;
+		}
+		aai_mtx_unlock(&t->mtx);
+	}
+	drop_queued(ex);
+	do_free = take_deferred_free(ex);
+	aai_mtx_unlock(&ex->mtx);
+	if (do_free) {
+		destroy(ex);
+	}
+}
+
+bool
+aa_executor_in_thread(aa_executor *ex)
+{
+	for (runrec *r = tl_top; r != NULL; r = r->outer) {
+		if (r->ex == ex) {
+			return true;
+		}
+	}
+	return false;
+}
+
+int
+aa_executor_stop(aa_executor *ex)
+{
+	if (ex == NULL || ex->kind == EX_INLINE) {
+		return 0;
+	}
+	aa_executor_close(ex);
+	if (aa_executor_in_thread(ex)) {
+		return AA_EDEADLK;
+	}
+	aai_mtx_lock(&ex->mtx);
+	if (ex->kind == EX_POOL && !ex->joining) {
+		ex->joining = true;
+		aai_mtx_unlock(&ex->mtx);
+		for (int i = 0; i < ex->nthreads; i++) {
+			pthread_join(ex->threads[i], NULL);
+		}
+		aai_mtx_lock(&ex->mtx);
+		ex->joined = true;
+	}
+	while (!quiescent(ex) || (ex->kind == EX_POOL && !ex->joined)) {
+		wait_idle(ex);
+	}
+	if (ex->waiters > 0) {
+		aai_cv_broadcast(&ex->idle_cv);
+	}
+	aai_mtx_unlock(&ex->mtx);
+	return 0;
+}
+
+void
+aa_executor_free(aa_executor *ex)
+{
+	bool do_free;
+	if (ex == NULL || ex->kind == EX_INLINE) {
+		return;
+	}
+	if (aa_executor_stop(ex) == 0) {
+		destroy(ex);
+		return;
+	}
+	// Called from inside ex's own work: whoever makes ex quiescent
+	// frees it, after this work has returned.
+	aai_mtx_lock(&ex->mtx);
+	ex->free_deferred = true;
+	do_free = take_deferred_free(ex);
+	aai_mtx_unlock(&ex->mtx);
+	if (do_free) {
+		destroy(ex);
+	}
+}
