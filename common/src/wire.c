@@ -1,0 +1,897 @@
+// wire.c: encoding and decoding of aaproxy's wire messages with protobuf-c.
+//
+// Design notes.
+//
+// * Nothing here is asynchronous and nothing keeps state: the callers (the
+//   client and server layers) own the buffers and the arena, one thread at
+//   a time. The protobuf-c types stay in this file; callers see the plain
+//   aai_wire_msg view of wire.h.
+//
+// * Encoding fills protobuf-c structs on the stack from the view (no copy
+//   of strings or payloads) and packs them straight into the caller's
+//   buffer; the Envelope's key and length are written by hand, so the
+//   body's size is computed once. The only allocation is for a Hello with
+//   a big method table. aai_wire_size runs the same fill and asks
+//   protobuf-c for the size, so a caller can reserve exactly that much
+//   room in its send buffer.
+//
+// * Decoding hands protobuf-c an allocator over the caller's arena: a bump
+//   pointer over a fixed buffer whose free is a no-op, reset as a whole
+//   before each decode. In steady state (frames that fit the buffer) no
+//   malloc happens at all. A frame that does not fit spills into heap
+//   chunks taken with aai_alloc (so aa_heap_allocs() sees them) and freed
+//   by the next reset.
+//
+// * Hostile input. protobuf-c has no size limit and may allocate far more
+//   than the frame's size (scanned-field slabs, one struct per repeated
+//   submessage): each decode gets a memory budget of 32 times the frame
+//   plus 64 KiB, and an allocation beyond it fails, which makes protobuf-c
+//   give up cleanly (its frees are no-ops, the arena drops everything).
+//   Before unpacking, a scan of the Envelope's top level counts the body
+//   fields, because protobuf-c keeps the last of two oneof members silently
+//   and the protocol wants exactly one. After unpacking, aai_wire_check
+//   applies the protocol's rules. Every failure is AA_EPROTO (or
+//   AA_EMSGSIZE for an oversized frame) with a static reason string.
+//
+// * The same rules run on encode (AA_EINVAL), so a bug on our side shows up
+//   at the sender rather than as a closed connection at the peer. The one
+//   exception: texts longer than AAI_WIRE_TEXT_MAX are cut on encode,
+//   because an over-long error message should not lose the result.
+#include <string.h>
+
+#include "aa.pb-c.h"
+#include "wire.h"
+
+// ---------------------------------------------------------------------------
+// The arena.
+
+#define ARENA_ALIGN   8u     // enough for every protobuf-c struct
+#define SPILL_MIN     4096u  // smallest heap chunk
+#define BUDGET_FACTOR 32u    // memory per frame byte a decode may use
+#define BUDGET_SLACK  65536u // plus this much
+
+struct aai_wire_chunk {
+	struct aai_wire_chunk *next;
+	size_t cap;
+	size_t used;
+	uint8_t data[];
+};
+
+_Static_assert(offsetof(struct aai_wire_chunk, data) % ARENA_ALIGN == 0,
+               "chunk data must be aligned");
+
+void
+aai_wire_arena_init(aai_wire_arena *a, void *buf, size_t cap)
+{
+	uintptr_t p = (uintptr_t)buf;
+	size_t pad = (size_t)(-p & (ARENA_ALIGN - 1));
+
+	memset(a, 0, sizeof(*a));
+	if (buf != NULL && cap > pad) {
+		a->buf = (uint8_t *)buf + pad;
+		a->cap = (cap - pad) & ~(size_t)(ARENA_ALIGN - 1);
+	}
+}
+
+void
+aai_wire_arena_reset(aai_wire_arena *a)
+{
+	struct aai_wire_chunk *c = a->chunks;
+	while (c != NULL) {
+		struct aai_wire_chunk *next = c->next;
+		aai_free(c);
+		c = next;
+	}
+	a->chunks = NULL;
+	a->used = 0;
+	a->budget = 0;
+}
+
+void
+aai_wire_arena_fini(aai_wire_arena *a)
+{
+	aai_wire_arena_reset(a);
+}
+
+// arena_alloc is the ProtobufCAllocator's alloc: bump from the buffer,
+// then from the newest heap chunk, then from a new chunk.
+static void *
+arena_alloc(void *ctx, size_t size)
+{
+	aai_wire_arena *a = ctx;
+	struct aai_wire_chunk *c;
+	size_t need;
+
+	// A refusal zeroes the budget: protobuf-c then gives up, and decode
+	// can tell "too much memory" from "malformed".
+	if (size > a->budget) {
+		a->budget = 0;
+		return NULL;
+	}
+	need = (size + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+	if (need == 0) {
+		need = ARENA_ALIGN;
+	}
+	if (need > a->budget) {
+		a->budget = 0;
+		return NULL;
+	}
+	a->budget -= need;
+	if (a->cap - a->used >= need) {
+		void *p = a->buf + a->used;
+		a->used += need;
+		return p;
+	}
+	c = a->chunks;
+	if (c == NULL || c->cap - c->used < need) {
+		size_t cap = SPILL_MIN;
+		if (c != NULL && c->cap <= SIZE_MAX / 4) {
+			cap = c->cap * 2;
+		}
+		if (cap < need) {
+			cap = need;
+		}
+		c = aai_alloc(sizeof(*c) + cap);
+		if (c == NULL) {
+			a->budget = 0;
+			return NULL;
+		}
+		c->next = a->chunks;
+		c->cap = cap;
+		c->used = 0;
+		a->chunks = c;
+		a->spills++;
+	}
+	void *p = c->data + c->used;
+	c->used += need;
+	return p;
+}
+
+// arena_free is a no-op: the arena is released as a whole.
+static void
+arena_free(void *ctx, void *ptr)
+{
+	(void)ctx;
+	(void)ptr;
+}
+
+// ---------------------------------------------------------------------------
+// Names and rules.
+
+const char *
+aai_wire_kind_name(aai_wire_kind kind)
+{
+	switch (kind) {
+	case AAI_WIRE_START:
+		return "start";
+	case AAI_WIRE_COMPLETE:
+		return "complete";
+	case AAI_WIRE_CANCEL:
+		return "cancel";
+	case AAI_WIRE_PROGRESS:
+		return "progress";
+	case AAI_WIRE_HEARTBEAT:
+		return "heartbeat";
+	case AAI_WIRE_HELLO:
+		return "hello";
+	case AAI_WIRE_GOODBYE:
+		return "goodbye";
+	default:
+		return "none";
+	}
+}
+
+const char *
+aai_wire_status_name(aai_wire_status status)
+{
+	switch (status) {
+	case AAI_WIRE_COMPLETED:
+		return "completed";
+	case AAI_WIRE_CANCELED:
+		return "canceled";
+	case AAI_WIRE_FAILED:
+		return "failed";
+	case AAI_WIRE_REJECTED:
+		return "rejected";
+	default:
+		return "invalid";
+	}
+}
+
+// text_len returns strlen(s) if it is at most max, else max + 1; NULL is "".
+static size_t
+text_len(const char *s, size_t max)
+{
+	size_t n = 0;
+	if (s == NULL) {
+		return 0;
+	}
+	while (n <= max && s[n] != '\0') {
+		n++;
+	}
+	return n;
+}
+
+// name_ok says whether s is a valid method name: 1..AAI_WIRE_METHOD_MAX
+// bytes, none of them a control character.
+static bool
+name_ok(const char *s)
+{
+	size_t n = 0;
+	if (s == NULL) {
+		return false;
+	}
+	for (; s[n] != '\0'; n++) {
+		unsigned char ch = (unsigned char)s[n];
+		if (n >= AAI_WIRE_METHOD_MAX || ch < 0x20 || ch == 0x7f) {
+			return false;
+		}
+	}
+	return n > 0;
+}
+
+static bool
+single_cancel_type(uint32_t t)
+{
+	return t == AA_CANCEL_TERMINAL || t == AA_CANCEL_PARTIAL ||
+	       t == AA_CANCEL_TOTAL;
+}
+
+static int
+check_hello(const char **why, const aai_wire_hello *h)
+{
+	if (h->version == 0) {
+		*why = "hello without a version";
+		return AA_EPROTO;
+	}
+	if (h->max_msg_size < AAI_WIRE_MIN_MSG_SIZE) {
+		*why = "hello with max message size below 512";
+		return AA_EPROTO;
+	}
+	switch (h->role) {
+	case AAI_WIRE_ROLE_CLIENT:
+		if (h->instance_id == 0) {
+			*why = "client hello without an instance id";
+			return AA_EPROTO;
+		}
+		// The server-only fields are ignored, not checked.
+		return 0;
+	case AAI_WIRE_ROLE_SERVER:
+		if (h->max_pending == 0) {
+			*why = "server hello with max pending ops 0";
+			return AA_EPROTO;
+		}
+		if (h->conn_id == 0) {
+			*why = "server hello without a connection id";
+			return AA_EPROTO;
+		}
+		if (h->n_methods > AAI_WIRE_METHODS_MAX ||
+		    (h->n_methods > 0 && h->methods == NULL)) {
+			*why = "server hello with a bad method table";
+			return AA_EPROTO;
+		}
+		for (size_t i = 0; i < h->n_methods; i++) {
+			if (!name_ok(h->methods[i].name)) {
+				*why = "server hello with a bad method name";
+				return AA_EPROTO;
+			}
+			if ((h->methods[i].cancel_types &
+			     ~(uint32_t)AAI_WIRE_CANCEL_MASK) != 0) {
+				*why = "server hello with bad cancel types";
+				return AA_EPROTO;
+			}
+		}
+		return 0;
+	default:
+		*why = "hello with an unknown role";
+		return AA_EPROTO;
+	}
+}
+
+static int
+check_complete(const char **why, const aai_wire_msg *m, bool encoding)
+{
+	uint32_t err = m->complete.error;
+
+	if (m->op_id == 0) {
+		*why = "complete with op id 0";
+		return AA_EPROTO;
+	}
+	if (err > AAI_WIRE_ERROR_MAX) {
+		*why = "complete with an error code out of range";
+		return AA_EPROTO;
+	}
+	switch (m->complete.status) {
+	case AAI_WIRE_COMPLETED:
+		if (err != 0) {
+			*why = "completed with an error code";
+			return AA_EPROTO;
+		}
+		break;
+	case AAI_WIRE_CANCELED:
+		// ETIMEDOUT: cancelled because its deadline passed.
+		if (err != 0 && err != AA_ECANCELED && err != AA_ETIMEDOUT) {
+			*why = "canceled with an error code other than "
+			       "ECANCELED or ETIMEDOUT";
+			return AA_EPROTO;
+		}
+		break;
+	case AAI_WIRE_FAILED:
+	case AAI_WIRE_REJECTED:
+		if (err == 0) {
+			*why = "failed or rejected without an error code";
+			return AA_EPROTO;
+		}
+		break;
+	default:
+		*why = "complete with an unknown status";
+		return AA_EPROTO;
+	}
+	if (!encoding && text_len(m->complete.message, AAI_WIRE_TEXT_MAX) >
+	                     AAI_WIRE_TEXT_MAX) {
+		*why = "complete with an over-long message";
+		return AA_EPROTO;
+	}
+	if (m->complete.payload == NULL && m->complete.payload_len != 0) {
+		*why = "complete with a NULL payload";
+		return AA_EPROTO;
+	}
+	return 0;
+}
+
+// check_msg applies the protocol's rules; encoding relaxes the text limit
+// (encode cuts texts instead).
+static int
+check_msg(const char **why, const aai_wire_msg *m, bool encoding)
+{
+	switch (m->kind) {
+	case AAI_WIRE_START:
+		if (m->op_id == 0) {
+			*why = "start with op id 0";
+			return AA_EPROTO;
+		}
+		if (!name_ok(m->start.method)) {
+			*why = "start with an empty, long or bad method name";
+			return AA_EPROTO;
+		}
+		if ((m->start.cancel_types &
+		     ~(uint32_t)AAI_WIRE_CANCEL_MASK) != 0) {
+			*why = "start with bad cancel types";
+			return AA_EPROTO;
+		}
+		if (m->start.payload == NULL && m->start.payload_len != 0) {
+			*why = "start with a NULL payload";
+			return AA_EPROTO;
+		}
+		return 0;
+	case AAI_WIRE_COMPLETE:
+		return check_complete(why, m, encoding);
+	case AAI_WIRE_CANCEL:
+		if (m->op_id == 0) {
+			*why = "cancel with op id 0";
+			return AA_EPROTO;
+		}
+		if (!single_cancel_type(m->cancel.type)) {
+			*why = "cancel with a bad cancellation type";
+			return AA_EPROTO;
+		}
+		return 0;
+	case AAI_WIRE_PROGRESS:
+		if (m->op_id == 0) {
+			*why = "progress with op id 0";
+			return AA_EPROTO;
+		}
+		if (m->progress.payload == NULL &&
+		    m->progress.payload_len != 0) {
+			*why = "progress with a NULL payload";
+			return AA_EPROTO;
+		}
+		return 0;
+	case AAI_WIRE_HEARTBEAT:
+		return 0;
+	case AAI_WIRE_HELLO:
+		return check_hello(why, &m->hello);
+	case AAI_WIRE_GOODBYE:
+		if (m->goodbye.reason > AAI_WIRE_ERROR_MAX) {
+			*why = "goodbye with a reason out of range";
+			return AA_EPROTO;
+		}
+		if (!encoding &&
+		    text_len(m->goodbye.message, AAI_WIRE_TEXT_MAX) >
+		        AAI_WIRE_TEXT_MAX) {
+			*why = "goodbye with an over-long message";
+			return AA_EPROTO;
+		}
+		return 0;
+	default:
+		*why = "no message body";
+		return AA_EPROTO;
+	}
+}
+
+int
+aai_wire_check(const char **why, const aai_wire_msg *m)
+{
+	const char *unused;
+	return check_msg(why != NULL ? why : &unused, m, false);
+}
+
+// ---------------------------------------------------------------------------
+// Encoding.
+
+#define HELLO_STACK_METHODS 16
+
+// A message being packed: every body it may be, and the method table of
+// a Hello, all on the caller's stack.
+typedef struct packer {
+	aai_wire_kind kind; // the Envelope's body field number
+	union {
+		Aa__V1__Start start;
+		Aa__V1__Complete complete;
+		Aa__V1__Cancel cancel;
+		Aa__V1__Progress progress;
+		Aa__V1__Heartbeat heartbeat;
+		Aa__V1__Hello hello;
+		Aa__V1__Goodbye goodbye;
+	} body;
+	Aa__V1__MethodInfo stack_infos[HELLO_STACK_METHODS];
+	Aa__V1__MethodInfo *stack_ptrs[HELLO_STACK_METHODS];
+	Aa__V1__MethodInfo *heap_infos; // NULL unless the table is big
+	Aa__V1__MethodInfo **heap_ptrs;
+	char text[AAI_WIRE_TEXT_MAX + 1]; // a cut text
+} packer;
+
+static ProtobufCBinaryData
+bin(const void *p, size_t len)
+{
+	ProtobufCBinaryData b = {.len = len, .data = (uint8_t *)p};
+	if (len == 0) {
+		b.data = NULL;
+	}
+	return b;
+}
+
+// str turns NULL into "" (protobuf-c skips empty proto3 strings).
+static char *
+str(const char *s)
+{
+	return (char *)(s != NULL ? s : "");
+}
+
+// text cuts s to AAI_WIRE_TEXT_MAX bytes, copying only when it must.
+static char *
+text(packer *pk, const char *s)
+{
+	size_t n = text_len(s, AAI_WIRE_TEXT_MAX);
+	if (n <= AAI_WIRE_TEXT_MAX) {
+		return str(s);
+	}
+	memcpy(pk->text, s, AAI_WIRE_TEXT_MAX);
+	pk->text[AAI_WIRE_TEXT_MAX] = '\0';
+	return pk->text;
+}
+
+static void
+packer_fini(packer *pk)
+{
+	aai_free(pk->heap_infos);
+	aai_free(pk->heap_ptrs);
+}
+
+static int
+fill_hello(packer *pk, const aai_wire_hello *h)
+{
+	Aa__V1__Hello *ph = &pk->body.hello;
+	Aa__V1__MethodInfo *infos = pk->stack_infos;
+	Aa__V1__MethodInfo **ptrs = pk->stack_ptrs;
+	const aai_wire_method *ms = h->methods;
+	size_t n = 0;
+
+	*ph = (Aa__V1__Hello)AA__V1__HELLO__INIT;
+	ph->version = h->version;
+	ph->role = (Aa__V1__Role)h->role;
+	ph->max_message_size = h->max_msg_size;
+	ph->heartbeat_interval_ms = h->heartbeat_ms;
+	if (h->role == AAI_WIRE_ROLE_CLIENT) {
+		ph->client_instance_id = h->instance_id;
+		return 0;
+	}
+	ph->max_pending_ops = h->max_pending;
+	ph->connection_id = h->conn_id;
+	n = h->n_methods;
+	if (n > HELLO_STACK_METHODS) {
+		pk->heap_infos = aai_alloc(n * sizeof(*infos));
+		pk->heap_ptrs = aai_alloc(n * sizeof(*ptrs));
+		if (pk->heap_infos == NULL || pk->heap_ptrs == NULL) {
+			return AA_ENOMEM;
+		}
+		infos = pk->heap_infos;
+		ptrs = pk->heap_ptrs;
+	}
+	for (size_t i = 0; i < n; i++) {
+		infos[i] = (Aa__V1__MethodInfo)AA__V1__METHOD_INFO__INIT;
+		infos[i].name = str(ms[i].name);
+		infos[i].cancel_types = ms[i].cancel_types;
+		ptrs[i] = &infos[i];
+	}
+	ph->n_methods = n;
+	ph->methods = n > 0 ? ptrs : NULL;
+	return 0;
+}
+
+// fill validates m and builds its protobuf-c form in pk.
+static int
+fill(packer *pk, const aai_wire_msg *m)
+{
+	const char *why;
+
+	pk->heap_infos = NULL;
+	pk->heap_ptrs = NULL;
+	if (check_msg(&why, m, true) != 0) {
+		return AA_EINVAL;
+	}
+	pk->kind = m->kind;
+	switch (m->kind) {
+	case AAI_WIRE_START: {
+		Aa__V1__Start *s = &pk->body.start;
+		*s = (Aa__V1__Start)AA__V1__START__INIT;
+		s->op_id = m->op_id;
+		s->method = str(m->start.method);
+		s->payload = bin(m->start.payload, m->start.payload_len);
+		s->deadline_ms = m->start.deadline_ms;
+		s->cancel_types = m->start.cancel_types;
+		return 0;
+	}
+	case AAI_WIRE_COMPLETE: {
+		Aa__V1__Complete *c = &pk->body.complete;
+		*c = (Aa__V1__Complete)AA__V1__COMPLETE__INIT;
+		c->op_id = m->op_id;
+		c->status = (Aa__V1__Status)m->complete.status;
+		c->payload = bin(m->complete.payload, m->complete.payload_len);
+		c->error = m->complete.error;
+		c->message = text(pk, m->complete.message);
+		return 0;
+	}
+	case AAI_WIRE_CANCEL: {
+		Aa__V1__Cancel *c = &pk->body.cancel;
+		*c = (Aa__V1__Cancel)AA__V1__CANCEL__INIT;
+		c->op_id = m->op_id;
+		c->type = m->cancel.type;
+		return 0;
+	}
+	case AAI_WIRE_PROGRESS: {
+		Aa__V1__Progress *p = &pk->body.progress;
+		*p = (Aa__V1__Progress)AA__V1__PROGRESS__INIT;
+		p->op_id = m->op_id;
+		p->payload = bin(m->progress.payload, m->progress.payload_len);
+		return 0;
+	}
+	case AAI_WIRE_HEARTBEAT: {
+		Aa__V1__Heartbeat *h = &pk->body.heartbeat;
+		*h = (Aa__V1__Heartbeat)AA__V1__HEARTBEAT__INIT;
+		h->time_us = m->heartbeat.time_us;
+		return 0;
+	}
+	case AAI_WIRE_HELLO:
+		return fill_hello(pk, &m->hello);
+	case AAI_WIRE_GOODBYE: {
+		Aa__V1__Goodbye *g = &pk->body.goodbye;
+		*g = (Aa__V1__Goodbye)AA__V1__GOODBYE__INIT;
+		g->reason = m->goodbye.reason;
+		g->message = text(pk, m->goodbye.message);
+		return 0;
+	}
+	default:
+		return AA_EINVAL; // unreachable: check_msg refused it
+	}
+}
+
+// The Envelope is written by hand around its body: one key byte (body
+// field numbers are below 16), the body's size as a varint, the body. The
+// bytes are exactly what protobuf-c would pack for the Envelope, but the
+// body's size is computed once instead of twice.
+
+static ProtobufCMessage *
+body_of(packer *pk)
+{
+	// Every member of the union starts with its ProtobufCMessage.
+	return (ProtobufCMessage *)&pk->body;
+}
+
+static size_t
+varint_len(uint64_t v)
+{
+	size_t n = 1;
+	while (v >= 0x80) {
+		v >>= 7;
+		n++;
+	}
+	return n;
+}
+
+int
+aai_wire_size(size_t *sizep, const aai_wire_msg *m)
+{
+	packer pk;
+	int rv;
+
+	*sizep = 0;
+	if ((rv = fill(&pk, m)) == 0) {
+		size_t body = protobuf_c_message_get_packed_size(body_of(&pk));
+		*sizep = 1 + varint_len(body) + body;
+	}
+	packer_fini(&pk);
+	return rv;
+}
+
+int
+aai_wire_encode(size_t *lenp, void *buf, size_t cap, const aai_wire_msg *m,
+                size_t max_size)
+{
+	packer pk;
+	size_t body, size;
+	uint8_t *out = buf;
+	int rv;
+
+	*lenp = 0;
+	if ((rv = fill(&pk, m)) != 0) {
+		packer_fini(&pk);
+		return rv;
+	}
+	body = protobuf_c_message_get_packed_size(body_of(&pk));
+	size = 1 + varint_len(body) + body;
+	if (max_size != 0 && size > max_size) {
+		rv = AA_EMSGSIZE;
+	} else if (size > cap || buf == NULL) {
+		*lenp = size;
+		rv = AA_ENOMEM;
+	} else {
+		size_t n = 0;
+		uint64_t v = body;
+		out[n++] = (uint8_t)((unsigned)pk.kind << 3 | 2);
+		while (v >= 0x80) {
+			out[n++] = (uint8_t)(v | 0x80);
+			v >>= 7;
+		}
+		out[n++] = (uint8_t)v;
+		n += protobuf_c_message_pack(body_of(&pk), out + n);
+		AAI_ASSERT(n == size);
+		*lenp = n;
+	}
+	packer_fini(&pk);
+	return rv;
+}
+
+// ---------------------------------------------------------------------------
+// Decoding.
+
+// read_varint reads a base-128 varint of at most 10 bytes.
+static bool
+read_varint(const uint8_t **pp, const uint8_t *end, uint64_t *v)
+{
+	const uint8_t *p = *pp;
+	uint64_t x = 0;
+
+	for (unsigned shift = 0; shift < 70; shift += 7) {
+		if (p == end) {
+			return false;
+		}
+		uint8_t b = *p++;
+		x |= (uint64_t)(b & 0x7f) << shift;
+		if ((b & 0x80) == 0) {
+			*pp = p;
+			*v = x;
+			return true;
+		}
+	}
+	return false;
+}
+
+// scan_envelope walks the Envelope's top-level fields and checks that
+// exactly one of them is a body (unknown fields are allowed and skipped).
+static int
+scan_envelope(const char **why, const uint8_t *p, size_t len)
+{
+	const uint8_t *end = p + len;
+	unsigned bodies = 0;
+	unsigned unknown = 0;
+
+	while (p < end) {
+		uint64_t key;
+		uint64_t n;
+		if (!read_varint(&p, end, &key) || (key >> 3) == 0 ||
+		    (key >> 3) > 0x1fffffff) {
+			*why = "malformed frame: bad field key";
+			return AA_EPROTO;
+		}
+		uint64_t field = key >> 3;
+		unsigned wtype = (unsigned)(key & 7);
+		if (field >= AAI_WIRE_START && field <= AAI_WIRE_GOODBYE) {
+			if (wtype != 2) {
+				*why =
+				    "malformed frame: body of a bad wire type";
+				return AA_EPROTO;
+			}
+			bodies++;
+		} else {
+			unknown++;
+		}
+		switch (wtype) {
+		case 0:
+			if (!read_varint(&p, end, &n)) {
+				*why = "malformed frame: bad varint";
+				return AA_EPROTO;
+			}
+			break;
+		case 1:
+		case 5:
+			n = wtype == 1 ? 8 : 4;
+			if ((size_t)(end - p) < n) {
+				*why = "malformed frame: truncated field";
+				return AA_EPROTO;
+			}
+			p += n;
+			break;
+		case 2:
+			if (!read_varint(&p, end, &n) ||
+			    n > (uint64_t)(end - p)) {
+				*why = "malformed frame: truncated field";
+				return AA_EPROTO;
+			}
+			p += n;
+			break;
+		default:
+			*why = "malformed frame: unsupported wire type";
+			return AA_EPROTO;
+		}
+	}
+	if (bodies > 1) {
+		*why = "more than one message body";
+		return AA_EPROTO;
+	}
+	if (bodies == 0) {
+		*why =
+		    unknown > 0 ? "unknown message kind" : "no message body";
+		return AA_EPROTO;
+	}
+	return 0;
+}
+
+static int
+view_hello(const char **why, aai_wire_msg *m, aai_wire_arena *a,
+           const Aa__V1__Hello *h)
+{
+	aai_wire_hello *v = &m->hello;
+
+	v->version = h->version;
+	v->role = (aai_wire_role)h->role;
+	v->max_msg_size = h->max_message_size;
+	v->max_pending = h->max_pending_ops;
+	v->heartbeat_ms = h->heartbeat_interval_ms;
+	v->instance_id = h->client_instance_id;
+	v->conn_id = h->connection_id;
+	v->methods = NULL;
+	v->n_methods = 0;
+	if (h->role != AA__V1__ROLE__SERVER || h->n_methods == 0) {
+		return 0; // a client's table, if any, is ignored
+	}
+	if (h->n_methods > AAI_WIRE_METHODS_MAX) {
+		*why = "server hello with too many methods";
+		return AA_EPROTO;
+	}
+	aai_wire_method *ms = arena_alloc(a, h->n_methods * sizeof(*ms));
+	if (ms == NULL) {
+		*why = "frame needs too much memory";
+		return AA_EPROTO;
+	}
+	for (size_t i = 0; i < h->n_methods; i++) {
+		ms[i].name = h->methods[i]->name;
+		ms[i].cancel_types = h->methods[i]->cancel_types;
+	}
+	v->methods = ms;
+	v->n_methods = h->n_methods;
+	return 0;
+}
+
+// view fills the aai_wire_msg view of an unpacked Envelope.
+static int
+view(const char **why, aai_wire_msg *m, aai_wire_arena *a,
+     const Aa__V1__Envelope *env)
+{
+	m->kind = (aai_wire_kind)env->body_case;
+	m->op_id = 0;
+	switch (env->body_case) {
+	case AA__V1__ENVELOPE__BODY_START: {
+		const Aa__V1__Start *s = env->start;
+		m->op_id = s->op_id;
+		m->start.method = s->method;
+		m->start.payload = s->payload.data;
+		m->start.payload_len = s->payload.len;
+		m->start.deadline_ms = s->deadline_ms;
+		m->start.cancel_types = s->cancel_types;
+		return 0;
+	}
+	case AA__V1__ENVELOPE__BODY_COMPLETE: {
+		const Aa__V1__Complete *c = env->complete;
+		m->op_id = c->op_id;
+		m->complete.status = (aai_wire_status)c->status;
+		m->complete.error = c->error;
+		m->complete.message = c->message;
+		m->complete.payload = c->payload.data;
+		m->complete.payload_len = c->payload.len;
+		return 0;
+	}
+	case AA__V1__ENVELOPE__BODY_CANCEL:
+		m->op_id = env->cancel->op_id;
+		m->cancel.type = env->cancel->type;
+		return 0;
+	case AA__V1__ENVELOPE__BODY_PROGRESS:
+		m->op_id = env->progress->op_id;
+		m->progress.payload = env->progress->payload.data;
+		m->progress.payload_len = env->progress->payload.len;
+		return 0;
+	case AA__V1__ENVELOPE__BODY_HEARTBEAT:
+		m->heartbeat.time_us = env->heartbeat->time_us;
+		return 0;
+	case AA__V1__ENVELOPE__BODY_HELLO:
+		return view_hello(why, m, a, env->hello);
+	case AA__V1__ENVELOPE__BODY_GOODBYE:
+		m->goodbye.reason = env->goodbye->reason;
+		m->goodbye.message = env->goodbye->message;
+		return 0;
+	default:
+		*why = "no message body";
+		return AA_EPROTO;
+	}
+}
+
+int
+aai_wire_decode(aai_wire_msg *m, const char **why, aai_wire_arena *a,
+                const void *frame, size_t len, size_t max_size)
+{
+	static const uint8_t empty[1];
+	const char *unused;
+	Aa__V1__Envelope *env;
+	int rv;
+
+	if (why == NULL) {
+		why = &unused;
+	}
+	*why = NULL;
+	memset(m, 0, sizeof(*m));
+	aai_wire_arena_reset(a);
+	if (max_size != 0 && len > max_size) {
+		*why = "frame larger than the message size limit";
+		return AA_EMSGSIZE;
+	}
+	if (frame == NULL) {
+		if (len != 0) {
+			*why = "no frame";
+			return AA_EPROTO;
+		}
+		frame = empty;
+	}
+	if ((rv = scan_envelope(why, frame, len)) != 0) {
+		return rv;
+	}
+
+	ProtobufCAllocator alloc = {
+	    .alloc = arena_alloc, .free = arena_free, .allocator_data = a};
+	a->budget = SIZE_MAX;
+	if (len < (SIZE_MAX - BUDGET_SLACK) / BUDGET_FACTOR) {
+		a->budget = len * BUDGET_FACTOR + BUDGET_SLACK;
+	}
+	env = aa__v1__envelope__unpack(&alloc, len, frame);
+	if (env == NULL) {
+		*why = a->budget == 0 ? "frame needs too much memory"
+		                      : "malformed frame";
+		rv = AA_EPROTO;
+	} else if ((rv = view(why, m, a, env)) == 0) {
+		rv = check_msg(why, m, false);
+	}
+	if (rv != 0) {
+		memset(m, 0, sizeof(*m));
+		aai_wire_arena_reset(a);
+	}
+	return rv;
+}
