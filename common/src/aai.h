@@ -15,7 +15,7 @@
 // so that aa_heap_allocs() can prove steady state allocates nothing.
 void *aai_alloc(size_t size);
 void *aai_zalloc(size_t size);
-void  aai_free(void *p);
+void aai_free(void *p);
 char *aai_strdup(const char *s);
 
 // Live-object counters behind aa_live().
@@ -37,24 +37,29 @@ void aai_cv_signal(pthread_cond_t *cv);
 // predictable branch when no checkpoint function is installed.
 extern _Atomic(aa_checkpoint_fn) aai_checkpoint_fn;
 void aai_checkpoint_call(const char *name, void *subject);
-#define AAI_CHECKPOINT(name, subject)                                       \
-	do {                                                                \
-		if (__builtin_expect(atomic_load_explicit(&aai_checkpoint_fn, \
-		                         memory_order_relaxed) != NULL,     \
-		        0)) {                                               \
-			aai_checkpoint_call(name, subject);                 \
-		}                                                           \
+#define AAI_CHECKPOINT(name, subject)                                         \
+	do {                                                                  \
+		if (__builtin_expect(                                         \
+		        atomic_load_explicit(&aai_checkpoint_fn,              \
+		                             memory_order_relaxed) != NULL,   \
+		        0)) {                                                 \
+			aai_checkpoint_call(name, subject);                   \
+		}                                                             \
 	} while (0)
+
+// aai_op_cancel_fn returns the cancel function op was made with: a layer
+// recognises its own ops by it before reading their extra memory.
+aa_op_cancel_fn aai_op_cancel_fn(const aa_op *op);
 
 // aai_panic reports a broken invariant and aborts.
 _Noreturn void aai_panic(const char *fmt, ...);
 
-#define AAI_ASSERT(x)                                                       \
-	do {                                                                \
-		if (!(x)) {                                                 \
-			aai_panic("%s:%d: assertion failed: %s", __FILE__,  \
-			    __LINE__, #x);                                  \
-		}                                                           \
+#define AAI_ASSERT(x)                                                         \
+	do {                                                                  \
+		if (!(x)) {                                                   \
+			aai_panic("%s:%d: assertion failed: %s", __FILE__,    \
+			          __LINE__, #x);                              \
+		}                                                             \
 	} while (0)
 
 #endif // AA_AAI_H

@@ -242,6 +242,12 @@ aa_op_id(const aa_op *op)
 	return op->id;
 }
 
+aa_op_cancel_fn
+aai_op_cancel_fn(const aa_op *op)
+{
+	return op->cancel_fn;
+}
+
 int
 aa_op_cancel_detail(const aa_op *op)
 {

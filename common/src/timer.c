@@ -138,11 +138,11 @@ queue_main(void *arg)
 		}
 		heap_remove(q, t);
 		aa_timer_fn fn = t->fn_;
-		void *arg = t->arg_;
+		void *fn_arg = t->arg_;
 		q->running = t;
 		aai_mtx_unlock(&q->mtx);
 
-		fn(arg); // may free or re-arm t: t is not touched again
+		fn(fn_arg); // may free or re-arm t: t is not touched again
 
 		aai_mtx_lock(&q->mtx);
 		q->running = NULL;

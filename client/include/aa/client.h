@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include <aa/op.h>
+#include <aa/url.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -86,11 +87,6 @@ typedef struct aa_client_stats {
 	uint64_t connects;        // successful handshakes
 	uint64_t pending;         // ops in the table now
 } aa_client_stats;
-
-// aa_default_url returns the address the demo pair meets on when none is
-// given: ipc://$XDG_RUNTIME_DIR/aaproxy/aa.sock, or a per-user directory
-// under /tmp (created 0700). The string is static.
-const char *aa_default_url(void);
 
 // aa_client_open connects to o->url and performs the handshake, blocking up
 // to connect_timeout_ms. AA_ECONNREF, AA_ETIMEDOUT, AA_EPROTO (version),

@@ -11,6 +11,7 @@
 #include <aa/executor.h>
 #include <aa/op.h>
 #include <aa/timer.h>
+#include <aa/url.h>
 
 #if defined(__has_include)
 #if __has_include(<aa/client.h>)

@@ -1,0 +1,915 @@
+// aa-test-labels: concurrent
+// test_client.c: the client layer against the real server layer: the three
+// cancellation timelines and the server-completes-instead case, each forced
+// with checkpoints (never sleeps), over inproc, ipc and tcp; what each side
+// saw and what crossed the wire; cancel racing completion; cancel-all;
+// close; deadlines; progress; a server that is killed, stopped or closed;
+// a client that is killed.
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <aa/client.h>
+#include <aa/server.h>
+
+#include "testutil.h"
+
+// ---- Hold points: a checkpoint that stops one thread once ----
+
+typedef struct hold_point {
+	const char *name;
+	atomic_int armed;
+	void *subject;
+	gate reached;
+	gate release;
+} hold_point;
+
+static hold_point hp_submit = {.name = "client.before_submit"};
+static hold_point hp_deliver = {.name = "client.before_deliver"};
+static hold_point hp_reply = {.name = "server.before_reply"};
+static hold_point hp_start = {.name = "server.before_start"};
+static hold_point *const points[] = {&hp_submit, &hp_deliver, &hp_reply,
+                                     &hp_start};
+
+static void
+on_checkpoint(void *arg, const char *name, void *subject)
+{
+	(void)arg;
+	for (size_t i = 0; i < sizeof(points) / sizeof(points[0]); i++) {
+		hold_point *h = points[i];
+		if (strcmp(name, h->name) == 0 &&
+		    atomic_exchange(&h->armed, 0) == 1) {
+			h->subject = subject;
+			gate_open(&h->reached);
+			gate_wait(&h->release);
+		}
+	}
+}
+
+static void
+arm(hold_point *h)
+{
+	gate_init(&h->reached);
+	gate_init(&h->release);
+	atomic_store(&h->armed, 1);
+}
+
+// ---- Server methods ----
+
+typedef struct server_side {
+	gate started;       // a "hold" op started
+	aa_op *held;        // the last "hold" op (the test's reference)
+	atomic_int cancels; // cancel requests the real ops saw
+	atomic_int compensated;
+	bool stubborn; // "hold" ignores cancellation
+} server_side;
+
+static server_side S;
+
+static int
+m_echo(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
+       size_t len, const aa_assoc *assoc)
+{
+	aa_op_provider pv = {.policy = AA_POLICY_IMMEDIATE,
+	                     .cancel_types = AA_CANCEL_ALL,
+	                     .extra = len};
+	int rv = aa_op_alloc(opp, &pv, assoc);
+	if (rv == 0) {
+		memcpy(aa_op_extra(*opp), payload, len);
+		aa_op_complete(*opp, aa_op_extra(*opp), len, NULL);
+	}
+	return rv;
+}
+
+static int
+hold_cancel(aa_op *op, aa_cancel_type type, void *arg)
+{
+	(void)type;
+	(void)arg;
+	atomic_fetch_add(&S.cancels, 1);
+	if (!S.stubborn) {
+		aa_op_canceled(op);
+	}
+	return 0;
+}
+
+// "hold": a real op that runs until the test finishes it or it is
+// cancelled (or, stubborn, ignores the cancel).
+static int
+m_hold(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
+       size_t len, const aa_assoc *assoc)
+{
+	aa_op_provider pv = {.cancel = hold_cancel,
+	                     .policy = AA_POLICY_COOPERATIVE,
+	                     .cancel_types = AA_CANCEL_ALL};
+	int rv = aa_op_alloc(opp, &pv, assoc);
+	if (rv == 0) {
+		aa_op_ref(*opp);
+		if (S.held != NULL) {
+			aa_op_unref(S.held);
+		}
+		S.held = *opp;
+		gate_open(&S.started);
+	}
+	return rv;
+}
+
+// "park": like hold, for many ops at once, none kept by the test.
+static int
+m_park(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
+       size_t len, const aa_assoc *assoc)
+{
+	aa_op_provider pv = {.cancel = hold_cancel,
+	                     .policy = AA_POLICY_COOPERATIVE,
+	                     .cancel_types = AA_CANCEL_ALL};
+	return aa_op_alloc(opp, &pv, assoc);
+}
+
+static void
+compensate(void *arg, const aa_call_info *call, aa_op *op)
+{
+	atomic_fetch_add(&S.compensated, 1);
+}
+
+// ---- Fixture ----
+
+typedef struct env {
+	char dir[64];
+	char url[128];
+	aa_server *srv;
+	aa_client *cli;
+} env;
+
+static env E;
+
+static void
+server_up(env *e, const char *kind, uint32_t max_pending)
+{
+	aa_server_opts so = {.max_pending = max_pending};
+	cr_assert_eq(aa_server_alloc(&e->srv, &so), 0);
+	aa_method_def defs[] = {
+	    {.name = "echo", .start = m_echo, .cancel_types = AA_CANCEL_ALL},
+	    {.name = "hold",
+	     .start = m_hold,
+	     .compensate = compensate,
+	     .cancel_types = AA_CANCEL_ALL},
+	    {.name = "park", .start = m_park, .cancel_types = AA_CANCEL_ALL},
+	    {.name = "terminal_only",
+	     .start = m_echo,
+	     .cancel_types = AA_CANCEL_TERMINAL},
+	};
+	for (size_t i = 0; i < sizeof(defs) / sizeof(defs[0]); i++) {
+		cr_assert_eq(aa_server_register(e->srv, &defs[i]), 0);
+	}
+	if (strcmp(kind, "inproc") == 0) {
+		snprintf(e->url, sizeof(e->url), "inproc://aa-test-%d",
+		         (int)getpid());
+	} else if (strcmp(kind, "ipc") == 0 && e->dir[0] != '\0') {
+		// The test chose the address already.
+	} else if (strcmp(kind, "ipc") == 0) {
+		strcpy(e->dir, "/tmp/aa-test-XXXXXX");
+		cr_assert_not_null(mkdtemp(e->dir));
+		snprintf(e->url, sizeof(e->url), "ipc://%s/s.sock", e->dir);
+	} else {
+		strcpy(e->url, "tcp://127.0.0.1:0");
+	}
+	cr_assert_eq(aa_server_listen(e->srv, e->url), 0);
+	if (strcmp(kind, "tcp") == 0) {
+		snprintf(e->url, sizeof(e->url), "tcp://127.0.0.1:%d",
+		         aa_server_port(e->srv));
+	}
+}
+
+static void
+client_up(env *e, int heartbeat_ms)
+{
+	aa_client_opts co = {.url = e->url, .heartbeat_ms = heartbeat_ms};
+	cr_assert_eq(aa_client_open(&e->cli, &co), 0);
+}
+
+static void
+env_up(const char *kind)
+{
+	server_up(&E, kind, 0);
+	client_up(&E, 0);
+}
+
+static void
+setup(void)
+{
+	memset(&S, 0, sizeof(S));
+	gate_init(&S.started);
+	memset(&E, 0, sizeof(E));
+	aa_checkpoint_set(on_checkpoint, NULL);
+}
+
+static void
+teardown(void)
+{
+	aa_checkpoint_set(NULL, NULL);
+	if (E.cli != NULL) {
+		aa_client_free(E.cli);
+	}
+	if (S.held != NULL) {
+		if (aa_op_status(S.held) == AA_STARTED) {
+			aa_op_canceled(S.held);
+		}
+		aa_op_unref(S.held);
+	}
+	if (E.srv != NULL) {
+		aa_server_free(E.srv);
+	}
+	if (E.dir[0] != '\0') {
+		char sock[128];
+		snprintf(sock, sizeof(sock), "%s/s.sock", E.dir);
+		unlink(sock);
+		rmdir(E.dir);
+	}
+	aa_test_check_live();
+}
+
+TestSuite(client, .init = setup, .fini = teardown, .timeout = 60);
+
+// ---- A handler that records, and helpers ----
+
+typedef struct seen {
+	atomic_int calls;
+	aa_state state;
+	pthread_t thread;
+	gate done;
+	atomic_int settles;
+	gate settled;
+	int cancel_inside_rv;
+	bool cancel_inside;
+} seen;
+
+static void
+seen_init(seen *s)
+{
+	memset(s, 0, sizeof(*s));
+	gate_init(&s->done);
+	gate_init(&s->settled);
+}
+
+static void
+on_done(aa_op *op, void *arg)
+{
+	seen *s = arg;
+	s->state = aa_op_status(op);
+	s->thread = pthread_self();
+	if (s->cancel_inside) {
+		s->cancel_inside_rv = aa_op_cancel(op, AA_CANCEL_TERMINAL);
+	}
+	atomic_fetch_add(&s->calls, 1);
+	gate_open(&s->done);
+}
+
+static void
+on_settle(aa_op *op, void *arg)
+{
+	seen *s = arg;
+	atomic_fetch_add(&s->settles, 1);
+	gate_open(&s->settled);
+}
+
+static aa_op *
+call(const char *method, const char *payload, seen *s)
+{
+	aa_op *op = NULL;
+	cr_assert_eq(aa_client_call(&op, E.cli, method, payload,
+	                            payload ? strlen(payload) : 0, NULL, NULL),
+	             0);
+	cr_assert_eq(aa_op_set_handler(op, on_done, s), 0);
+	cr_assert_eq(aa_op_set_settle_handler(op, on_settle, s), 0);
+	return op;
+}
+
+static void
+client_stats(aa_client_stats *st)
+{
+	aa_client_stats_get(E.cli, st);
+}
+
+static void
+server_stats(aa_server_stats *st)
+{
+	aa_server_stats_get(E.srv, st);
+}
+
+// ---- Round trip ----
+
+static void
+echo_round_trip(const char *kind)
+{
+	static seen s;
+	seen_init(&s);
+	env_up(kind);
+	aa_op *op = call("echo", "hello", &s);
+	gate_wait(&s.done);
+	cr_assert_eq(s.state, AA_COMPLETED);
+	const void *data;
+	size_t len;
+	cr_assert_eq(aa_op_result(op, &data, &len), 0);
+	cr_assert_eq(len, 5);
+	cr_assert_eq(memcmp(data, "hello", 5), 0);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_COMPLETED);
+	cr_assert_neq(aa_client_op_id(op), 0);
+	cr_assert_neq(aa_client_conn_id(E.cli), 0);
+	aa_op_unref(op);
+	aa_client_stats cs;
+	client_stats(&cs);
+	cr_assert_eq(cs.sent_start, 1);
+	cr_assert_eq(cs.recv_complete, 1);
+	cr_assert_eq(cs.sent_cancel, 0);
+}
+
+Test(client, echo_inproc)
+{
+	echo_round_trip("inproc");
+}
+Test(client, echo_ipc)
+{
+	echo_round_trip("ipc");
+}
+Test(client, echo_tcp)
+{
+	echo_round_trip("tcp");
+}
+
+Test(client, unknown_method_fails_locally_and_sends_nothing)
+{
+	env_up("inproc");
+	aa_op *op = NULL;
+	cr_assert_eq(aa_client_call(&op, E.cli, "nope", "x", 1, NULL, NULL),
+	             AA_ENOENT);
+	cr_assert_null(op);
+	aa_client_stats cs;
+	client_stats(&cs);
+	cr_assert_eq(cs.sent_start, 0);
+	unsigned types = 0;
+	cr_assert_eq(
+	    aa_client_method_cancel_types(E.cli, "terminal_only", &types), 0);
+	cr_assert_eq(types, AA_CANCEL_TERMINAL, "learned in the handshake");
+}
+
+Test(client, cancel_type_the_method_does_not_honour)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("inproc");
+	arm(&hp_submit); // keep it pre-submit so the test is not racing
+	aa_op *op = NULL;
+	aa_client_cork(E.cli);
+	cr_assert_eq(
+	    aa_client_call(&op, E.cli, "terminal_only", "x", 1, NULL, NULL),
+	    0);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TOTAL), AA_ENOTSUP);
+	cr_assert_eq(aa_op_status(op), AA_STARTED);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	atomic_store(&hp_submit.armed, 0);
+	aa_client_uncork(E.cli);
+	aa_op_unref(op);
+}
+
+// ---- Timeline 1: pre-submit ----
+
+static void
+pre_submit_with_cork(const char *kind)
+{
+	static seen s;
+	seen_init(&s);
+	env_up(kind);
+	aa_client_cork(E.cli);
+	aa_op *op = call("hold", "x", &s);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(atomic_load(&s.calls), 1, "handler ran inside cancel");
+	cr_assert(pthread_equal(s.thread, pthread_self()));
+	cr_assert_eq(s.state, AA_CANCELED);
+	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_PRE_SUBMIT);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_NEVER_STARTED);
+	cr_assert_eq(aa_op_result(op, NULL, NULL), AA_ECANCELED);
+	aa_client_uncork(E.cli);
+
+	// An echo after it proves the pipe is flushed: the server saw the
+	// echo and never the cancelled call.
+	static seen e;
+	seen_init(&e);
+	aa_op *probe = call("echo", "p", &e);
+	gate_wait(&e.done);
+	aa_client_stats cs;
+	aa_server_stats ss;
+	client_stats(&cs);
+	server_stats(&ss);
+	cr_assert_eq(cs.sent_start, 1, "only the probe's Start was sent");
+	cr_assert_eq(cs.sent_cancel, 0);
+	cr_assert_eq(cs.pre_submit, 1);
+	cr_assert_eq(ss.started, 1, "the server never heard of it");
+	cr_assert_eq(ss.cancels_received, 0);
+	aa_op_unref(probe);
+	aa_op_unref(op);
+}
+
+Test(client, pre_submit_inproc)
+{
+	pre_submit_with_cork("inproc");
+}
+Test(client, pre_submit_ipc)
+{
+	pre_submit_with_cork("ipc");
+}
+
+typedef struct caller {
+	thr t;
+	aa_op *op;
+	int rv;
+} caller;
+
+static void *
+caller_main(void *arg)
+{
+	caller *c = arg;
+	c->rv = aa_client_call(&c->op, E.cli, "hold", "x", 1, NULL, NULL);
+	return NULL;
+}
+
+Test(client, pre_submit_while_the_submitting_thread_is_held)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("ipc");
+	arm(&hp_submit);
+	caller c = {0};
+	thr_start(&c.t, caller_main, &c);
+	gate_wait(&hp_submit.reached); // the Start is about to be sent
+	aa_op *op = hp_submit.subject;
+	cr_assert_eq(aa_op_set_handler(op, on_done, &s), 0);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(atomic_load(&s.calls), 1);
+	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_PRE_SUBMIT);
+	gate_open(&hp_submit.release);
+	thr_join(&c.t);
+	cr_assert_eq(c.rv, 0);
+	cr_assert_eq(c.op, op);
+	aa_client_stats cs;
+	client_stats(&cs);
+	cr_assert_eq(cs.sent_start, 0, "nothing was sent");
+	aa_op_unref(c.op);
+}
+
+// ---- Timeline 2: in-flight ----
+
+static void
+in_flight(const char *kind)
+{
+	static seen s;
+	seen_init(&s);
+	env_up(kind);
+	aa_op *op = call("hold", "x", &s);
+	gate_wait(&S.started); // the server runs the real op
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(atomic_load(&s.calls), 1, "CANCELED at once");
+	cr_assert_eq(s.state, AA_CANCELED);
+	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_IN_FLIGHT);
+	// The server cancels the real op in due course; its Complete comes
+	// back late, is dropped, and says what really happened.
+	gate_wait(&s.settled);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_CANCELED);
+	cr_assert_eq(aa_op_status(op), AA_CANCELED);
+	cr_assert_eq(atomic_load(&s.calls), 1);
+	aa_client_stats cs;
+	aa_server_stats ss;
+	client_stats(&cs);
+	server_stats(&ss);
+	cr_assert_eq(cs.sent_start, 1);
+	cr_assert_eq(cs.sent_cancel, 1);
+	cr_assert_eq(cs.recv_complete, 1);
+	cr_assert_eq(cs.late_dropped, 1);
+	cr_assert_eq(cs.in_flight, 1);
+	cr_assert_eq(ss.started, 1);
+	cr_assert_eq(ss.cancels_received, 1);
+	cr_assert_eq(ss.canceled, 1);
+	cr_assert_eq(atomic_load(&S.cancels), 1);
+	aa_op_unref(op);
+}
+
+Test(client, in_flight_inproc)
+{
+	in_flight("inproc");
+}
+Test(client, in_flight_ipc)
+{
+	in_flight("ipc");
+}
+Test(client, in_flight_tcp)
+{
+	in_flight("tcp");
+}
+
+// ---- The server completes instead of cancelling ----
+
+static void
+server_completes_anyway(const char *kind)
+{
+	static seen s;
+	seen_init(&s);
+	S.stubborn = true;
+	env_up(kind);
+	aa_op *op = call("hold", "x", &s);
+	gate_wait(&S.started);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(s.state, AA_CANCELED);
+	// Wait until the server passed the Cancel to the real op, which
+	// ignores it, then let the real op complete.
+	while (atomic_load(&S.cancels) == 0) {
+		sched_yield();
+	}
+	cr_assert_eq(aa_op_complete(S.held, NULL, 0, NULL), 0);
+	gate_wait(&s.settled);
+	cr_assert_eq(aa_op_status(op), AA_CANCELED,
+	             "the client still "
+	             "sees CANCELED");
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_COMPLETED);
+	cr_assert_eq(aa_op_result(op, NULL, NULL), AA_ECANCELED);
+	aa_server_stats ss;
+	server_stats(&ss);
+	cr_assert_eq(ss.completed, 1);
+	cr_assert_eq(ss.wasted, 1, "work completed after the cancel");
+	cr_assert_eq(atomic_load(&S.compensated), 1);
+	aa_op_unref(op);
+}
+
+Test(client, server_completes_anyway_inproc)
+{
+	server_completes_anyway("inproc");
+}
+Test(client, server_completes_anyway_ipc)
+{
+	server_completes_anyway("ipc");
+}
+
+// ---- Timeline 3: already complete ----
+
+Test(client, already_complete_result_in_hand)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("ipc");
+	arm(&hp_deliver);
+	aa_op *op = call("echo", "x", &s);
+	gate_wait(&hp_deliver.reached); // the Complete is in the client
+	cr_assert_eq(hp_deliver.subject, op);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(atomic_load(&s.calls), 1);
+	cr_assert_eq(s.state, AA_CANCELED);
+	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_ALREADY_COMPLETE);
+	gate_open(&hp_deliver.release);
+	gate_wait(&s.settled);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_COMPLETED);
+	aa_client_stats cs;
+	client_stats(&cs);
+	cr_assert_eq(cs.sent_cancel, 0, "nothing more was sent");
+	cr_assert_eq(cs.late_dropped, 1);
+	aa_server_stats ss;
+	server_stats(&ss);
+	cr_assert_eq(ss.completed, 1, "the server's log says success");
+	aa_op_unref(op);
+}
+
+Test(client, already_complete_cancel_crosses_the_complete)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("ipc");
+	arm(&hp_reply);
+	aa_op *op = call("echo", "x", &s);
+	gate_wait(&hp_reply.reached); // the server finished, not replied
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(s.state, AA_CANCELED);
+	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_IN_FLIGHT,
+	             "the client cannot know the result is on its way");
+	gate_open(&hp_reply.release);
+	gate_wait(&s.settled);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_COMPLETED);
+	cr_assert_eq(aa_op_status(op), AA_CANCELED);
+	aa_client_stats cs;
+	client_stats(&cs);
+	cr_assert_eq(cs.sent_start, 1);
+	cr_assert_eq(cs.sent_cancel, 1);
+	cr_assert_eq(cs.recv_complete, 1);
+	cr_assert_eq(cs.late_dropped, 1);
+	aa_op_unref(op);
+}
+
+// ---- Cancel from inside a handler, racing completion ----
+
+Test(client, cancel_from_inside_the_completion_handler)
+{
+	static seen s;
+	seen_init(&s);
+	s.cancel_inside = true;
+	env_up("inproc");
+	aa_op *op = call("echo", "x", &s);
+	gate_wait(&s.done);
+	cr_assert_eq(s.cancel_inside_rv, AA_EALREADY);
+	cr_assert_eq(s.state, AA_COMPLETED);
+	aa_op_unref(op);
+}
+
+#ifdef AA_TSAN
+#define RACE_ROUNDS 5000
+#else
+#define RACE_ROUNDS 100000
+#endif
+
+typedef struct race {
+	atomic_int calls;
+	atomic_int state;
+} race;
+
+static void
+race_done(aa_op *op, void *arg)
+{
+	race *r = arg;
+	atomic_store(&r->state, aa_op_status(op));
+	atomic_fetch_add(&r->calls, 1);
+}
+
+Test(client, cancel_racing_completion, .timeout = 300)
+{
+	int cancel_won = 0;
+	env_up("ipc");
+	for (int i = 0; i < RACE_ROUNDS; i++) {
+		race r = {0};
+		aa_op *op;
+		cr_assert_eq(
+		    aa_client_call(&op, E.cli, "echo", "r", 1, NULL, NULL), 0);
+		cr_assert_eq(aa_op_set_handler(op, race_done, &r), 0);
+		// Spin a little so that both orders happen.
+		for (int k = i % 64; k > 0; k--) {
+			sched_yield();
+		}
+		int rv = aa_op_cancel(op, AA_CANCEL_TERMINAL);
+		// After cancel returns the handler has run (it may have run
+		// on the receive thread, and cancel waited for it).
+		if (atomic_load(&r.calls) != 1) {
+			cr_assert_fail("round %d: handler ran %d times", i,
+			               atomic_load(&r.calls));
+		}
+		aa_state st = aa_op_status(op);
+		if ((rv == 0 && st != AA_CANCELED) ||
+		    (rv == AA_EALREADY && st != AA_COMPLETED) ||
+		    atomic_load(&r.state) != (int)st) {
+			cr_assert_fail("round %d: cancel %d, state %d, "
+			               "handler saw %d",
+			               i, rv, st, atomic_load(&r.state));
+		}
+		cancel_won += rv == 0;
+		aa_op_unref(op);
+	}
+	cr_log_info("cancel won %d of %d", cancel_won, RACE_ROUNDS);
+	// Every op ends: nothing left pending on either side.
+	aa_client_free(E.cli);
+	E.cli = NULL;
+	aa_server_stats ss;
+	server_stats(&ss);
+	cr_assert_eq(ss.pending, 0);
+}
+
+// ---- Many pending ops ----
+
+#ifdef AA_TSAN
+#define MANY 2000
+#else
+#define MANY 10000
+#endif
+
+Test(client, cancel_all_pending, .timeout = 120)
+{
+	static aa_op *ops[MANY];
+	static seen s[MANY];
+	server_up(&E, "ipc", MANY);
+	client_up(&E, 0);
+	for (int i = 0; i < MANY; i++) {
+		seen_init(&s[i]);
+		ops[i] = call("park", NULL, &s[i]);
+	}
+	uint64_t t0 = aa_clock_us();
+	cr_assert_eq(aa_client_cancel_all(E.cli, AA_CANCEL_TERMINAL), MANY);
+	uint64_t t1 = aa_clock_us();
+	cr_log_info("cancel-all of %d pending: %llu us", MANY,
+	            (unsigned long long)(t1 - t0));
+	for (int i = 0; i < MANY; i++) {
+		cr_assert_eq(atomic_load(&s[i].calls), 1);
+		cr_assert_eq(aa_op_status(ops[i]), AA_CANCELED);
+	}
+	// The server hears of every one and cancels the real ops.
+	for (int i = 0; i < MANY; i++) {
+		gate_wait(&s[i].settled);
+		cr_assert_neq(aa_op_settlement(ops[i]), AA_SETTLE_PENDING);
+		aa_op_unref(ops[i]);
+	}
+	aa_server_stats ss;
+	server_stats(&ss);
+	cr_assert_eq(ss.pending, 0);
+}
+
+Test(client, close_with_pending_ops)
+{
+	static seen s[3];
+	env_up("ipc");
+	aa_op *ops[3];
+	for (int i = 0; i < 3; i++) {
+		seen_init(&s[i]);
+		ops[i] = call("park", NULL, &s[i]);
+	}
+	aa_client_close(E.cli);
+	for (int i = 0; i < 3; i++) {
+		cr_assert_eq(atomic_load(&s[i].calls), 1);
+		cr_assert_eq(s[i].state, AA_CANCELED);
+	}
+	aa_op *late = NULL;
+	cr_assert_eq(aa_client_call(&late, E.cli, "echo", "x", 1, NULL, NULL),
+	             AA_ECLOSED);
+	aa_client_free(E.cli);
+	E.cli = NULL;
+	for (int i = 0; i < 3; i++) {
+		aa_op_unref(ops[i]);
+	}
+	// The server cancels every real op of a client that left.
+	aa_server_free(E.srv);
+	E.srv = NULL;
+}
+
+// ---- Deadlines and progress ----
+
+Test(client, deadline_ends_the_op_in_error)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("inproc");
+	aa_op *op;
+	aa_call_opts co = {.deadline_ms = 30};
+	cr_assert_eq(aa_client_call(&op, E.cli, "hold", "x", 1, &co, NULL), 0);
+	cr_assert_eq(aa_op_set_handler(op, on_done, &s), 0);
+	gate_wait(&s.done);
+	cr_assert_eq(s.state, AA_ERROR);
+	cr_assert_eq(aa_op_error(op), AA_ETIMEDOUT, "error %d: %s",
+	             aa_op_error(op), aa_op_error_msg(op));
+	aa_op_unref(op);
+}
+
+typedef struct prog {
+	atomic_int n;
+	gate got;
+} prog;
+
+static void
+on_prog(aa_op *op, void *arg, const void *data, size_t len)
+{
+	prog *p = arg;
+	if (len == 3 && memcmp(data, "50%", 3) == 0) {
+		atomic_fetch_add(&p->n, 1);
+		gate_open(&p->got);
+	}
+}
+
+Test(client, progress_is_forwarded)
+{
+	static seen s;
+	prog p = {0};
+	seen_init(&s);
+	gate_init(&p.got);
+	env_up("ipc");
+	aa_op *op;
+	cr_assert_eq(aa_client_call(&op, E.cli, "hold", "x", 1, NULL, NULL),
+	             0);
+	cr_assert_eq(aa_op_set_progress_handler(op, on_prog, &p), 0);
+	cr_assert_eq(aa_op_set_handler(op, on_done, &s), 0);
+	gate_wait(&S.started);
+	// The server sets its progress handler on the real op just after
+	// the method returns: a report before that has nobody to go to.
+	while (!gate_is_open(&p.got)) {
+		cr_assert_eq(aa_op_progress(S.held, "50%", 3), 0);
+		sched_yield();
+	}
+	cr_assert_eq(aa_op_complete(S.held, NULL, 0, NULL), 0);
+	gate_wait(&s.done);
+	cr_assert_eq(s.state, AA_COMPLETED);
+	cr_assert_geq(atomic_load(&p.n), 1);
+	aa_op_unref(op);
+}
+
+// ---- The server goes away ----
+
+Test(client, server_close_ends_ops_unavailable)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("ipc");
+	aa_op *op = call("hold", "x", &s);
+	gate_wait(&S.started);
+	aa_server_close(E.srv);
+	gate_wait(&s.done);
+	cr_assert_eq(s.state, AA_ERROR);
+	cr_assert_eq(aa_op_error(op), AA_EUNAVAIL);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_UNKNOWN);
+	aa_op *late = NULL;
+	cr_assert_neq(aa_client_call(&late, E.cli, "echo", "x", 1, NULL, NULL),
+	              0);
+	aa_op_unref(op);
+}
+
+// The other process: aa_test_peer (tests/peer), started with fork and
+// exec; its stdout says "ready" once it listens or has called.
+static pid_t
+spawn_peer(const char *role, const char *url, const char *hb_ms)
+{
+	int fds[2];
+	cr_assert_eq(pipe(fds), 0);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		dup2(fds[1], STDOUT_FILENO);
+		close(fds[0]);
+		close(fds[1]);
+		execl(AA_TEST_PEER, AA_TEST_PEER, role, url, hb_ms,
+		      (char *)NULL);
+		_exit(127);
+	}
+	close(fds[1]);
+	char buf[8] = {0};
+	cr_assert_eq(read(fds[0], buf, 6), 6, "the %s peer did not start",
+	             role);
+	cr_assert_eq(memcmp(buf, "ready\n", 6), 0);
+	close(fds[0]);
+	return pid;
+}
+
+static void
+ipc_url(env *e)
+{
+	strcpy(e->dir, "/tmp/aa-test-XXXXXX");
+	cr_assert_not_null(mkdtemp(e->dir));
+	snprintf(e->url, sizeof(e->url), "ipc://%s/s.sock", e->dir);
+}
+
+static void
+server_process_vanishes(int sig)
+{
+	static seen s;
+	seen_init(&s);
+	ipc_url(&E);
+	pid_t pid = spawn_peer("server", E.url, "50");
+	aa_client_opts co = {
+	    .url = E.url, .heartbeat_ms = 50, .dead_after_ms = 300};
+	cr_assert_eq(aa_client_open(&E.cli, &co), 0);
+	aa_op *op = call("park", NULL, &s);
+	uint64_t t0 = aa_clock_us();
+	kill(pid, sig);
+	gate_wait(&s.done);
+	uint64_t waited = aa_clock_us() - t0;
+	cr_assert_eq(s.state, AA_ERROR);
+	cr_assert_eq(aa_op_error(op), AA_ECONNLOST);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_UNKNOWN);
+	cr_log_info("signal %d: op ended after %llu us", sig,
+	            (unsigned long long)waited);
+	aa_op_unref(op);
+	aa_client_free(E.cli);
+	E.cli = NULL;
+	kill(pid, SIGKILL);
+	kill(pid, SIGCONT);
+	waitpid(pid, NULL, 0);
+}
+
+Test(client, server_killed)
+{
+	server_process_vanishes(SIGKILL);
+}
+Test(client, server_stopped_is_found_by_heartbeats)
+{
+	server_process_vanishes(SIGSTOP);
+}
+
+Test(client, client_process_killed_server_cancels_its_ops)
+{
+	ipc_url(&E);
+	server_up(&E, "ipc", 0);
+	pid_t pid = spawn_peer("client", E.url, NULL);
+	// The peer said ready after its call: wait until the server runs
+	// it (its Start may still be on the way).
+	aa_server_stats ss;
+	do {
+		sched_yield();
+		server_stats(&ss);
+	} while (ss.started == 0);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	do {
+		sched_yield();
+		server_stats(&ss);
+	} while (ss.pending != 0);
+	cr_assert_eq(ss.orphaned, 1, "the real op was cancelled");
+}
