@@ -64,14 +64,15 @@ thr_join(thr *t)
 void
 aa_test_check_live(void)
 {
-	static const char *names[AA_LIVE_NKINDS] = {"op", "executor", "work",
-	    "signal", "recycler", "client", "server", "other"};
+	static const char *names[AA_LIVE_NKINDS] = {
+	    "op",       "executor", "work",   "signal",
+	    "recycler", "client",   "server", "other"};
 	bool leaked = false;
 	for (int k = 0; k < AA_LIVE_NKINDS; k++) {
-		long long n = (long long) aa_live((aa_live_kind) k);
+		long long n = (long long)aa_live((aa_live_kind)k);
 		if (n != 0) {
 			fprintf(stderr, "LEAK: %lld live %s object(s)\n", n,
-			    names[k]);
+			        names[k]);
 			leaked = true;
 		}
 	}

@@ -16,8 +16,8 @@
 // later. Used in pairs ("reached" / "release") to hold a thread at a point.
 typedef struct gate {
 	pthread_mutex_t mtx;
-	pthread_cond_t  cv;
-	bool            open;
+	pthread_cond_t cv;
+	bool open;
 } gate;
 
 void gate_init(gate *g);

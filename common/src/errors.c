@@ -8,36 +8,36 @@
 #include "aai.h"
 
 static const char *const error_texts[] = {
-	[0]            = "no error",
-	[AA_ECANCELED] = "operation cancelled",
-	[AA_EALREADY]  = "already final or already done",
-	[AA_ENOTSUP]   = "not supported",
-	[AA_ESTATE]    = "illegal call in the current state",
-	[AA_EINVAL]    = "invalid argument",
-	[AA_ENOMEM]    = "out of memory",
-	[AA_ECLOSED]   = "object closed",
-	[AA_EBUSY]     = "resource busy",
-	[AA_ETIMEDOUT] = "deadline passed",
-	[AA_ECONNLOST] = "connection to the peer lost",
-	[AA_EUNAVAIL]  = "peer unavailable or shutting down",
-	[AA_EPROTO]    = "protocol error",
-	[AA_EMSGSIZE]  = "message too large",
-	[AA_ENOENT]    = "no such method, id or name",
-	[AA_EDEADLK]   = "call would deadlock",
-	[AA_ELIMIT]    = "configured limit reached",
-	[AA_EEXIST]    = "already exists",
-	[AA_ECONNREF]  = "connection refused",
-	[AA_ECRYPTO]   = "TLS or certificate failure",
-	[AA_ESYSTEM]   = "operating-system call failed",
-	[AA_EINTERNAL] = "internal error",
-	[AA_EAPP]      = "application error",
+    [0] = "no error",
+    [AA_ECANCELED] = "operation cancelled",
+    [AA_EALREADY] = "already final or already done",
+    [AA_ENOTSUP] = "not supported",
+    [AA_ESTATE] = "illegal call in the current state",
+    [AA_EINVAL] = "invalid argument",
+    [AA_ENOMEM] = "out of memory",
+    [AA_ECLOSED] = "object closed",
+    [AA_EBUSY] = "resource busy",
+    [AA_ETIMEDOUT] = "deadline passed",
+    [AA_ECONNLOST] = "connection to the peer lost",
+    [AA_EUNAVAIL] = "peer unavailable or shutting down",
+    [AA_EPROTO] = "protocol error",
+    [AA_EMSGSIZE] = "message too large",
+    [AA_ENOENT] = "no such method, id or name",
+    [AA_EDEADLK] = "call would deadlock",
+    [AA_ELIMIT] = "configured limit reached",
+    [AA_EEXIST] = "already exists",
+    [AA_ECONNREF] = "connection refused",
+    [AA_ECRYPTO] = "TLS or certificate failure",
+    [AA_ESYSTEM] = "operating-system call failed",
+    [AA_EINTERNAL] = "internal error",
+    [AA_EAPP] = "application error",
 };
 
 const char *
 aa_strerror(int err)
 {
 	if (err >= 0 &&
-	    (size_t) err < sizeof(error_texts) / sizeof(error_texts[0]) &&
+	    (size_t)err < sizeof(error_texts) / sizeof(error_texts[0]) &&
 	    error_texts[err] != NULL) {
 		return error_texts[err];
 	}
@@ -62,7 +62,7 @@ aai_live_dec(aa_live_kind kind)
 int64_t
 aa_live(aa_live_kind kind)
 {
-	if ((unsigned) kind >= AA_LIVE_NKINDS) {
+	if ((unsigned)kind >= AA_LIVE_NKINDS) {
 		return 0;
 	}
 	return atomic_load(&live_counts[kind]);
@@ -108,7 +108,7 @@ char *
 aai_strdup(const char *s)
 {
 	size_t n = strlen(s) + 1;
-	char  *d = aai_alloc(n);
+	char *d = aai_alloc(n);
 	if (d != NULL) {
 		memcpy(d, s, n);
 	}

@@ -36,20 +36,20 @@ extern "C" {
 typedef struct aa_client aa_client;
 
 typedef struct aa_client_opts {
-	const char *url;           // NULL: aa_default_url()
-	size_t      max_msg_size;  // largest message either way; 0: 1 MiB
-	uint32_t    max_pending;   // ops in flight at once; 0: the server's
-	int heartbeat_ms;          // idle interval between heartbeats; 0: 1000
-	int dead_after_ms;         // silence that means the server is gone;
-	                           // 0: 3 heartbeat intervals
-	int connect_timeout_ms;    // 0: 5000
-	bool reconnect;            // after a loss, the next call dials again
+	const char *url;        // NULL: aa_default_url()
+	size_t max_msg_size;    // largest message either way; 0: 1 MiB
+	uint32_t max_pending;   // ops in flight at once; 0: the server's
+	int heartbeat_ms;       // idle interval between heartbeats; 0: 1000
+	int dead_after_ms;      // silence that means the server is gone;
+	                        // 0: 3 heartbeat intervals
+	int connect_timeout_ms; // 0: 5000
+	bool reconnect;         // after a loss, the next call dials again
 	// tls+tcp:// only: the CA that signed the server, and whether to
 	// verify it (tls_server_name: the name its certificate must carry);
 	// a client certificate if the server asks for one.
 	const char *tls_ca_file;
 	const char *tls_server_name;
-	bool        tls_verify;
+	bool tls_verify;
 	const char *tls_cert_file;
 	const char *tls_key_file;
 } aa_client_opts;
@@ -62,30 +62,30 @@ typedef struct aa_call_opts {
 
 // Which cancellation timeline applied (aa_client_timeline).
 typedef enum aa_timeline {
-	AA_TIMELINE_NONE             = 0, // not cancelled
-	AA_TIMELINE_PRE_SUBMIT       = 1,
-	AA_TIMELINE_IN_FLIGHT        = 2,
+	AA_TIMELINE_NONE = 0, // not cancelled
+	AA_TIMELINE_PRE_SUBMIT = 1,
+	AA_TIMELINE_IN_FLIGHT = 2,
 	AA_TIMELINE_ALREADY_COMPLETE = 3,
 } aa_timeline;
 
 typedef struct aa_client_stats {
-	uint64_t calls;           // ops created
-	uint64_t completed;       // ops by final state
+	uint64_t calls;     // ops created
+	uint64_t completed; // ops by final state
 	uint64_t canceled;
 	uint64_t failed;
-	uint64_t pre_submit;      // cancels by timeline
+	uint64_t pre_submit; // cancels by timeline
 	uint64_t in_flight;
 	uint64_t already_complete;
 	uint64_t late_dropped;    // Complete messages dropped (op cancelled)
 	uint64_t unknown_dropped; // messages for unknown op ids
 	uint64_t sent_start;      // messages sent, by kind
 	uint64_t sent_cancel;
-	uint64_t sent_other;      // hello, heartbeat, goodbye
-	uint64_t recv_complete;   // messages received, by kind
+	uint64_t sent_other;    // hello, heartbeat, goodbye
+	uint64_t recv_complete; // messages received, by kind
 	uint64_t recv_progress;
 	uint64_t recv_other;
-	uint64_t connects;        // successful handshakes
-	uint64_t pending;         // ops in the table now
+	uint64_t connects; // successful handshakes
+	uint64_t pending;  // ops in the table now
 } aa_client_stats;
 
 // aa_client_open connects to o->url and performs the handshake, blocking up
@@ -100,8 +100,8 @@ int aa_client_open(aa_client **cp, const aa_client_opts *o);
 // error no op is made and no handler runs. assoc (may be NULL) carries the
 // handler's executor, the op's allocator and a parent's cancellation slot.
 int aa_client_call(aa_op **opp, aa_client *c, const char *method,
-    const void *payload, size_t len, const aa_call_opts *co,
-    const aa_assoc *assoc);
+                   const void *payload, size_t len, const aa_call_opts *co,
+                   const aa_assoc *assoc);
 
 // aa_client_timeline says which cancellation timeline applied to an op of
 // this client (AA_TIMELINE_NONE if it was not cancelled).
@@ -121,8 +121,8 @@ uint64_t aa_client_conn_id(aa_client *c);
 
 // aa_client_method_cancel_types gives the cancellation types the server
 // declared for method: 0 or AA_ENOENT.
-int aa_client_method_cancel_types(
-    aa_client *c, const char *method, unsigned *types);
+int aa_client_method_cancel_types(aa_client *c, const char *method,
+                                  unsigned *types);
 
 // aa_client_cork holds Start messages back; aa_client_uncork sends every
 // held one in one write. Calls made while corked are pre-submit until the

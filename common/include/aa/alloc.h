@@ -42,10 +42,10 @@ void aa_recycler_free(aa_recycler *r);
 const aa_allocator *aa_recycler_allocator(aa_recycler *r);
 
 typedef struct aa_recycler_stats {
-	uint64_t hits;      // allocations served from a free list
-	uint64_t misses;    // allocations that called malloc
-	uint64_t cached;    // blocks now kept in free lists
-	uint64_t in_use;    // blocks handed out and not yet freed
+	uint64_t hits;   // allocations served from a free list
+	uint64_t misses; // allocations that called malloc
+	uint64_t cached; // blocks now kept in free lists
+	uint64_t in_use; // blocks handed out and not yet freed
 } aa_recycler_stats;
 
 // aa_recycler_stats_get copies the recycler's statistics into *st.

@@ -26,13 +26,13 @@ extern "C" {
 // stronger guarantee satisfies a weaker request (TOTAL satisfies PARTIAL
 // and TERMINAL; PARTIAL satisfies TERMINAL).
 typedef enum aa_cancel_type {
-	AA_CANCEL_NONE     = 0,
+	AA_CANCEL_NONE = 0,
 	AA_CANCEL_TERMINAL = 1, // afterwards the op's object is only safe to
 	                        // close or destroy
-	AA_CANCEL_PARTIAL  = 2, // well-defined side effects, reported by the
+	AA_CANCEL_PARTIAL = 2,  // well-defined side effects, reported by the
 	                        // op's result
-	AA_CANCEL_TOTAL    = 4, // no observable side effects
-	AA_CANCEL_ALL      = 7,
+	AA_CANCEL_TOTAL = 4,    // no observable side effects
+	AA_CANCEL_ALL = 7,
 } aa_cancel_type;
 
 // aa_cancel_supports says whether an operation that offers the types in
@@ -62,14 +62,14 @@ aa_cancel_slot *aa_cancel_signal_slot(aa_cancel_signal *sig);
 int aa_cancel_signal_emit(aa_cancel_signal *sig, aa_cancel_type type);
 
 // aa_cancel_slot_connect installs a handler; AA_EBUSY if one is connected.
-int aa_cancel_slot_connect(
-    aa_cancel_slot *slot, aa_cancel_handler_fn fn, void *arg);
+int aa_cancel_slot_connect(aa_cancel_slot *slot, aa_cancel_handler_fn fn,
+                           void *arg);
 
 // aa_cancel_slot_disconnect removes the handler if it is (fn, arg), after
 // waiting for an emit running it on another thread; returns 0, or
 // AA_ENOENT when (fn, arg) was not the connected handler.
-int aa_cancel_slot_disconnect(
-    aa_cancel_slot *slot, aa_cancel_handler_fn fn, void *arg);
+int aa_cancel_slot_disconnect(aa_cancel_slot *slot, aa_cancel_handler_fn fn,
+                              void *arg);
 
 // aa_cancel_slot_is_connected says whether a handler is connected.
 bool aa_cancel_slot_is_connected(aa_cancel_slot *slot);

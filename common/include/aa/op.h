@@ -30,10 +30,10 @@ extern "C" {
 typedef struct aa_op aa_op;
 
 typedef enum aa_state {
-	AA_STARTED   = 0,
+	AA_STARTED = 0,
 	AA_COMPLETED = 1,
-	AA_CANCELED  = 2,
-	AA_ERROR     = 3,
+	AA_CANCELED = 2,
+	AA_ERROR = 3,
 } aa_state;
 
 // What a cancel does, chosen by the provider when it creates the op.
@@ -51,17 +51,17 @@ typedef enum aa_cancel_policy {
 // not cancelled it is its own final state. For an op cancelled under the
 // immediate policy it is what the provider's absorbed finish said.
 typedef enum aa_settlement {
-	AA_SETTLE_PENDING       = 0, // not known yet
+	AA_SETTLE_PENDING = 0,       // not known yet
 	AA_SETTLE_NEVER_STARTED = 1, // the real work never started
-	AA_SETTLE_CANCELED      = 2, // the real work was cancelled
-	AA_SETTLE_COMPLETED     = 3, // the real work completed (anyway)
-	AA_SETTLE_FAILED        = 4, // the real work failed
-	AA_SETTLE_UNKNOWN       = 5, // cannot be known (e.g. connection lost)
+	AA_SETTLE_CANCELED = 2,      // the real work was cancelled
+	AA_SETTLE_COMPLETED = 3,     // the real work completed (anyway)
+	AA_SETTLE_FAILED = 4,        // the real work failed
+	AA_SETTLE_UNKNOWN = 5,       // cannot be known (e.g. connection lost)
 } aa_settlement;
 
 typedef void (*aa_op_cb)(aa_op *op, void *arg);
-typedef void (*aa_op_progress_cb)(
-    aa_op *op, void *arg, const void *data, size_t len);
+typedef void (*aa_op_progress_cb)(aa_op *op, void *arg, const void *data,
+                                  size_t len);
 
 // The provider's cancel function. Called at most once per op, never under
 // the op's lock, from the thread that called aa_op_cancel. Its return value
@@ -78,18 +78,18 @@ typedef void (*aa_free_fn)(void *ptr);
 // execution, malloc, no parent. A composed operation passes its own
 // associated characteristics on to its children, with its own slot.
 typedef struct aa_assoc {
-	aa_executor        *executor;
+	aa_executor *executor;
 	const aa_allocator *allocator;
-	aa_cancel_slot     *slot;
+	aa_cancel_slot *slot;
 } aa_assoc;
 
 // How a provider creates an op.
 typedef struct aa_op_provider {
-	aa_op_cancel_fn  cancel;       // may be NULL: cancel only flips state
-	void            *arg;          // passed to cancel
+	aa_op_cancel_fn cancel; // may be NULL: cancel only flips state
+	void *arg;              // passed to cancel
 	aa_cancel_policy policy;
-	unsigned         cancel_types; // aa_cancel_type mask it honours
-	size_t           extra;        // bytes of provider memory in the op
+	unsigned cancel_types; // aa_cancel_type mask it honours
+	size_t extra;          // bytes of provider memory in the op
 } aa_op_provider;
 
 // ---- Caller side ----
@@ -157,7 +157,8 @@ uint64_t aa_op_id(const aa_op *op);
 // provider memory) from assoc's allocator; assoc may be NULL. When assoc
 // has a slot the op connects to it until it is final (AA_EBUSY if the slot
 // is taken).
-int aa_op_alloc(aa_op **opp, const aa_op_provider *prov, const aa_assoc *assoc);
+int aa_op_alloc(aa_op **opp, const aa_op_provider *prov,
+                const aa_assoc *assoc);
 
 // aa_op_extra returns the provider memory (prov->extra bytes, zeroed).
 void *aa_op_extra(aa_op *op);

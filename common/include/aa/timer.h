@@ -23,12 +23,12 @@ typedef void (*aa_timer_fn)(void *arg);
 
 // An embeddable timer; its fields are private to the library.
 typedef struct aa_timer {
-	uint64_t        when_us_;
-	size_t          index_;
-	aa_timer_fn     fn_;
-	void           *arg_;
+	uint64_t when_us_;
+	size_t index_;
+	aa_timer_fn fn_;
+	void *arg_;
 	aa_timer_queue *q_;
-	int             state_;
+	int state_;
 } aa_timer;
 
 // aa_clock_us returns a monotonic clock in microseconds.
