@@ -913,3 +913,33 @@ Test(client, client_process_killed_server_cancels_its_ops)
 	} while (ss.pending != 0);
 	cr_assert_eq(ss.orphaned, 1, "the real op was cancelled");
 }
+
+Test(client, reconnects_after_the_server_restarts)
+{
+	static seen s1, s2;
+	seen_init(&s1);
+	seen_init(&s2);
+	server_up(&E, "ipc", 0);
+	aa_client_opts co = {.url = E.url, .reconnect = true};
+	cr_assert_eq(aa_client_open(&E.cli, &co), 0);
+	aa_op *a = call("echo", "one", &s1);
+	gate_wait(&s1.done);
+	uint64_t first_id = aa_client_op_id(a);
+	aa_op_unref(a);
+
+	aa_server_free(E.srv); // the server goes away...
+	E.srv = NULL;
+	while (aa_client_conn_id(E.cli) != 0) { // ...and the client sees it
+		sched_yield();
+	}
+	server_up(&E, "ipc", 0); // a new server on the same address
+
+	aa_op *b = call("echo", "two", &s2);
+	gate_wait(&s2.done);
+	cr_assert_eq(s2.state, AA_COMPLETED);
+	cr_assert_gt(aa_client_op_id(b), first_id, "ids never repeat");
+	aa_client_stats cs;
+	client_stats(&cs);
+	cr_assert_eq(cs.connects, 2);
+	aa_op_unref(b);
+}

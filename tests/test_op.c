@@ -1,6 +1,7 @@
 // test_op.c: the aa_op contract on one thread (docs/op.md): states,
 // handler rules, results, cancel types, both policies, settlement, progress,
 // slots, allocators. test_op_race.c forces the races between threads.
+#include <stdlib.h>
 #include <string.h>
 
 #include "testutil.h"
