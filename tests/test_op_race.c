@@ -55,6 +55,8 @@ on_checkpoint(void *arg, const char *name, void *subject)
 		gate_open(&s->cancel_waiting);
 	} else if (strcmp(name, "op.deliver_wait") == 0) {
 		gate_open(&s->deliver_waiting);
+	} else if (strcmp(name, "cancel.disconnect_wait") == 0) {
+		gate_open(&s->cancel_waiting);
 	}
 }
 
@@ -509,6 +511,67 @@ Test(op_race, parent_emit_racing_completion_delivers_once)
 	cr_assert_eq(atomic_load(&s->handler_calls), 1);
 	cr_assert(!aa_cancel_slot_is_connected(assoc.slot));
 	aa_op_unref(op);
+	aa_cancel_signal_free(sig);
+}
+
+// ---- Signal: disconnect waits for an emit running elsewhere ----
+
+static void
+held_slot_handler(void *arg, aa_cancel_type type)
+{
+	script *s = arg;
+	(void)type;
+	atomic_fetch_add(&s->handler_calls, 1);
+	gate_open(&s->in_handler);
+	gate_wait(&s->release_handler);
+	atomic_store(&s->handler_returned, 1);
+}
+
+typedef struct disconnecter {
+	thr t;
+	aa_cancel_slot *slot;
+	script *s;
+	int rv;
+	int returned_seen;
+} disconnecter;
+
+static void *
+disconnect_main(void *arg)
+{
+	disconnecter *d = arg;
+	d->rv = aa_cancel_slot_disconnect(d->slot, held_slot_handler, d->s);
+	d->returned_seen = atomic_load(&d->s->handler_returned);
+	return NULL;
+}
+
+Test(op_race, slot_disconnect_waits_for_a_running_emit)
+{
+	script *s = cur;
+	aa_cancel_signal *sig;
+	cr_assert_eq(aa_cancel_signal_alloc(&sig), 0);
+	aa_cancel_slot *slot = aa_cancel_signal_slot(sig);
+	cr_assert_eq(aa_cancel_slot_connect(slot, held_slot_handler, s), 0);
+	cr_assert_eq(aa_cancel_slot_connect(slot, held_slot_handler, s),
+	             AA_EBUSY);
+	emitter e = {.sig = sig};
+	thr_start(&e.t, emit_main, &e);
+	gate_wait(&s->in_handler); // the emit runs the handler
+	disconnecter d = {.slot = slot, .s = s};
+	thr_start(&d.t, disconnect_main, &d);
+	gate_wait(&s->cancel_waiting); // disconnect waits for it
+	cr_assert(!aa_cancel_slot_is_connected(slot), "no new emit starts");
+	cr_assert_eq(aa_cancel_signal_emit(sig, AA_CANCEL_TERMINAL),
+	             AA_ENOENT);
+	gate_open(&s->release_handler);
+	thr_join(&d.t);
+	thr_join(&e.t);
+	cr_assert_eq(d.rv, 0);
+	cr_assert_eq(d.returned_seen, 1,
+	             "disconnect returned while the "
+	             "handler still ran");
+	cr_assert_eq(atomic_load(&s->handler_calls), 1);
+	cr_assert_eq(aa_cancel_slot_disconnect(slot, held_slot_handler, s),
+	             AA_ENOENT);
 	aa_cancel_signal_free(sig);
 }
 

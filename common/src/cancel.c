@@ -198,6 +198,8 @@ aa_cancel_slot_disconnect(aa_cancel_slot *slot, aa_cancel_handler_fn fn,
 	sig->fn = NULL;
 	sig->arg = NULL;
 	while (running_elsewhere(sig, fn, arg)) {
+		AAI_CHECKPOINT("cancel.disconnect_wait",
+		               sig); // under the lock
 		aai_cv_wait(&sig->cv, &sig->mtx);
 	}
 	aai_mtx_unlock(&sig->mtx);
