@@ -10,6 +10,10 @@
 // real op. Limits are enforced before anything starts: message size,
 // pending ops per client, unknown method, duplicate op id, malformed
 // message (the connection is closed with AA_EPROTO, others keep going).
+//
+// Checkpoints (aa/checkpoint.h, docs/checkpoints.md): "server.before_start"
+// (subject: the call's const aa_call_info *) and "server.before_reply"
+// (subject: the real aa_op *, final).
 #ifndef AA_SERVER_H
 #define AA_SERVER_H
 
@@ -27,32 +31,39 @@ typedef struct aa_server aa_server;
 
 // What the server knows of one call, for a method and for the log.
 typedef struct aa_call_info {
-	uint64_t    op_id;        // the client's op id (its logs name it)
-	uint64_t    conn_id;      // the connection's id
+	uint64_t op_id;   // the client's op id (its logs name it)
+	uint64_t conn_id; // the connection's id
 	const char *method;
-	uint32_t    deadline_ms;  // 0 = none; the server enforces it
-	unsigned    cancel_types; // the types the method declared
+	uint32_t deadline_ms;  // 0 = none; the server enforces it
+	unsigned cancel_types; // the types the method declared
 } aa_call_info;
 
 // A method starts the real operation. On success it returns 0 and *opp, a
 // started op whose reference now belongs to the server. An error is sent
 // back as a rejection with that code and nothing runs. The method runs on
 // the connection's receive thread: it must start work, not do it. assoc
-// carries the server's executor (if any) and allocator.
+// carries the server's executor (if any) and allocator (a recycler owned
+// by the server: make the op with aa_op_alloc(opp, prov, assoc) so that
+// steady state allocates nothing). The method must not set the op's
+// handlers: the server sets them. call and payload are valid only during
+// the call.
 typedef int (*aa_method_fn)(aa_op **opp, void *arg, const aa_call_info *call,
-    const void *payload, size_t len, const aa_assoc *assoc);
+                            const void *payload, size_t len,
+                            const aa_assoc *assoc);
 
-// A compensation hook runs when the real op produced a result after the
-// client had cancelled (the result will be dropped): undo it here.
-typedef void (*aa_compensate_fn)(
-    void *arg, const aa_call_info *call, aa_op *op);
+// A compensation hook runs when the real op COMPLETED but its result will
+// not be used: the client had cancelled it, or the Complete could not be
+// sent (client gone, server closing). Undo the result here. It runs on
+// the thread that finished the op, after the Complete was sent or dropped.
+typedef void (*aa_compensate_fn)(void *arg, const aa_call_info *call,
+                                 aa_op *op);
 
 typedef struct aa_method_def {
-	const char      *name;
-	aa_method_fn     start;
+	const char *name;
+	aa_method_fn start;
 	aa_compensate_fn compensate; // may be NULL
-	void            *arg;
-	unsigned         cancel_types; // the aa_cancel_type mask it honours
+	void *arg;
+	unsigned cancel_types; // the aa_cancel_type mask it honours
 } aa_method_def;
 
 // Server-side events, reported to the log function.
@@ -73,12 +84,12 @@ typedef enum aa_server_event {
 
 typedef struct aa_server_log_rec {
 	aa_server_event event;
-	uint64_t        op_id;   // 0 when the event is not about one op
-	uint64_t        conn_id;
-	const char     *method;  // "" when not about one op
-	uint64_t        t_us;    // monotonic microseconds
-	int             error;   // AA_E* code, or 0
-	const char     *detail;  // a short text, or ""
+	uint64_t op_id; // 0 when the event is not about one op
+	uint64_t conn_id;
+	const char *method; // "" when not about one op
+	uint64_t t_us;      // monotonic microseconds
+	int error;          // AA_E* code, or 0
+	const char *detail; // a short text, or ""
 } aa_server_log_rec;
 
 // The log function runs on the thread where the event happened, must be
@@ -86,13 +97,13 @@ typedef struct aa_server_log_rec {
 typedef void (*aa_server_log_fn)(void *arg, const aa_server_log_rec *rec);
 
 typedef struct aa_server_opts {
-	size_t           max_msg_size;  // 0: 1 MiB
-	uint32_t         max_pending;   // per client; 0: 1024
-	int              heartbeat_ms;  // 0: 1000
-	int              dead_after_ms; // 0: 3 heartbeat intervals
-	aa_server_log_fn log;           // may be NULL
-	void            *log_arg;
-	aa_executor     *executor;      // passed to methods in assoc; may be NULL
+	size_t max_msg_size;  // 0: 1 MiB; else 512 .. 2^31 - 1
+	uint32_t max_pending; // per client; 0: 1024
+	int heartbeat_ms;     // 0: 1000; < 0: no heartbeats
+	int dead_after_ms;    // 0: 3 heartbeat intervals; < 0: off
+	aa_server_log_fn log; // may be NULL
+	void *log_arg;
+	aa_executor *executor; // passed to methods in assoc; may be NULL
 	// tls+tcp:// only: certificate and key (PEM files); a CA to ask
 	// clients for certificates signed by it.
 	const char *tls_cert_file;
@@ -101,29 +112,36 @@ typedef struct aa_server_opts {
 } aa_server_opts;
 
 typedef struct aa_server_stats {
-	uint64_t clients;           // clients connected now
-	uint64_t started;           // real ops started
-	uint64_t rejected;          // Starts refused
-	uint64_t cancels_received;  // Cancel messages for running ops
-	uint64_t completed;         // real ops by outcome
+	uint64_t clients;          // clients connected now
+	uint64_t started;          // real ops started
+	uint64_t rejected;         // Starts refused
+	uint64_t cancels_received; // Cancel messages for running ops
+	uint64_t cancels_ignored;  // Cancels for unknown or finished ops,
+	                           // repeated, or of a type not honoured
+	uint64_t completed;        // real ops by outcome
 	uint64_t canceled;
 	uint64_t failed;
-	uint64_t wasted;            // completed after the client cancelled
-	uint64_t orphaned;          // real ops cancelled because the client left
+	uint64_t wasted;   // completed, result unused (client cancelled,
+	                   // or the Complete could not be delivered)
+	uint64_t orphaned; // real ops cancelled because the client left
 	uint64_t replies_sent;
 	uint64_t replies_dropped;
+	uint64_t progress_sent; // Progress messages sent
 	uint64_t protocol_errors;
-	uint64_t pending;           // real ops running now
+	uint64_t pending; // real ops running now
 } aa_server_stats;
 
 // aa_server_alloc makes a server with no methods and no listeners.
 int aa_server_alloc(aa_server **sp, const aa_server_opts *o);
 
-// aa_server_register adds a method; AA_EEXIST for a taken name. Register
-// every method before the first listen.
+// aa_server_register adds a method (the name is copied); AA_EEXIST for a
+// taken name, AA_EINVAL for a bad definition, AA_ESTATE after the first
+// listen (register every method before it).
 int aa_server_register(aa_server *s, const aa_method_def *def);
 
-// aa_server_listen starts listening on url (may be called several times).
+// aa_server_listen starts listening on url (may be called several times,
+// for several URLs): inproc://, ipc://, tcp://, tls+tcp://. AA_ECLOSED
+// after close; the transport's errors (AA_EBUSY, AA_EINVAL, ...).
 int aa_server_listen(aa_server *s, const char *url);
 
 // aa_server_port returns the TCP port of the last tcp:// or tls+tcp://
@@ -137,15 +155,19 @@ void aa_server_stats_get(aa_server *s, aa_server_stats *st);
 // "cancel_received", "reply_sent", ...).
 const char *aa_server_event_name(aa_server_event e);
 
-// aa_server_close stops listening, says Goodbye to every client and
-// cancels every real op. Idempotent, never blocks.
+// aa_server_close stops listening, says Goodbye (AA_EUNAVAIL) to every
+// client and cancels every real op (their Completes are dropped).
+// Idempotent; never waits for I/O or for ops to end (only, as
+// aa_op_cancel does, for a real op's handler running at that moment on
+// another thread); may be called from a callback.
 void aa_server_close(aa_server *s);
 
 // aa_server_stop closes s and waits until no callback of it runs and every
 // real op has ended: 0, or AA_EDEADLK from inside one of its callbacks.
 int aa_server_stop(aa_server *s);
 
-// aa_server_free closes, stops and frees s.
+// aa_server_free closes, stops and frees s. Must not be called from one of
+// s's callbacks (a method, a hook, the log function): that aborts.
 void aa_server_free(aa_server *s);
 
 #ifdef __cplusplus

@@ -1,0 +1,1198 @@
+// aa-test-labels: concurrent
+// test_server.c: the server layer (aa/server.h), driven over inproc and ipc
+// by a raw test client made of the internal transport and wire codec (the
+// client layer is not used): handshake, echo, rejections, limits, bad
+// input, Cancel, compensation, client loss, deadlines, progress, close and
+// stop, checkpoints. Races are forced with gates and the server's log,
+// never with sleeps.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <aa/server.h>
+
+#include "../common/src/transport.h"
+#include "../common/src/wire.h"
+#include "../common/src/wire_send.h"
+#include "testutil.h"
+
+#define WAIT_S 20 // a generous bound that only a bug reaches
+
+static void
+deadline_in(struct timespec *ts, int s)
+{
+	clock_gettime(CLOCK_REALTIME, ts);
+	ts->tv_sec += s;
+}
+
+// ---- the raw test client ----
+
+typedef struct rmsg {
+	aai_wire_kind kind;
+	uint64_t op_id;
+	int status;
+	uint32_t error; // Complete.error or Goodbye.reason
+	uint8_t payload[256];
+	size_t plen;
+	uint64_t conn_id;
+	uint32_t max_pending;
+	size_t n_methods;
+	char method[8][32];
+	uint32_t mtypes[8];
+	bool taken;
+} rmsg;
+
+typedef struct rawc {
+	aai_conn *c;
+	pthread_mutex_t mtx;
+	pthread_cond_t cv;
+	rmsg msgs[64];
+	int n; // messages kept (heartbeats are not)
+	bool down;
+	int down_err;
+	aai_wire_arena arena;
+	uint8_t abuf[16384];
+} rawc;
+
+static void
+rawc_frame(void *arg, aai_conn *c, const uint8_t *data, size_t len)
+{
+	rawc *r = arg;
+	aai_wire_msg m;
+	const char *why;
+	int rv = aai_wire_decode(&m, &why, &r->arena, data, len, 0);
+	pthread_mutex_lock(&r->mtx);
+	if (rv == 0 && m.kind != AAI_WIRE_HEARTBEAT && r->n < 64) {
+		rmsg *x = &r->msgs[r->n++];
+		memset(x, 0, sizeof(*x));
+		x->kind = m.kind;
+		x->op_id = m.op_id;
+		if (m.kind == AAI_WIRE_COMPLETE) {
+			x->status = m.complete.status;
+			x->error = m.complete.error;
+			x->plen = m.complete.payload_len < 256
+			              ? m.complete.payload_len
+			              : 256;
+			if (x->plen > 0) {
+				memcpy(x->payload, m.complete.payload,
+				       x->plen);
+			}
+		} else if (m.kind == AAI_WIRE_PROGRESS) {
+			x->plen = m.progress.payload_len < 256
+			              ? m.progress.payload_len
+			              : 256;
+			if (x->plen > 0) {
+				memcpy(x->payload, m.progress.payload,
+				       x->plen);
+			}
+		} else if (m.kind == AAI_WIRE_GOODBYE) {
+			x->error = m.goodbye.reason;
+		} else if (m.kind == AAI_WIRE_HELLO) {
+			x->conn_id = m.hello.conn_id;
+			x->max_pending = m.hello.max_pending;
+			x->n_methods = m.hello.n_methods;
+			for (size_t i = 0; i < m.hello.n_methods && i < 8;
+			     i++) {
+				snprintf(x->method[i], 32, "%s",
+				         m.hello.methods[i].name);
+				x->mtypes[i] = m.hello.methods[i].cancel_types;
+			}
+		}
+	}
+	pthread_cond_broadcast(&r->cv);
+	pthread_mutex_unlock(&r->mtx);
+}
+
+static void
+rawc_down(void *arg, aai_conn *c, int err)
+{
+	rawc *r = arg;
+	pthread_mutex_lock(&r->mtx);
+	r->down = true;
+	r->down_err = err;
+	pthread_cond_broadcast(&r->cv);
+	pthread_mutex_unlock(&r->mtx);
+}
+
+static const aai_tp_opts *dial_opts;  // NULL: plain defaults
+static uint32_t hello_max = 1u << 20; // the raw client's max message size
+
+// rawc_dial connects without a handshake.
+static rawc *
+rawc_dial(const char *url)
+{
+	rawc *r = calloc(1, sizeof(*r));
+	cr_assert_not_null(r);
+	pthread_mutex_init(&r->mtx, NULL);
+	pthread_cond_init(&r->cv, NULL);
+	aai_wire_arena_init(&r->arena, r->abuf, sizeof(r->abuf));
+	aai_tp_opts o = {.connect_timeout_ms = 5000};
+	if (dial_opts != NULL) {
+		o = *dial_opts;
+	}
+	cr_assert_eq(aai_dial(&r->c, url, &o), 0);
+	static const aai_conn_cbs cbs = {.frame = rawc_frame,
+	                                 .down = rawc_down};
+	aai_conn_start(r->c, &cbs, r);
+	return r;
+}
+
+static void
+rawc_free(rawc *r)
+{
+	aai_conn_free(r->c);
+	aai_wire_arena_fini(&r->arena);
+	pthread_cond_destroy(&r->cv);
+	pthread_mutex_destroy(&r->mtx);
+	free(r);
+}
+
+static void
+rawc_send(rawc *r, const aai_wire_msg *m)
+{
+	cr_assert_eq(aai_wire_send(r->c, m), 0);
+}
+
+// rawc_wait takes the first unread message of kind (and op id, if
+// nonzero), waiting for it.
+#define rawc_wait(r, kind, id) rawc_wait_at(r, kind, id, __LINE__)
+
+static rmsg
+rawc_wait_at(rawc *r, aai_wire_kind kind, uint64_t op_id, int line)
+{
+	struct timespec ts;
+	deadline_in(&ts, WAIT_S);
+	pthread_mutex_lock(&r->mtx);
+	for (;;) {
+		for (int i = 0; i < r->n; i++) {
+			rmsg *x = &r->msgs[i];
+			if (!x->taken && x->kind == kind &&
+			    (op_id == 0 || x->op_id == op_id)) {
+				x->taken = true;
+				rmsg copy = *x;
+				pthread_mutex_unlock(&r->mtx);
+				return copy;
+			}
+		}
+		int rv = pthread_cond_timedwait(&r->cv, &r->mtx, &ts);
+		if (rv != 0) {
+			pthread_mutex_unlock(&r->mtx);
+			cr_assert_fail("line %d: timed out waiting for a %s",
+			               line, aai_wire_kind_name(kind));
+		}
+	}
+}
+
+static int
+rawc_wait_down(rawc *r)
+{
+	struct timespec ts;
+	deadline_in(&ts, WAIT_S);
+	pthread_mutex_lock(&r->mtx);
+	while (!r->down) {
+		if (pthread_cond_timedwait(&r->cv, &r->mtx, &ts) != 0) {
+			pthread_mutex_unlock(&r->mtx);
+			cr_assert_fail("timed out waiting for down");
+		}
+	}
+	int err = r->down_err;
+	pthread_mutex_unlock(&r->mtx);
+	return err;
+}
+
+static int
+rawc_count(rawc *r)
+{
+	pthread_mutex_lock(&r->mtx);
+	int n = r->n;
+	pthread_mutex_unlock(&r->mtx);
+	return n;
+}
+
+// rawc_open connects and does the handshake as client instance inst.
+static rawc *
+rawc_open(const char *url, uint64_t inst, rmsg *hello)
+{
+	rawc *r = rawc_dial(url);
+	aai_wire_msg m;
+	aai_wire_hello_client(&m, inst, hello_max, 0);
+	rawc_send(r, &m);
+	rmsg h = rawc_wait(r, AAI_WIRE_HELLO, 0);
+	if (hello != NULL) {
+		*hello = h;
+	}
+	return r;
+}
+
+static void
+rawc_start(rawc *r, uint64_t id, const char *method, const char *payload,
+           uint32_t deadline_ms)
+{
+	aai_wire_msg m;
+	aai_wire_start(&m, id, method, payload, payload ? strlen(payload) : 0,
+	               deadline_ms, 0);
+	rawc_send(r, &m);
+}
+
+static void
+rawc_cancel(rawc *r, uint64_t id)
+{
+	aai_wire_msg m;
+	aai_wire_cancel(&m, id, AA_CANCEL_TERMINAL);
+	rawc_send(r, &m);
+}
+
+#define rawc_complete(r, id) rawc_wait(r, AAI_WIRE_COMPLETE, id)
+
+// ---- the server fixture ----
+
+static struct fx {
+	aa_server *s;
+	char dir[64];
+	char url[160];
+	pthread_mutex_t mtx;
+	pthread_cond_t cv;
+	int events[16];
+	int last_gone_err;
+	aa_op *ops[64]; // started by "hold" and "stubborn", a test ref each
+	int nops;
+	int cancel_calls;
+	int compensated;
+	int stop_rv;
+	gate hold_start; // "server.before_start" reached
+	gate let_start;  // ... and released
+	_Atomic bool hold_armed;
+} fx;
+
+static void
+fx_log(void *arg, const aa_server_log_rec *rec)
+{
+	pthread_mutex_lock(&fx.mtx);
+	fx.events[rec->event]++;
+	if (rec->event == AA_SEV_CLIENT_GONE) {
+		fx.last_gone_err = rec->error;
+	}
+	pthread_cond_broadcast(&fx.cv);
+	pthread_mutex_unlock(&fx.mtx);
+}
+
+static int
+fx_event(aa_server_event ev)
+{
+	pthread_mutex_lock(&fx.mtx);
+	int n = fx.events[ev];
+	pthread_mutex_unlock(&fx.mtx);
+	return n;
+}
+
+// fx_wait waits until *counter (under fx.mtx) reaches n.
+static void
+fx_wait_int(int *counter, int n)
+{
+	struct timespec ts;
+	deadline_in(&ts, WAIT_S);
+	pthread_mutex_lock(&fx.mtx);
+	while (*counter < n) {
+		if (pthread_cond_timedwait(&fx.cv, &fx.mtx, &ts) != 0) {
+			pthread_mutex_unlock(&fx.mtx);
+			cr_assert_fail("timed out waiting for the server");
+		}
+	}
+	pthread_mutex_unlock(&fx.mtx);
+}
+
+static void
+fx_wait(aa_server_event ev, int n)
+{
+	fx_wait_int(&fx.events[ev], n);
+}
+
+static aa_op *
+fx_op(int i)
+{
+	pthread_mutex_lock(&fx.mtx);
+	aa_op *op = i < fx.nops ? fx.ops[i] : NULL;
+	pthread_mutex_unlock(&fx.mtx);
+	cr_assert_not_null(op);
+	return op;
+}
+
+static void
+fx_keep(aa_op *op)
+{
+	aa_op_ref(op);
+	pthread_mutex_lock(&fx.mtx);
+	fx.ops[fx.nops++] = op;
+	pthread_cond_broadcast(&fx.cv);
+	pthread_mutex_unlock(&fx.mtx);
+}
+
+static int
+m_echo(aa_op **opp, void *arg, const aa_call_info *call, const void *p,
+       size_t len, const aa_assoc *assoc)
+{
+	aa_op_provider prov = {.cancel_types = AA_CANCEL_ALL};
+	int rv = aa_op_alloc(opp, &prov, assoc);
+	if (rv != 0) {
+		return rv;
+	}
+	void *copy = NULL;
+	if (len > 0) {
+		copy = malloc(len);
+		memcpy(copy, p, len);
+	}
+	(void)aa_op_complete(*opp, copy, len, copy != NULL ? free : NULL);
+	return 0;
+}
+
+static int
+hold_cancel(aa_op *op, aa_cancel_type t, void *arg)
+{
+	pthread_mutex_lock(&fx.mtx);
+	fx.cancel_calls++;
+	pthread_cond_broadcast(&fx.cv);
+	pthread_mutex_unlock(&fx.mtx);
+	if (arg == NULL) {
+		(void)aa_op_canceled(op); // cooperative: stops at once
+	}
+	return 0;
+}
+
+// "hold" runs until the test finishes it or it is cancelled; "stubborn"
+// (arg non-NULL) ignores cancellation.
+static int
+m_hold(aa_op **opp, void *arg, const aa_call_info *call, const void *p,
+       size_t len, const aa_assoc *assoc)
+{
+	aa_op_provider prov = {.cancel = hold_cancel,
+	                       .arg = arg,
+	                       .policy = AA_POLICY_COOPERATIVE,
+	                       .cancel_types = AA_CANCEL_ALL};
+	int rv = aa_op_alloc(opp, &prov, assoc);
+	if (rv == 0) {
+		fx_keep(*opp);
+	}
+	return rv;
+}
+
+static int
+m_fail(aa_op **opp, void *arg, const aa_call_info *call, const void *p,
+       size_t len, const aa_assoc *assoc)
+{
+	return AA_EAPP;
+}
+
+static int
+m_stopper(aa_op **opp, void *arg, const aa_call_info *call, const void *p,
+          size_t len, const aa_assoc *assoc)
+{
+	fx.stop_rv = aa_server_stop(fx.s);
+	return AA_EAPP;
+}
+
+static void
+compensate(void *arg, const aa_call_info *call, aa_op *op)
+{
+	pthread_mutex_lock(&fx.mtx);
+	fx.compensated++;
+	pthread_cond_broadcast(&fx.cv);
+	pthread_mutex_unlock(&fx.mtx);
+}
+
+static void
+fx_serve(const aa_server_opts *o)
+{
+	aa_server_opts d = {0};
+	if (o == NULL) {
+		o = &d;
+	}
+	aa_server_opts opts = *o;
+	opts.log = fx_log;
+	cr_assert_eq(aa_server_alloc(&fx.s, &opts), 0);
+	static int stubborn = 1;
+	const aa_method_def defs[] = {
+	    {.name = "echo", .start = m_echo, .cancel_types = AA_CANCEL_ALL},
+	    {.name = "hold", .start = m_hold, .cancel_types = AA_CANCEL_ALL},
+	    {.name = "stubborn",
+	     .start = m_hold,
+	     .arg = &stubborn,
+	     .compensate = compensate,
+	     .cancel_types = AA_CANCEL_ALL},
+	    {.name = "fail", .start = m_fail},
+	    {.name = "stopper", .start = m_stopper},
+	    {.name = "partial",
+	     .start = m_echo,
+	     .cancel_types = AA_CANCEL_PARTIAL},
+	};
+	for (size_t i = 0; i < sizeof(defs) / sizeof(defs[0]); i++) {
+		cr_assert_eq(aa_server_register(fx.s, &defs[i]), 0);
+	}
+	cr_assert_eq(aa_server_register(fx.s, &defs[0]), AA_EEXIST);
+	cr_assert_eq(aa_server_listen(fx.s, fx.url), 0);
+	aa_method_def late = {.name = "late", .start = m_echo};
+	cr_assert_eq(aa_server_register(fx.s, &late), AA_ESTATE);
+}
+
+static void
+fx_stats(aa_server_stats *st)
+{
+	aa_server_stats_get(fx.s, st);
+}
+
+static void
+fx_init(void)
+{
+	memset(&fx, 0, sizeof(fx));
+	pthread_mutex_init(&fx.mtx, NULL);
+	pthread_cond_init(&fx.cv, NULL);
+	gate_init(&fx.hold_start);
+	gate_init(&fx.let_start);
+}
+
+static void
+fx_fini(void)
+{
+	// Finish whatever a failed test left running, so stop returns.
+	gate_open(&fx.let_start);
+	for (int i = 0; i < fx.nops; i++) {
+		(void)aa_op_complete(fx.ops[i], NULL, 0, NULL);
+	}
+	aa_server_free(fx.s);
+	for (int i = 0; i < fx.nops; i++) {
+		aa_op_unref(fx.ops[i]);
+	}
+	if (fx.dir[0] != '\0') {
+		static const char *files[] = {
+		    "s.sock",     "ca.key",     "ca.pem",     "ca.srl",
+		    "server.key", "server.csr", "server.pem", "ext.cnf"};
+		for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+			char path[128];
+			snprintf(path, sizeof(path), "%s/%s", fx.dir,
+			         files[i]);
+			unlink(path);
+		}
+		rmdir(fx.dir);
+	}
+	gate_fini(&fx.hold_start);
+	gate_fini(&fx.let_start);
+	aa_test_check_live();
+}
+
+static void
+fx_url(bool ipc)
+{
+	if (ipc) {
+		snprintf(fx.dir, sizeof(fx.dir), "/tmp/aa-srv-XXXXXX");
+		cr_assert_not_null(mkdtemp(fx.dir));
+		snprintf(fx.url, sizeof(fx.url), "ipc://%s/s.sock", fx.dir);
+	} else {
+		snprintf(fx.url, sizeof(fx.url), "inproc://server-test-%d",
+		         (int)getpid());
+	}
+}
+
+TestSuite(server_inproc, .init = fx_init, .fini = fx_fini, .timeout = 60);
+TestSuite(server_ipc, .init = fx_init, .fini = fx_fini, .timeout = 60);
+TestSuite(server, .init = fx_init, .fini = fx_fini, .timeout = 60);
+
+// BOTH defines a scenario and runs it over inproc and over ipc.
+#define BOTH(name)                                                            \
+	static void name(void);                                               \
+	Test(server_inproc, name)                                             \
+	{                                                                     \
+		fx_url(false);                                                \
+		name();                                                       \
+	}                                                                     \
+	Test(server_ipc, name)                                                \
+	{                                                                     \
+		fx_url(true);                                                 \
+		name();                                                       \
+	}                                                                     \
+	static void name(void)
+
+// ---- scenarios ----
+
+BOTH(handshake_and_method_table)
+{
+	fx_serve(&(aa_server_opts){.max_pending = 7});
+	rmsg h;
+	rawc *r = rawc_open(fx.url, 42, &h);
+	cr_assert_neq(h.conn_id, 0);
+	cr_assert_eq(h.max_pending, 7);
+	cr_assert_eq(h.n_methods, 6);
+	cr_assert_str_eq(h.method[0], "echo");
+	cr_assert_eq(h.mtypes[0], AA_CANCEL_ALL);
+	cr_assert_str_eq(h.method[5], "partial");
+	cr_assert_eq(h.mtypes[5], AA_CANCEL_PARTIAL);
+	fx_wait(AA_SEV_CONNECTED, 1);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.clients, 1);
+	rawc_free(r);
+	fx_wait(AA_SEV_CLIENT_GONE, 1);
+	fx_stats(&st);
+	cr_assert_eq(st.clients, 0);
+}
+
+BOTH(echo_completes)
+{
+	fx_serve(NULL);
+	rawc *r = rawc_open(fx.url, 1, NULL);
+	rawc_start(r, 1, "echo", "hello", 0);
+	rmsg c = rawc_complete(r, 1);
+	cr_assert_eq(c.status, AAI_WIRE_COMPLETED);
+	cr_assert_eq(c.error, 0);
+	cr_assert_eq(c.plen, 5);
+	cr_assert_eq(memcmp(c.payload, "hello", 5), 0);
+	rawc_start(r, 2, "echo", NULL, 0);
+	c = rawc_complete(r, 2);
+	cr_assert_eq(c.status, AAI_WIRE_COMPLETED);
+	cr_assert_eq(c.plen, 0);
+	fx_wait(AA_SEV_REPLY_SENT, 2);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.started, 2);
+	cr_assert_eq(st.completed, 2);
+	cr_assert_eq(st.replies_sent, 2);
+	cr_assert_eq(st.pending, 0);
+	rawc_free(r);
+}
+
+BOTH(rejections_start_nothing)
+{
+	fx_serve(NULL);
+	rawc *r = rawc_open(fx.url, 1, NULL);
+	rawc_start(r, 1, "nope", "x", 0);
+	rmsg c = rawc_complete(r, 1);
+	cr_assert_eq(c.status, AAI_WIRE_REJECTED);
+	cr_assert_eq(c.error, AA_ENOENT);
+	// The method's own error.
+	rawc_start(r, 2, "fail", NULL, 0);
+	c = rawc_complete(r, 2);
+	cr_assert_eq(c.status, AAI_WIRE_REJECTED);
+	cr_assert_eq(c.error, AA_EAPP);
+	// Cancellation types the method does not honour.
+	aai_wire_msg m;
+	aai_wire_start(&m, 3, "partial", "", 0, 0, AA_CANCEL_TOTAL);
+	rawc_send(r, &m);
+	c = rawc_complete(r, 3);
+	cr_assert_eq(c.status, AAI_WIRE_REJECTED);
+	cr_assert_eq(c.error, AA_ENOTSUP);
+	aai_wire_start(&m, 4, "partial", "", 0, 0, AA_CANCEL_TERMINAL);
+	rawc_send(r, &m);
+	c = rawc_complete(r, 4);
+	cr_assert_eq(c.status, AAI_WIRE_COMPLETED);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.rejected, 3);
+	cr_assert_eq(st.started, 1);
+	cr_assert_eq(fx_event(AA_SEV_REJECTED), 3);
+	rawc_free(r);
+}
+
+BOTH(duplicate_op_ids_are_rejected_also_after_reconnect)
+{
+	fx_serve(NULL);
+	rawc *r = rawc_open(fx.url, 77, NULL);
+	rawc_start(r, 5, "hold", NULL, 0);
+	fx_wait(AA_SEV_START, 1);
+	rawc_start(r, 5, "echo", "dup", 0);
+	rmsg c = rawc_complete(r, 5);
+	cr_assert_eq(c.status, AAI_WIRE_REJECTED);
+	cr_assert_eq(c.error, AA_EEXIST);
+	// Within one connection ids need not increase.
+	rawc_start(r, 3, "echo", NULL, 0);
+	cr_assert_eq(rawc_complete(r, 3).status, AAI_WIRE_COMPLETED);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.started, 2); // hold and the echo 3: nothing ran twice
+	cr_assert_eq(fx.nops, 1);
+	(void)aa_op_complete(fx_op(0), NULL, 0, NULL);
+	cr_assert_eq(rawc_complete(r, 5).status, AAI_WIRE_COMPLETED);
+	rawc_free(r);
+	fx_wait(AA_SEV_CLIENT_GONE, 1);
+
+	// The same instance reconnects: ids up to 5 were seen.
+	r = rawc_open(fx.url, 77, NULL);
+	rawc_start(r, 5, "echo", NULL, 0);
+	cr_assert_eq(rawc_complete(r, 5).error, AA_EEXIST);
+	rawc_start(r, 4, "echo", NULL, 0);
+	cr_assert_eq(rawc_complete(r, 4).error, AA_EEXIST);
+	rawc_start(r, 6, "echo", NULL, 0);
+	cr_assert_eq(rawc_complete(r, 6).status, AAI_WIRE_COMPLETED);
+	// Another instance has its own ids.
+	rawc *r2 = rawc_open(fx.url, 78, NULL);
+	rawc_start(r2, 1, "echo", NULL, 0);
+	cr_assert_eq(rawc_complete(r2, 1).status, AAI_WIRE_COMPLETED);
+	fx_stats(&st);
+	cr_assert_eq(st.started, 4);
+	rawc_free(r);
+	rawc_free(r2);
+}
+
+BOTH(flood_beyond_max_pending_is_rejected_others_served)
+{
+	fx_serve(&(aa_server_opts){.max_pending = 3});
+	rawc *a = rawc_open(fx.url, 1, NULL);
+	rawc *b = rawc_open(fx.url, 2, NULL);
+	for (uint64_t id = 1; id <= 3; id++) {
+		rawc_start(a, id, "hold", NULL, 0);
+	}
+	for (uint64_t id = 4; id <= 10; id++) {
+		rawc_start(a, id, "hold", NULL, 0);
+	}
+	for (uint64_t id = 4; id <= 10; id++) {
+		rmsg c = rawc_complete(a, id);
+		cr_assert_eq(c.status, AAI_WIRE_REJECTED);
+		cr_assert_eq(c.error, AA_ELIMIT);
+	}
+	rawc_start(b, 1, "echo", "b", 0);
+	cr_assert_eq(rawc_complete(b, 1).status, AAI_WIRE_COMPLETED);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.pending, 3);
+	cr_assert_eq(st.rejected, 7);
+	for (int i = 0; i < 3; i++) {
+		(void)aa_op_complete(fx_op(i), NULL, 0, NULL);
+	}
+	for (uint64_t id = 1; id <= 3; id++) {
+		cr_assert_eq(rawc_complete(a, id).status, AAI_WIRE_COMPLETED);
+	}
+	rawc_start(a, 11, "echo", NULL, 0);
+	cr_assert_eq(rawc_complete(a, 11).status, AAI_WIRE_COMPLETED);
+	rawc_free(a);
+	rawc_free(b);
+}
+
+BOTH(malformed_bytes_close_that_connection_only)
+{
+	fx_serve(NULL);
+	rawc *bad = rawc_open(fx.url, 1, NULL);
+	rawc *good = rawc_open(fx.url, 2, NULL);
+	static const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 0x0f};
+	cr_assert_eq(aai_conn_send(bad->c, junk, sizeof(junk)), 0);
+	rmsg g = rawc_wait(bad, AAI_WIRE_GOODBYE, 0);
+	cr_assert_eq(g.error, AA_EPROTO);
+	rawc_wait_down(bad); // the server closes it after its Goodbye
+	fx_wait(AA_SEV_CLIENT_GONE, 1);
+	rawc_start(good, 1, "echo", "ok", 0);
+	cr_assert_eq(rawc_complete(good, 1).status, AAI_WIRE_COMPLETED);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.protocol_errors, 1);
+	cr_assert_eq(fx_event(AA_SEV_PROTOCOL_ERROR), 1);
+	rawc_free(bad);
+	rawc_free(good);
+}
+
+BOTH(unexpected_messages_are_protocol_errors)
+{
+	fx_serve(NULL);
+	// A Start before the Hello.
+	rawc *r1 = rawc_dial(fx.url);
+	rawc_start(r1, 1, "echo", NULL, 0);
+	cr_assert_eq(rawc_wait(r1, AAI_WIRE_GOODBYE, 0).error, AA_EPROTO);
+	// A Complete from a client.
+	rawc *r2 = rawc_open(fx.url, 2, NULL);
+	aai_wire_msg m;
+	aai_wire_complete(&m, 1, AAI_WIRE_COMPLETED, 0, NULL, "", 0);
+	rawc_send(r2, &m);
+	cr_assert_eq(rawc_wait(r2, AAI_WIRE_GOODBYE, 0).error, AA_EPROTO);
+	// A version the server does not speak.
+	rawc *r3 = rawc_dial(fx.url);
+	aai_wire_hello_client(&m, 3, 1u << 20, 0);
+	m.hello.version = 9;
+	rawc_send(r3, &m);
+	cr_assert_eq(rawc_wait(r3, AAI_WIRE_GOODBYE, 0).error, AA_ENOTSUP);
+	rawc_wait_down(r1);
+	rawc_wait_down(r2);
+	rawc_wait_down(r3);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.protocol_errors, 3);
+	rawc_free(r1);
+	rawc_free(r2);
+	rawc_free(r3);
+}
+
+BOTH(oversized_message_closes_the_connection)
+{
+	fx_serve(&(aa_server_opts){.max_msg_size = 1024});
+	rawc *big = rawc_open(fx.url, 1, NULL);
+	rawc *good = rawc_open(fx.url, 2, NULL);
+	rawc_start(big, 1, "hold", NULL, 0);
+	fx_wait(AA_SEV_START, 1);
+	char payload[4000];
+	memset(payload, 'x', sizeof(payload) - 1);
+	payload[sizeof(payload) - 1] = '\0';
+	rawc_start(big, 2, "echo", payload, 0);
+	rawc_wait_down(big);
+	fx_wait(AA_SEV_CLIENT_GONE, 1);
+	pthread_mutex_lock(&fx.mtx);
+	cr_assert_eq(fx.last_gone_err, AA_EMSGSIZE);
+	pthread_mutex_unlock(&fx.mtx);
+	// Its running op was cancelled, the reply dropped.
+	fx_wait(AA_SEV_REPLY_DROPPED, 1);
+	cr_assert_eq(aa_op_status(fx_op(0)), AA_CANCELED);
+	rawc_start(good, 1, "echo", "fine", 0);
+	cr_assert_eq(rawc_complete(good, 1).status, AAI_WIRE_COMPLETED);
+	rawc_free(big);
+	rawc_free(good);
+}
+
+BOTH(cancel_for_unknown_id_is_ignored)
+{
+	fx_serve(NULL);
+	rawc *r = rawc_open(fx.url, 1, NULL);
+	rawc_cancel(r, 999);
+	rawc_start(r, 1, "echo", NULL, 0);
+	cr_assert_eq(rawc_complete(r, 1).status, AAI_WIRE_COMPLETED);
+	rawc_cancel(r, 1); // finished already
+	rawc_start(r, 2, "echo", NULL, 0);
+	cr_assert_eq(rawc_complete(r, 2).status, AAI_WIRE_COMPLETED);
+	cr_assert_eq(rawc_count(r), 3); // Hello and two Completes, no more
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.cancels_ignored, 2);
+	cr_assert_eq(st.cancels_received, 0);
+	cr_assert_eq(st.protocol_errors, 0);
+	rawc_free(r);
+}
+
+BOTH(cancel_stops_a_cooperative_op)
+{
+	fx_serve(NULL);
+	rawc *r = rawc_open(fx.url, 1, NULL);
+	rawc_start(r, 1, "hold", NULL, 0);
+	fx_wait(AA_SEV_START, 1);
+	rawc_cancel(r, 1);
+	rmsg c = rawc_complete(r, 1);
+	cr_assert_eq(c.status, AAI_WIRE_CANCELED);
+	cr_assert_eq(c.error, AA_ECANCELED);
+	cr_assert_eq(aa_op_status(fx_op(0)), AA_CANCELED);
+	fx_wait(AA_SEV_REPLY_SENT, 1);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.cancels_received, 1);
+	cr_assert_eq(st.canceled, 1);
+	cr_assert_eq(st.wasted, 0);
+	cr_assert_eq(fx_event(AA_SEV_CANCEL_RECEIVED), 1);
+	rawc_free(r);
+}
+
+BOTH(op_ignoring_cancel_completes_wasted_and_compensated)
+{
+	fx_serve(NULL);
+	rawc *r = rawc_open(fx.url, 1, NULL);
+	rawc_start(r, 1, "stubborn", NULL, 0);
+	fx_wait(AA_SEV_START, 1);
+	rawc_cancel(r, 1);
+	fx_wait_int(&fx.cancel_calls, 1); // the op was told
+	cr_assert_eq(aa_op_status(fx_op(0)), AA_STARTED);
+	char *res = strdup("done");
+	cr_assert_eq(aa_op_complete(fx_op(0), res, 4, free), 0);
+	rmsg c = rawc_complete(r, 1);
+	cr_assert_eq(c.status, AAI_WIRE_COMPLETED); // sent always
+	cr_assert_eq(memcmp(c.payload, "done", 4), 0);
+	fx_wait(AA_SEV_COMPENSATED, 1);
+	cr_assert_eq(fx.compensated, 1);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.wasted, 1);
+	cr_assert_eq(st.completed, 1);
+	rawc_free(r);
+}
+
+BOTH(client_leaving_cancels_every_real_op)
+{
+	fx_serve(NULL);
+	rawc *r = rawc_open(fx.url, 1, NULL);
+	for (uint64_t id = 1; id <= 3; id++) {
+		rawc_start(r, id, "hold", NULL, 0);
+	}
+	fx_wait(AA_SEV_START, 3);
+	rawc_free(r);
+	fx_wait(AA_SEV_CLIENT_GONE, 1);
+	fx_wait(AA_SEV_REPLY_DROPPED, 3);
+	for (int i = 0; i < 3; i++) {
+		cr_assert_eq(aa_op_status(fx_op(i)), AA_CANCELED);
+	}
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.orphaned, 3);
+	cr_assert_eq(st.replies_dropped, 3);
+	cr_assert_eq(st.replies_sent, 0);
+	cr_assert_eq(st.pending, 0);
+}
+
+BOTH(client_goodbye_cancels_every_real_op)
+{
+	fx_serve(NULL);
+	rawc *r = rawc_open(fx.url, 1, NULL);
+	rawc_start(r, 1, "hold", NULL, 0);
+	rawc_start(r, 2, "hold", NULL, 0);
+	fx_wait(AA_SEV_START, 2);
+	aai_wire_msg m;
+	aai_wire_goodbye(&m, AA_ECLOSED, "bye");
+	rawc_send(r, &m);
+	fx_wait(AA_SEV_CLIENT_GONE, 1);
+	fx_wait(AA_SEV_REPLY_DROPPED, 2);
+	cr_assert_eq(aa_op_status(fx_op(0)), AA_CANCELED);
+	cr_assert_eq(aa_op_status(fx_op(1)), AA_CANCELED);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.orphaned, 2);
+	cr_assert_eq(st.protocol_errors, 0);
+	rawc_wait_down(r);
+	cr_assert_eq(rawc_count(r), 1); // the Hello only
+	rawc_free(r);
+}
+
+BOTH(silent_client_is_dropped)
+{
+	fx_serve(&(aa_server_opts){.heartbeat_ms = 20, .dead_after_ms = 100});
+	rawc *r = rawc_open(fx.url, 1, NULL); // it never sends heartbeats
+	rawc_start(r, 1, "hold", NULL, 0);
+	fx_wait(AA_SEV_CLIENT_GONE, 1);
+	pthread_mutex_lock(&fx.mtx);
+	cr_assert_eq(fx.last_gone_err, AA_ETIMEDOUT);
+	pthread_mutex_unlock(&fx.mtx);
+	fx_wait(AA_SEV_REPLY_DROPPED, 1);
+	cr_assert_eq(aa_op_status(fx_op(0)), AA_CANCELED);
+	rawc_wait_down(r);
+	rawc_free(r);
+}
+
+BOTH(deadline_cancels_the_real_op)
+{
+	fx_serve(NULL);
+	rawc *r = rawc_open(fx.url, 1, NULL);
+	rawc_start(r, 1, "hold", NULL, 20);
+	rmsg c = rawc_complete(r, 1);
+	cr_assert_eq(c.status, AAI_WIRE_CANCELED);
+	cr_assert_eq(c.error, AA_ETIMEDOUT);
+	cr_assert_eq(aa_op_status(fx_op(0)), AA_CANCELED);
+	// A deadline that is not reached changes nothing.
+	rawc_start(r, 2, "echo", "quick", 60000);
+	cr_assert_eq(rawc_complete(r, 2).status, AAI_WIRE_COMPLETED);
+	rawc_free(r);
+}
+
+BOTH(progress_is_forwarded)
+{
+	fx_serve(NULL);
+	rawc *r = rawc_open(fx.url, 1, NULL);
+	rawc_start(r, 1, "hold", NULL, 0);
+	fx_wait(AA_SEV_START, 1);
+	cr_assert_eq(aa_op_progress(fx_op(0), "p1", 2), 0);
+	cr_assert_eq(aa_op_progress(fx_op(0), "p2", 2), 0);
+	rmsg p = rawc_wait(r, AAI_WIRE_PROGRESS, 1);
+	cr_assert_eq(memcmp(p.payload, "p1", 2), 0);
+	p = rawc_wait(r, AAI_WIRE_PROGRESS, 1);
+	cr_assert_eq(memcmp(p.payload, "p2", 2), 0);
+	(void)aa_op_complete(fx_op(0), NULL, 0, NULL);
+	cr_assert_eq(rawc_complete(r, 1).status, AAI_WIRE_COMPLETED);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.progress_sent, 2);
+	rawc_free(r);
+}
+
+BOTH(close_says_goodbye_and_cancels_real_ops)
+{
+	fx_serve(NULL);
+	rawc *r = rawc_open(fx.url, 1, NULL);
+	rawc_start(r, 1, "hold", NULL, 0);
+	fx_wait(AA_SEV_START, 1);
+	aa_server_close(fx.s);
+	aa_server_close(fx.s); // idempotent
+	rmsg g = rawc_wait(r, AAI_WIRE_GOODBYE, 0);
+	cr_assert_eq(g.error, AA_EUNAVAIL);
+	cr_assert_eq(aa_op_status(fx_op(0)), AA_CANCELED);
+	// Nothing follows the Goodbye: the op's Complete is dropped.
+	fx_wait(AA_SEV_REPLY_DROPPED, 1);
+	rawc_wait_down(r);
+	cr_assert_eq(aa_server_listen(fx.s, fx.url), AA_ECLOSED);
+	cr_assert_eq(aa_server_stop(fx.s), 0);
+	rawc_free(r);
+}
+
+typedef struct stopper {
+	atomic_bool returned;
+	int rv;
+} stopper;
+
+static void *
+stop_thread(void *arg)
+{
+	stopper *st = arg;
+	st->rv = aa_server_stop(fx.s);
+	atomic_store(&st->returned, true);
+	return NULL;
+}
+
+BOTH(stop_waits_for_real_ops)
+{
+	fx_serve(NULL);
+	rawc *r = rawc_open(fx.url, 1, NULL);
+	rawc_start(r, 1, "stubborn", NULL, 0);
+	fx_wait(AA_SEV_START, 1);
+	stopper sp = {.returned = false};
+	thr t;
+	thr_start(&t, stop_thread, &sp);
+	fx_wait_int(&fx.cancel_calls, 1); // close reached the real op
+	// The op ignores cancellation: stop cannot have returned.
+	cr_assert_not(atomic_load(&sp.returned));
+	cr_assert_eq(rawc_wait(r, AAI_WIRE_GOODBYE, 0).error, AA_EUNAVAIL);
+	cr_assert_not(atomic_load(&sp.returned));
+	(void)aa_op_complete(fx_op(0), NULL, 0, NULL);
+	thr_join(&t);
+	cr_assert_eq(sp.rv, 0);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.pending, 0);
+	cr_assert_eq(st.clients, 0);
+	// Completed after the Goodbye: dropped, so compensated.
+	cr_assert_eq(fx.compensated, 1);
+	rawc_free(r);
+}
+
+static void
+rawc_forget(rawc *r)
+{
+	pthread_mutex_lock(&r->mtx);
+	r->n = 0;
+	pthread_mutex_unlock(&r->mtx);
+}
+
+BOTH(steady_state_allocates_nothing)
+{
+	fx_serve(NULL);
+	rawc *r = rawc_open(fx.url, 1, NULL);
+	uint64_t id = 1;
+	uint64_t before = 0;
+	for (int round = 0; round < 2; round++) {
+		if (round == 1) {
+			before = aa_heap_allocs();
+		}
+		for (int i = 0; i < 200; i++, id++) {
+			rawc_start(r, id, "echo", "payload", 0);
+			cr_assert_eq(rawc_complete(r, id).status,
+			             AAI_WIRE_COMPLETED);
+			rawc_forget(r);
+		}
+	}
+	// Both sides: the server's entries and ops are recycled, frames
+	// are encoded into and decoded from buffers that are kept.
+	cr_assert_eq(aa_heap_allocs() - before, 0);
+	rawc_free(r);
+}
+
+// ---- single-transport tests ----
+
+Test(server, stop_from_a_callback_is_edeadlk)
+{
+	fx_url(false);
+	fx_serve(NULL);
+	rawc *r = rawc_open(fx.url, 1, NULL);
+	rawc_start(r, 1, "stopper", NULL, 0);
+	rmsg c = rawc_complete(r, 1);
+	cr_assert_eq(c.status, AAI_WIRE_REJECTED);
+	cr_assert_eq(fx.stop_rv, AA_EDEADLK);
+	rawc_free(r);
+}
+
+Test(server, bad_arguments)
+{
+	fx_url(false);
+	aa_server *s;
+	cr_assert_eq(
+	    aa_server_alloc(&s, &(aa_server_opts){.max_msg_size = 100}),
+	    AA_EINVAL);
+	cr_assert_eq(aa_server_alloc(&s, NULL), 0);
+	aa_method_def bad = {.name = "", .start = m_echo};
+	cr_assert_eq(aa_server_register(s, &bad), AA_EINVAL);
+	bad.name = "x";
+	bad.start = NULL;
+	cr_assert_eq(aa_server_register(s, &bad), AA_EINVAL);
+	bad.start = m_echo;
+	bad.cancel_types = 8;
+	cr_assert_eq(aa_server_register(s, &bad), AA_EINVAL);
+	cr_assert_neq(aa_server_listen(s, "bogus://x"), 0);
+	cr_assert_eq(aa_server_port(s), 0);
+	cr_assert_str_eq(aa_server_event_name(AA_SEV_REPLY_SENT),
+	                 "reply_sent");
+	aa_server_free(s);
+}
+
+Test(server, tcp_port_zero)
+{
+	fx_url(false);
+	fx_serve(NULL);
+	cr_assert_eq(aa_server_listen(fx.s, "tcp://127.0.0.1:0"), 0);
+	int port = aa_server_port(fx.s);
+	cr_assert_gt(port, 0);
+	char url[64];
+	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", port);
+	rawc *r = rawc_open(url, 1, NULL);
+	rawc_start(r, 1, "echo", "tcp", 0);
+	cr_assert_eq(rawc_complete(r, 1).status, AAI_WIRE_COMPLETED);
+	rawc_free(r);
+}
+
+Test(server, result_too_big_for_the_client_fails_emsgsize)
+{
+	fx_url(false);
+	fx_serve(NULL);
+	hello_max = 512;
+	rawc *r = rawc_open(fx.url, 1, NULL);
+	hello_max = 1u << 20;
+	char big[600];
+	memset(big, 'b', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	rawc_start(r, 1, "echo", big, 0);
+	rmsg c = rawc_complete(r, 1);
+	cr_assert_eq(c.status, AAI_WIRE_FAILED);
+	cr_assert_eq(c.error, AA_EMSGSIZE);
+	rawc_start(r, 2, "echo", "small", 0);
+	cr_assert_eq(rawc_complete(r, 2).status, AAI_WIRE_COMPLETED);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.wasted, 1);
+	rawc_free(r);
+}
+
+static void
+sh(const char *dir, const char *cmd)
+{
+	char full[1024];
+	snprintf(full, sizeof(full), "cd %s && %s >/dev/null 2>&1", dir, cmd);
+	cr_assert_eq(system(full), 0, "failed: %s", cmd);
+}
+
+Test(server, tls_tcp)
+{
+	fx_url(true); // a fresh directory for the certificates
+	const char *d = fx.dir;
+	sh(d, "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key "
+	      "-out ca.pem -days 2 -subj /CN=aa-test-ca");
+	sh(d, "openssl req -newkey rsa:2048 -nodes -keyout server.key "
+	      "-out server.csr -subj /CN=localhost");
+	sh(d, "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > "
+	      "ext.cnf");
+	sh(d, "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key "
+	      "-CAcreateserial -out server.pem -days 2 -extfile ext.cnf");
+	char cert[128], key[128], ca[128];
+	snprintf(cert, sizeof(cert), "%s/server.pem", d);
+	snprintf(key, sizeof(key), "%s/server.key", d);
+	snprintf(ca, sizeof(ca), "%s/ca.pem", d);
+	snprintf(fx.url, sizeof(fx.url), "tls+tcp://127.0.0.1:0");
+	fx_serve(
+	    &(aa_server_opts){.tls_cert_file = cert, .tls_key_file = key});
+	char url[64];
+	snprintf(url, sizeof(url), "tls+tcp://127.0.0.1:%d",
+	         aa_server_port(fx.s));
+	aai_tp_opts co = {.connect_timeout_ms = 5000,
+	                  .tls_ca_file = ca,
+	                  .tls_server_name = "localhost",
+	                  .tls_verify_peer = true};
+	dial_opts = &co;
+	rawc *r = rawc_open(url, 1, NULL);
+	dial_opts = NULL;
+	rawc_start(r, 1, "echo", "secret", 0);
+	rmsg c = rawc_complete(r, 1);
+	cr_assert_eq(c.status, AAI_WIRE_COMPLETED);
+	cr_assert_eq(memcmp(c.payload, "secret", 6), 0);
+	rawc_free(r);
+	aa_server_free(fx.s);
+	fx.s = NULL;
+}
+
+// The in-flight timeline, forced: the server is held at
+// "server.before_start" while the client's Cancel arrives behind the Start.
+static void
+hold_checkpoint(void *arg, const char *name, void *subject)
+{
+	if (strcmp(name, "server.before_start") == 0) {
+		const aa_call_info *call = subject;
+		cr_assert_eq(call->op_id, 1);
+		cr_assert_str_eq(call->method, "hold");
+		gate_open(&fx.hold_start);
+		gate_wait(&fx.let_start);
+	}
+}
+
+Test(server, held_before_start_then_cancelled)
+{
+	fx_url(false);
+	aa_checkpoint_set(hold_checkpoint, NULL);
+	fx_serve(NULL);
+	rawc *r = rawc_open(fx.url, 1, NULL);
+	rawc_start(r, 1, "hold", NULL, 0);
+	gate_wait(&fx.hold_start);
+	rawc_cancel(r, 1); // queued behind the Start on the receive thread
+	cr_assert_eq(fx_event(AA_SEV_START), 0);
+	gate_open(&fx.let_start);
+	rmsg c = rawc_complete(r, 1);
+	cr_assert_eq(c.status, AAI_WIRE_CANCELED);
+	rawc_free(r);
+	aa_server_free(fx.s);
+	fx.s = NULL;
+	aa_checkpoint_set(NULL, NULL);
+}
+
+// The already-complete timeline, forced: the real op completed and its
+// handler is held at "server.before_reply" while the client's Cancel
+// arrives; the Complete still goes out COMPLETED, counted as wasted.
+static void
+reply_checkpoint(void *arg, const char *name, void *subject)
+{
+	if (strcmp(name, "server.before_reply") == 0) {
+		cr_assert_eq(aa_op_status(subject), AA_COMPLETED);
+		if (fx.hold_armed) {
+			gate_open(&fx.hold_start);
+			gate_wait(&fx.let_start);
+		}
+	}
+}
+
+static void *
+complete_thread(void *arg)
+{
+	(void)aa_op_complete(arg, NULL, 0, NULL);
+	return NULL;
+}
+
+Test(server, cancel_while_held_before_reply)
+{
+	fx_url(false);
+	aa_checkpoint_set(reply_checkpoint, NULL);
+	fx_serve(NULL);
+	rawc *r = rawc_open(fx.url, 1, NULL);
+	rawc_start(r, 1, "stubborn", NULL, 0);
+	// Once echo 2 is answered, Start 1 was handled to its end (frames
+	// of a connection are serialised): its handler is set.
+	rawc_start(r, 2, "echo", NULL, 0);
+	cr_assert_eq(rawc_complete(r, 2).status, AAI_WIRE_COMPLETED);
+	fx.hold_armed = true; // echo's checkpoint returned before its send
+	thr t;
+	thr_start(&t, complete_thread, fx_op(0));
+	gate_wait(&fx.hold_start); // the op is final, its reply not sent
+	rawc_cancel(r, 1);
+	fx_wait(AA_SEV_CANCEL_RECEIVED, 1);
+	gate_open(&fx.let_start);
+	thr_join(&t);
+	rmsg c = rawc_complete(r, 1);
+	cr_assert_eq(c.status, AAI_WIRE_COMPLETED);
+	fx_wait(AA_SEV_COMPENSATED, 1);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.wasted, 1);
+	cr_assert_eq(st.cancels_received, 1);
+	rawc_free(r);
+	aa_server_free(fx.s);
+	fx.s = NULL;
+	aa_checkpoint_set(NULL, NULL);
+}
