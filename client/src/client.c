@@ -460,8 +460,17 @@ deadline_fired(void *arg)
 		fail_cop(p, AA_ETIMEDOUT, AA_SETTLE_NEVER_STARTED,
 		         "deadline passed before the call was sent");
 	} else if (p->state == COP_SENT && aa_op_status(p->op) == AA_STARTED) {
-		// The server enforces it too; a Cancel makes it prompt.
-		if (c->link != NULL) {
+		// Fail first, so that the server's answer to the Cancel below
+		// cannot win with its own code. (on_complete waits for this
+		// timer before it releases the op.)
+		aai_mtx_unlock(&c->mtx);
+		if (aa_op_fail(p->op, AA_ETIMEDOUT, "deadline passed") == 0) {
+			count_final(c, p->op);
+		}
+		// The server enforces the deadline too; a Cancel makes it
+		// prompt.
+		aai_mtx_lock(&c->mtx);
+		if (p->state == COP_SENT && c->link != NULL) {
 			aai_wire_msg m;
 			aai_wire_cancel(&m, p->id, AA_CANCEL_TERMINAL);
 			if (aai_wire_send(c->link->conn, &m) == 0) {
@@ -469,9 +478,6 @@ deadline_fired(void *arg)
 			}
 		}
 		aai_mtx_unlock(&c->mtx);
-		if (aa_op_fail(p->op, AA_ETIMEDOUT, "deadline passed") == 0) {
-			count_final(c, p->op);
-		}
 	} else {
 		aai_mtx_unlock(&c->mtx);
 	}

@@ -1,0 +1,802 @@
+// aa-server: the demo server of aaproxy. It serves five methods, each a real
+// aa_op on the server, and writes one JSON line per server-side event, so
+// that what the server saw can be set beside what aa-client saw (both name
+// the op by the client's op id and the connection id). docs/demo.md is the
+// guide.
+//
+// Design notes.
+//
+// Methods run on a connection's receive thread: they start work and
+// return. The work runs elsewhere: "sleep" and "count" on a timer queue,
+// "spin" on a thread pool; "echo" and "fail" finish inside the method.
+//
+// References. The server owns the reference that a method returns. Work
+// that outlives the method (an armed timer, a queued spin) holds a second
+// one, dropped by whoever ends that work: the timer function when it does
+// not re-arm, the cancel function when it disarmed the timer (then the
+// function will never run), the spin work when it is done.
+//
+// Races, "sleep" and "count" (cooperative cancel): the cancel function sets
+// cancel_requested, then disarms the timer. If aa_timer_cancel returns 0
+// the timer was armed and will not run: the cancel function finishes the
+// op CANCELED. Otherwise the timer function ran (cancel waited for it); it
+// either finished the op, or ("count") re-armed itself before it could see
+// the flag, and the next aa_timer_cancel disarms it. A timer function that
+// sees the flag finishes the op CANCELED itself. Exactly one side drops
+// the timer's reference: aa_timer_cancel decides it.
+//
+// "spin" ignores cancellation (its method honours only AA_CANCEL_TERMINAL,
+// the weakest guarantee): it completes anyway, the client drops the late
+// result, and the server runs the compensation hook. It stops early only
+// when the server shuts down (AA_EUNAVAIL), so that shutdown never waits
+// for long.
+//
+// Signals: SIGINT and SIGTERM are blocked before any thread starts, so
+// every library thread inherits the mask, and main waits for them with
+// sigwait. Shutdown: aa_server_free (says Goodbye, cancels every real op
+// and waits for all of them to end), then the pool and the timer queue.
+#define _POSIX_C_SOURCE 200809L
+
+#include <aa/aa.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define MAX_LISTEN   16
+#define MAX_SLEEP_MS (24u * 3600u * 1000u)
+#define MAX_COUNT    1000000u
+#define COUNT_STEP   10 // ms between two progress reports of "count"
+#define TEXT_MAX     32
+
+typedef struct server_ctx {
+	aa_timer_queue *timers;
+	aa_executor *pool;
+	FILE *log;
+	atomic_bool stopping;
+} server_ctx;
+
+static server_ctx G;
+
+// ---- JSON log ----
+
+typedef struct jbuf {
+	char s[1024];
+	size_t n;
+} jbuf;
+
+static void
+jb_raw(jbuf *b, const char *s, size_t len)
+{
+	size_t room = sizeof(b->s) - 1 - b->n;
+	if (len > room) {
+		len = room;
+	}
+	memcpy(b->s + b->n, s, len);
+	b->n += len;
+	b->s[b->n] = '\0';
+}
+
+static void
+jb_str(jbuf *b, const char *s)
+{
+	jb_raw(b, s, strlen(s));
+}
+
+static void
+jb_u64(jbuf *b, uint64_t v)
+{
+	char t[24];
+	int n = snprintf(t, sizeof(t), "%llu", (unsigned long long)v);
+	jb_raw(b, t, (size_t)n);
+}
+
+// jb_quoted appends s as a JSON string (control characters, quotes and
+// backslashes escaped; other bytes kept: the texts here are ASCII).
+static void
+jb_quoted(jbuf *b, const char *s)
+{
+	jb_raw(b, "\"", 1);
+	for (; *s != '\0'; s++) {
+		unsigned char ch = (unsigned char)*s;
+		char t[8];
+		if (ch == '"' || ch == '\\') {
+			t[0] = '\\';
+			t[1] = (char)ch;
+			jb_raw(b, t, 2);
+		} else if (ch < 0x20 || ch == 0x7f) {
+			int n = snprintf(t, sizeof(t), "\\u%04x", ch);
+			jb_raw(b, t, (size_t)n);
+		} else {
+			jb_raw(b, (const char *)&ch, 1);
+		}
+	}
+	jb_raw(b, "\"", 1);
+}
+
+// log_line writes one JSON object per line, whole, and flushes it so that
+// a reader of the file sees each event as it happens.
+static void
+log_line(uint64_t op_id, uint64_t conn_id, const char *method,
+         const char *event, uint64_t t_us, int error, const char *detail)
+{
+	jbuf b = {.n = 0};
+	jb_str(&b, "{\"op\":");
+	jb_u64(&b, op_id);
+	jb_str(&b, ",\"client\":");
+	jb_u64(&b, conn_id);
+	jb_str(&b, ",\"method\":");
+	jb_quoted(&b, method != NULL ? method : "");
+	jb_str(&b, ",\"event\":");
+	jb_quoted(&b, event);
+	jb_str(&b, ",\"t_us\":");
+	jb_u64(&b, t_us);
+	if (error != 0) {
+		jb_str(&b, ",\"error\":");
+		jb_u64(&b, (uint64_t)error);
+		jb_str(&b, ",\"error_text\":");
+		jb_quoted(&b, aa_strerror(error));
+	}
+	if (detail != NULL && detail[0] != '\0') {
+		jb_str(&b, ",\"detail\":");
+		jb_quoted(&b, detail);
+	}
+	jb_str(&b, "}\n");
+	flockfile(G.log);
+	fputs(b.s, G.log);
+	fflush(G.log);
+	funlockfile(G.log);
+}
+
+static void
+on_server_event(void *arg, const aa_server_log_rec *rec)
+{
+	(void)arg;
+	log_line(rec->op_id, rec->conn_id, rec->method,
+	         aa_server_event_name(rec->event), rec->t_us, rec->error,
+	         rec->detail);
+}
+
+// ---- Arguments of the methods ----
+
+// parse_arg reads the call's payload as a decimal number in [lo, hi].
+static int
+parse_arg(const void *payload, size_t len, uint64_t lo, uint64_t hi,
+          uint64_t *v)
+{
+	const char *p = payload;
+	uint64_t x = 0;
+	if (len == 0 || len > 19) {
+		return AA_EINVAL;
+	}
+	for (size_t i = 0; i < len; i++) {
+		if (p[i] < '0' || p[i] > '9') {
+			return AA_EINVAL;
+		}
+		x = x * 10 + (uint64_t)(p[i] - '0');
+	}
+	if (x < lo || x > hi) {
+		return AA_EINVAL;
+	}
+	*v = x;
+	return 0;
+}
+
+// ---- echo: completes at once with the payload ----
+
+static int
+m_echo(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
+       size_t len, const aa_assoc *assoc)
+{
+	aa_op_provider pv = {.policy = AA_POLICY_IMMEDIATE,
+	                     .cancel_types = AA_CANCEL_ALL,
+	                     .extra = len};
+	int rv = aa_op_alloc(opp, &pv, assoc);
+	if (rv != 0) {
+		return rv;
+	}
+	if (len > 0) {
+		memcpy(aa_op_extra(*opp), payload, len);
+	}
+	// The result lives in the op's own memory: no release function.
+	aa_op_complete(*opp, aa_op_extra(*opp), len, NULL);
+	return 0;
+}
+
+// ---- sleep MS and count N: timed work on the timer queue ----
+
+typedef struct timed_op {
+	aa_timer timer;
+	aa_op *op;
+	uint64_t arg;  // sleep: the delay in ms; count: N
+	uint64_t step; // count: progress reports made so far
+	atomic_bool cancel_requested;
+	char text[TEXT_MAX]; // the result, kept as long as the op
+} timed_op;
+
+static void
+timed_complete(timed_op *t, uint64_t v)
+{
+	int n =
+	    snprintf(t->text, sizeof(t->text), "%llu", (unsigned long long)v);
+	aa_op_complete(t->op, t->text, (size_t)n, NULL);
+}
+
+// timed_cancel is the cancel function of "sleep" and "count": see the
+// design notes for the race with the timer function.
+static int
+timed_cancel(aa_op *op, aa_cancel_type type, void *arg)
+{
+	timed_op *t = aa_op_extra(op);
+	(void)type;
+	(void)arg;
+	atomic_store(&t->cancel_requested, true);
+	while (aa_op_status(op) == AA_STARTED) {
+		if (aa_timer_cancel(&t->timer) == 0) {
+			// Disarmed: the function will not run, so its
+			// reference is ours to drop (the server holds one).
+			aa_op_canceled(op);
+			aa_op_unref(op);
+			break;
+		}
+	}
+	return 0;
+}
+
+static void
+sleep_fire(void *arg)
+{
+	timed_op *t = arg;
+	if (atomic_load(&t->cancel_requested)) {
+		aa_op_canceled(t->op);
+	} else {
+		timed_complete(t, t->arg);
+	}
+	aa_op_unref(t->op); // may free t: the queue no longer touches it
+}
+
+static void
+count_fire(void *arg)
+{
+	timed_op *t = arg;
+	char text[2 * TEXT_MAX];
+
+	if (atomic_load(&t->cancel_requested)) {
+		aa_op_canceled(t->op);
+		aa_op_unref(t->op);
+		return;
+	}
+	t->step++;
+	int n =
+	    snprintf(text, sizeof(text), "%llu/%llu",
+	             (unsigned long long)t->step, (unsigned long long)t->arg);
+	aa_op_progress(t->op, text, (size_t)n);
+	if (t->step >= t->arg) {
+		timed_complete(t, t->arg);
+		aa_op_unref(t->op);
+		return;
+	}
+	if (aa_timer_start(&t->timer, G.timers, COUNT_STEP) != 0) {
+		aa_op_fail(t->op, AA_EUNAVAIL, "server shutting down");
+		aa_op_unref(t->op);
+	}
+}
+
+// timed_start makes a cooperative op whose work is fn on the timer queue,
+// first run after delay_ms.
+static int
+timed_start(aa_op **opp, const aa_assoc *assoc, uint64_t v, aa_timer_fn fn,
+            uint64_t delay_ms)
+{
+	aa_op_provider pv = {.cancel = timed_cancel,
+	                     .policy = AA_POLICY_COOPERATIVE,
+	                     .cancel_types = AA_CANCEL_ALL,
+	                     .extra = sizeof(timed_op)};
+	aa_op *op;
+	int rv = aa_op_alloc(&op, &pv, assoc);
+	if (rv != 0) {
+		return rv;
+	}
+	timed_op *t = aa_op_extra(op);
+	t->op = op;
+	t->arg = v;
+	atomic_init(&t->cancel_requested, false);
+	aa_timer_init(&t->timer, fn, t);
+	aa_op_ref(op); // the timer's reference
+	if ((rv = aa_timer_start(&t->timer, G.timers, delay_ms)) != 0) {
+		aa_op_unref(op);
+		aa_op_unref(op);
+		return rv;
+	}
+	*opp = op;
+	return 0;
+}
+
+static int
+m_sleep(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
+        size_t len, const aa_assoc *assoc)
+{
+	uint64_t ms;
+	int rv = parse_arg(payload, len, 0, MAX_SLEEP_MS, &ms);
+	if (rv != 0) {
+		return rv;
+	}
+	return timed_start(opp, assoc, ms, sleep_fire, ms);
+}
+
+static int
+m_count(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
+        size_t len, const aa_assoc *assoc)
+{
+	uint64_t n;
+	int rv = parse_arg(payload, len, 0, MAX_COUNT, &n);
+	if (rv != 0) {
+		return rv;
+	}
+	if (n == 0) {
+		// Nothing to count: complete at once.
+		aa_op_provider pv = {.policy = AA_POLICY_IMMEDIATE,
+		                     .cancel_types = AA_CANCEL_ALL};
+		if ((rv = aa_op_alloc(opp, &pv, assoc)) == 0) {
+			aa_op_complete(*opp, "0", 1, NULL);
+		}
+		return rv;
+	}
+	return timed_start(opp, assoc, n, count_fire, COUNT_STEP);
+}
+
+// ---- spin MS: busy work on the pool that ignores cancellation ----
+
+typedef struct spin_op {
+	aa_op *op;
+	uint64_t ms;
+	atomic_bool cancel_seen;
+	char text[TEXT_MAX];
+} spin_op;
+
+static int
+spin_cancel(aa_op *op, aa_cancel_type type, void *arg)
+{
+	spin_op *s = aa_op_extra(op);
+	(void)type;
+	(void)arg;
+	// Noted and ignored: this work cannot stop halfway.
+	atomic_store(&s->cancel_seen, true);
+	return 0;
+}
+
+static void
+spin_work(void *arg)
+{
+	spin_op *s = arg;
+	uint64_t until = aa_clock_us() + s->ms * 1000u;
+	volatile uint64_t sink = 0;
+
+	while (aa_clock_us() < until && !atomic_load(&G.stopping)) {
+		for (int i = 0; i < 1000; i++) {
+			sink += (uint64_t)i;
+		}
+	}
+	if (aa_clock_us() < until) {
+		aa_op_fail(s->op, AA_EUNAVAIL, "server shutting down");
+	} else {
+		int n = snprintf(s->text, sizeof(s->text), "spun %llu ms",
+		                 (unsigned long long)s->ms);
+		aa_op_complete(s->op, s->text, (size_t)n, NULL);
+	}
+	aa_op_unref(s->op); // the work's reference
+}
+
+static int
+m_spin(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
+       size_t len, const aa_assoc *assoc)
+{
+	uint64_t ms;
+	int rv = parse_arg(payload, len, 0, MAX_SLEEP_MS, &ms);
+	if (rv != 0) {
+		return rv;
+	}
+	aa_op_provider pv = {.cancel = spin_cancel,
+	                     .policy = AA_POLICY_COOPERATIVE,
+	                     .cancel_types = AA_CANCEL_TERMINAL,
+	                     .extra = sizeof(spin_op)};
+	aa_op *op;
+	if ((rv = aa_op_alloc(&op, &pv, assoc)) != 0) {
+		return rv;
+	}
+	spin_op *s = aa_op_extra(op);
+	s->op = op;
+	s->ms = ms;
+	atomic_init(&s->cancel_seen, false);
+	aa_op_ref(op); // the work's reference
+	if ((rv = aa_executor_post(G.pool, spin_work, s)) != 0) {
+		aa_op_unref(op);
+		aa_op_unref(op);
+		return rv;
+	}
+	*opp = op;
+	return 0;
+}
+
+// spin_compensate runs when spin's result will not be used (the client
+// had cancelled, or could not be told): a real method would undo its
+// side effects here; this one says what was wasted.
+static void
+spin_compensate(void *arg, const aa_call_info *call, aa_op *op)
+{
+	spin_op *s = aa_op_extra(op);
+	char detail[96];
+	(void)arg;
+	snprintf(detail, sizeof(detail),
+	         "undo: %llu ms of work done for nothing%s",
+	         (unsigned long long)s->ms,
+	         atomic_load(&s->cancel_seen) ? " (cancel was ignored)" : "");
+	log_line(call->op_id, call->conn_id, call->method, "compensate_hook",
+	         aa_clock_us(), 0, detail);
+}
+
+// ---- fail CODE: fails at once with that code ----
+
+static int
+m_fail(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
+       size_t len, const aa_assoc *assoc)
+{
+	uint64_t code;
+	char msg[48];
+	int rv = parse_arg(payload, len, 1, 65535, &code);
+	if (rv != 0) {
+		return rv;
+	}
+	aa_op_provider pv = {.policy = AA_POLICY_IMMEDIATE,
+	                     .cancel_types = AA_CANCEL_ALL};
+	if ((rv = aa_op_alloc(opp, &pv, assoc)) != 0) {
+		return rv;
+	}
+	snprintf(msg, sizeof(msg), "fail %llu requested",
+	         (unsigned long long)code);
+	aa_op_fail(*opp, (int)code, msg);
+	return 0;
+}
+
+// ---- ipc:// addresses ----
+
+// ipc_path returns the file of an ipc:// URL, or NULL.
+static const char *
+ipc_path(const char *url)
+{
+	return strncmp(url, "ipc://", 6) == 0 ? url + 6 : NULL;
+}
+
+// ipc_prepare removes a stale socket file at path, only if nothing
+// answers on it; 0, or -1 with a message on stderr.
+static int
+ipc_prepare(const char *url, const char *path)
+{
+	struct stat st;
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+
+	if (lstat(path, &st) != 0) {
+		return 0; // nothing there
+	}
+	if (!S_ISSOCK(st.st_mode)) {
+		fprintf(stderr, "aa-server: %s exists and is not a socket\n",
+		        path);
+		return -1;
+	}
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		fprintf(stderr, "aa-server: socket path too long: %s\n", path);
+		return -1;
+	}
+	strcpy(sa.sun_path, path);
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	if (fd < 0) {
+		perror("aa-server: socket");
+		return -1;
+	}
+	int rv = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+	int err = errno;
+	close(fd);
+	if (rv == 0) {
+		fprintf(stderr,
+		        "aa-server: another server is listening on %s\n", url);
+		return -1;
+	}
+	if (err != ECONNREFUSED) {
+		fprintf(stderr, "aa-server: cannot probe %s: %s\n", path,
+		        strerror(err));
+		return -1;
+	}
+	if (unlink(path) != 0) {
+		fprintf(stderr, "aa-server: cannot remove stale %s: %s\n",
+		        path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+// ---- Options ----
+
+typedef struct options {
+	const char *listen[MAX_LISTEN];
+	int n_listen;
+	const char *log;
+	aa_server_opts so;
+	int threads;
+} options;
+
+static void
+usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: aa-server [options]\n"
+	        "Serves echo, sleep MS, spin MS, count N and fail CODE.\n"
+	        "  --listen URL        listen on URL (repeatable; default "
+	        "aa_default_url():\n"
+	        "                      %s)\n"
+	        "  --log FILE          JSON event log, one object a line "
+	        "(appended;\n"
+	        "                      '-' = stdout; default stderr)\n"
+	        "  --max-pending N     pending ops per client (default "
+	        "1024)\n"
+	        "  --max-msg BYTES     largest message (default 1 MiB)\n"
+	        "  --heartbeat-ms N    heartbeat interval (default 1000; "
+	        "-1 = off)\n"
+	        "  --dead-after-ms N   silence that ends a client (default "
+	        "3 heartbeats)\n"
+	        "  --threads N         worker threads for spin (default 4)\n"
+	        "  --tls-cert FILE     certificate for tls+tcp:// (PEM)\n"
+	        "  --tls-key FILE      its key (PEM)\n"
+	        "  --tls-ca FILE       ask clients for certificates signed "
+	        "by this CA\n"
+	        "  --help              this text\n"
+	        "SIGINT or SIGTERM shuts it down cleanly (exit 0).\n",
+	        aa_default_url() != NULL ? aa_default_url() : "(none)");
+}
+
+// parse_int reads a decimal int in [lo, hi]; false when it is not one.
+static bool
+parse_int(const char *s, long lo, long hi, long *v)
+{
+	char *end;
+	errno = 0;
+	long x = strtol(s, &end, 10);
+	if (errno != 0 || end == s || *end != '\0' || x < lo || x > hi) {
+		return false;
+	}
+	*v = x;
+	return true;
+}
+
+// parse_options fills o; returns -1 to exit 0 (--help), 2 for a usage
+// error, 0 to go on.
+static int
+parse_options(int argc, char **argv, options *o)
+{
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		const char *val = NULL;
+		long v;
+		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			usage(stdout);
+			return -1;
+		}
+		if (strncmp(a, "--", 2) != 0) {
+			fprintf(stderr, "aa-server: unexpected argument %s\n",
+			        a);
+			return 2;
+		}
+		if (i + 1 >= argc) {
+			fprintf(stderr, "aa-server: %s needs a value\n", a);
+			return 2;
+		}
+		val = argv[++i];
+		if (strcmp(a, "--listen") == 0) {
+			if (o->n_listen == MAX_LISTEN) {
+				fprintf(stderr, "aa-server: too many "
+				                "--listen\n");
+				return 2;
+			}
+			o->listen[o->n_listen++] = val;
+		} else if (strcmp(a, "--log") == 0) {
+			o->log = val;
+		} else if (strcmp(a, "--max-pending") == 0 &&
+		           parse_int(val, 1, INT32_MAX, &v)) {
+			o->so.max_pending = (uint32_t)v;
+		} else if (strcmp(a, "--max-msg") == 0 &&
+		           parse_int(val, 512, INT32_MAX, &v)) {
+			o->so.max_msg_size = (size_t)v;
+		} else if (strcmp(a, "--heartbeat-ms") == 0 &&
+		           parse_int(val, -1, INT32_MAX, &v)) {
+			o->so.heartbeat_ms = (int)v;
+		} else if (strcmp(a, "--dead-after-ms") == 0 &&
+		           parse_int(val, -1, INT32_MAX, &v)) {
+			o->so.dead_after_ms = (int)v;
+		} else if (strcmp(a, "--threads") == 0 &&
+		           parse_int(val, 1, 256, &v)) {
+			o->threads = (int)v;
+		} else if (strcmp(a, "--tls-cert") == 0) {
+			o->so.tls_cert_file = val;
+		} else if (strcmp(a, "--tls-key") == 0) {
+			o->so.tls_key_file = val;
+		} else if (strcmp(a, "--tls-ca") == 0) {
+			o->so.tls_ca_file = val;
+		} else {
+			fprintf(stderr, "aa-server: bad option %s %s\n", a,
+			        val);
+			return 2;
+		}
+	}
+	if ((o->so.tls_cert_file == NULL) != (o->so.tls_key_file == NULL)) {
+		fprintf(stderr, "aa-server: --tls-cert and --tls-key go "
+		                "together\n");
+		return 2;
+	}
+	return 0;
+}
+
+// ---- main ----
+
+static const aa_method_def methods[] = {
+    {.name = "echo", .start = m_echo, .cancel_types = AA_CANCEL_ALL},
+    {.name = "sleep", .start = m_sleep, .cancel_types = AA_CANCEL_ALL},
+    {.name = "spin",
+     .start = m_spin,
+     .compensate = spin_compensate,
+     .cancel_types = AA_CANCEL_TERMINAL},
+    {.name = "count", .start = m_count, .cancel_types = AA_CANCEL_ALL},
+    {.name = "fail", .start = m_fail, .cancel_types = AA_CANCEL_ALL},
+};
+
+// serve listens on every URL and waits for SIGINT or SIGTERM; the
+// signals are blocked already. 0, or 1 when it could not listen.
+static int
+serve(aa_server *srv, const options *o, const sigset_t *sigs)
+{
+	char line[1024] = "";
+	size_t n = 0;
+
+	for (int i = 0; i < o->n_listen; i++) {
+		const char *url = o->listen[i];
+		const char *path = ipc_path(url);
+		int rv;
+		if (path != NULL && ipc_prepare(url, path) != 0) {
+			return 1;
+		}
+		if ((rv = aa_server_listen(srv, url)) != 0) {
+			fprintf(stderr, "aa-server: cannot listen on %s: %s\n",
+			        url, aa_strerror(rv));
+			return 1;
+		}
+		if (path != NULL && chmod(path, 0600) != 0) {
+			fprintf(stderr, "aa-server: chmod %s: %s\n", path,
+			        strerror(errno));
+			return 1;
+		}
+		int w = snprintf(line + n, sizeof(line) - n, "%s%s",
+		                 i > 0 ? " " : "", url);
+		n += w > 0 && (size_t)w < sizeof(line) - n ? (size_t)w : 0;
+		if (strncmp(url, "tcp://", 6) == 0 ||
+		    strncmp(url, "tls+tcp://", 10) == 0) {
+			w = snprintf(line + n, sizeof(line) - n, " (port %d)",
+			             aa_server_port(srv));
+			n += w > 0 && (size_t)w < sizeof(line) - n ? (size_t)w
+			                                           : 0;
+		}
+	}
+	fprintf(stderr, "aa-server: listening on %s (pid %d)\n", line,
+	        (int)getpid());
+	fflush(stderr);
+
+	int sig = 0;
+	while (sigwait(sigs, &sig) != 0) {
+	}
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	options o = {.threads = 4};
+	sigset_t sigs;
+	aa_server *srv = NULL;
+	int rv;
+
+	// Block the shutdown signals before any thread exists: every
+	// library thread inherits the mask and only sigwait sees them.
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if ((rv = parse_options(argc, argv, &o)) != 0) {
+		return rv < 0 ? 0 : rv;
+	}
+	if (o.n_listen == 0) {
+		if ((o.listen[0] = aa_default_url()) == NULL) {
+			fprintf(stderr, "aa-server: no safe default address; "
+			                "use --listen URL\n");
+			return 1;
+		}
+		o.n_listen = 1;
+	}
+	if (o.log == NULL) {
+		G.log = stderr;
+	} else if (strcmp(o.log, "-") == 0) {
+		G.log = stdout;
+	} else if ((G.log = fopen(o.log, "a")) == NULL) {
+		fprintf(stderr, "aa-server: cannot open %s: %s\n", o.log,
+		        strerror(errno));
+		return 1;
+	}
+	atomic_init(&G.stopping, false);
+	o.so.log = on_server_event;
+
+	rv = aa_timer_queue_alloc(&G.timers);
+	if (rv == 0) {
+		rv = aa_pool_alloc(&G.pool, o.threads);
+	}
+	if (rv == 0) {
+		rv = aa_server_alloc(&srv, &o.so);
+	}
+	for (size_t i = 0; rv == 0 && i < sizeof(methods) / sizeof(methods[0]);
+	     i++) {
+		rv = aa_server_register(srv, &methods[i]);
+	}
+	int status = 1;
+	if (rv != 0) {
+		fprintf(stderr, "aa-server: cannot start: %s\n",
+		        aa_strerror(rv));
+	} else {
+		status = serve(srv, &o, &sigs);
+	}
+
+	// Shut down: spin work stops early, every real op is cancelled and
+	// waited for, then the pool and the timers go.
+	atomic_store(&G.stopping, true);
+	if (srv != NULL) {
+		aa_server_stats st;
+		aa_server_stop(srv);
+		aa_server_stats_get(srv, &st);
+		aa_server_free(srv);
+		if (status == 0) {
+			fprintf(
+			    stderr,
+			    "aa-server: stopped; ops started %llu, completed "
+			    "%llu, canceled %llu, failed %llu, rejected "
+			    "%llu, wasted %llu\n",
+			    (unsigned long long)st.started,
+			    (unsigned long long)st.completed,
+			    (unsigned long long)st.canceled,
+			    (unsigned long long)st.failed,
+			    (unsigned long long)st.rejected,
+			    (unsigned long long)st.wasted);
+		}
+	}
+	if (G.pool != NULL) {
+		aa_executor_free(G.pool);
+	}
+	if (G.timers != NULL) {
+		aa_timer_queue_free(G.timers);
+	}
+	for (int i = 0; status == 0 && i < o.n_listen; i++) {
+		const char *path = ipc_path(o.listen[i]);
+		if (path != NULL) {
+			unlink(path);
+		}
+	}
+	if (G.log != stderr && G.log != stdout) {
+		fclose(G.log);
+	}
+	return status;
+}
