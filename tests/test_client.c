@@ -145,10 +145,17 @@ typedef struct env {
 
 static env E;
 
+// Set by a TLS test before server_up(.., "tls", ..).
+static char tls_cert[128], tls_key[128];
+
 static void
 server_up(env *e, const char *kind, uint32_t max_pending)
 {
 	aa_server_opts so = {.max_pending = max_pending};
+	if (strcmp(kind, "tls") == 0) {
+		so.tls_cert_file = tls_cert;
+		so.tls_key_file = tls_key;
+	}
 	cr_assert_eq(aa_server_alloc(&e->srv, &so), 0);
 	aa_method_def defs[] = {
 	    {.name = "echo", .start = m_echo, .cancel_types = AA_CANCEL_ALL},
@@ -173,12 +180,15 @@ server_up(env *e, const char *kind, uint32_t max_pending)
 		strcpy(e->dir, "/tmp/aa-test-XXXXXX");
 		cr_assert_not_null(mkdtemp(e->dir));
 		snprintf(e->url, sizeof(e->url), "ipc://%s/s.sock", e->dir);
+	} else if (strcmp(kind, "tls") == 0) {
+		strcpy(e->url, "tls+tcp://127.0.0.1:0");
 	} else {
 		strcpy(e->url, "tcp://127.0.0.1:0");
 	}
 	cr_assert_eq(aa_server_listen(e->srv, e->url), 0);
-	if (strcmp(kind, "tcp") == 0) {
-		snprintf(e->url, sizeof(e->url), "tcp://127.0.0.1:%d",
+	if (strcmp(kind, "tcp") == 0 || strcmp(kind, "tls") == 0) {
+		snprintf(e->url, sizeof(e->url), "%s://127.0.0.1:%d",
+		         strcmp(kind, "tls") == 0 ? "tls+tcp" : "tcp",
 		         aa_server_port(e->srv));
 	}
 }
@@ -223,10 +233,9 @@ teardown(void)
 		aa_server_free(E.srv);
 	}
 	if (E.dir[0] != '\0') {
-		char sock[128];
-		snprintf(sock, sizeof(sock), "%s/s.sock", E.dir);
-		unlink(sock);
-		rmdir(E.dir);
+		char cmd[128];
+		snprintf(cmd, sizeof(cmd), "rm -rf %s", E.dir);
+		cr_assert_eq(system(cmd), 0);
 	}
 	aa_test_check_live();
 }
@@ -942,4 +951,43 @@ Test(client, reconnects_after_the_server_restarts)
 	client_stats(&cs);
 	cr_assert_eq(cs.connects, 2);
 	aa_op_unref(b);
+}
+
+Test(client, tls_in_flight_and_a_client_that_trusts_another_ca)
+{
+	static seen s;
+	seen_init(&s);
+	strcpy(E.dir, "/tmp/aa-test-XXXXXX");
+	cr_assert_not_null(mkdtemp(E.dir));
+	make_test_certs(E.dir);
+	char ca[128], other[128];
+	snprintf(tls_cert, sizeof(tls_cert), "%s/server.pem", E.dir);
+	snprintf(tls_key, sizeof(tls_key), "%s/server.key", E.dir);
+	snprintf(ca, sizeof(ca), "%s/ca.pem", E.dir);
+	snprintf(other, sizeof(other), "%s/other-ca.pem", E.dir);
+	server_up(&E, "tls", 0);
+
+	// A client that trusts another CA cannot connect.
+	aa_client *bad;
+	aa_client_opts bo = {.url = E.url,
+	                     .tls_ca_file = other,
+	                     .tls_server_name = "localhost",
+	                     .tls_verify = true,
+	                     .connect_timeout_ms = 3000};
+	int rv = aa_client_open(&bad, &bo);
+	cr_assert_neq(rv, 0, "verification must fail");
+	cr_log_info("wrong CA: %s", aa_strerror(rv));
+
+	aa_client_opts co = {.url = E.url,
+	                     .tls_ca_file = ca,
+	                     .tls_server_name = "localhost",
+	                     .tls_verify = true};
+	cr_assert_eq(aa_client_open(&E.cli, &co), 0);
+	aa_op *op = call("hold", "x", &s);
+	gate_wait(&S.started);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_IN_FLIGHT);
+	gate_wait(&s.settled);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_CANCELED);
+	aa_op_unref(op);
 }

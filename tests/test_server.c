@@ -1064,26 +1064,11 @@ Test(server, result_too_big_for_the_client_fails_emsgsize)
 	rawc_free(r);
 }
 
-static void
-sh(const char *dir, const char *cmd)
-{
-	char full[1024];
-	snprintf(full, sizeof(full), "cd %s && %s >/dev/null 2>&1", dir, cmd);
-	cr_assert_eq(system(full), 0, "failed: %s", cmd);
-}
-
 Test(server, tls_tcp)
 {
 	fx_url(true); // a fresh directory for the certificates
 	const char *d = fx.dir;
-	sh(d, "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key "
-	      "-out ca.pem -days 2 -subj /CN=aa-test-ca");
-	sh(d, "openssl req -newkey rsa:2048 -nodes -keyout server.key "
-	      "-out server.csr -subj /CN=localhost");
-	sh(d, "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > "
-	      "ext.cnf");
-	sh(d, "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key "
-	      "-CAcreateserial -out server.pem -days 2 -extfile ext.cnf");
+	make_test_certs(d);
 	char cert[128], key[128], ca[128];
 	snprintf(cert, sizeof(cert), "%s/server.pem", d);
 	snprintf(key, sizeof(key), "%s/server.key", d);

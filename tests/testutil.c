@@ -58,6 +58,29 @@ thr_join(thr *t)
 	cr_assert_eq(pthread_join(t->t, NULL), 0);
 }
 
+static void
+sh(const char *dir, const char *cmd)
+{
+	char full[1024];
+	snprintf(full, sizeof(full), "cd %s && %s >/dev/null 2>&1", dir, cmd);
+	cr_assert_eq(system(full), 0, "failed: %s", cmd);
+}
+
+void
+make_test_certs(const char *d)
+{
+	sh(d, "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key "
+	      "-out ca.pem -days 2 -subj /CN=aa-test-ca");
+	sh(d, "openssl req -x509 -newkey rsa:2048 -nodes -keyout other.key "
+	      "-out other-ca.pem -days 2 -subj /CN=aa-other-ca");
+	sh(d, "openssl req -newkey rsa:2048 -nodes -keyout server.key "
+	      "-out server.csr -subj /CN=localhost");
+	sh(d, "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > "
+	      "ext.cnf");
+	sh(d, "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key "
+	      "-CAcreateserial -out server.pem -days 2 -extfile ext.cnf");
+}
+
 // Criterion 2.4 only prints a failed assertion made in .fini and still
 // counts the test as passing; an abort there makes the binary exit 1,
 // which CTest reports as a failure. So the leak check aborts.

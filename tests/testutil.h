@@ -34,6 +34,11 @@ typedef struct thr {
 void thr_start(thr *t, void *(*fn)(void *), void *arg);
 void thr_join(thr *t);
 
+// make_test_certs writes into dir, with the openssl command: ca.pem (a
+// test CA), server.pem + server.key (signed by it, for localhost and
+// 127.0.0.1) and other-ca.pem (an unrelated CA, for verification failures).
+void make_test_certs(const char *dir);
+
 // aa_test_check_live aborts (failing the binary under CTest) when any
 // library object is still alive: every suite's .fini calls it.
 void aa_test_check_live(void);
