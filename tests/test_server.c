@@ -152,7 +152,7 @@ rawc_free(rawc *r)
 static void
 rawc_send(rawc *r, const aai_wire_msg *m)
 {
-	cr_assert_eq(aai_wire_send(r->c, m), 0);
+	cr_assert_eq(aai_wire_send(r->c, m, 0), 0);
 }
 
 // rawc_wait takes the first unread message of kind (and op id, if

@@ -412,7 +412,7 @@ cop_cancel(aa_op *op, aa_cancel_type type, void *arg)
 		if (c->link != NULL && !c->closed) {
 			aai_wire_msg m;
 			aai_wire_cancel(&m, p->id, (uint32_t)type);
-			if (aai_wire_send(c->link->conn, &m) == 0) {
+			if (aai_wire_send(c->link->conn, &m, 0) == 0) {
 				c->st.sent_cancel++;
 			}
 		}
@@ -473,7 +473,7 @@ deadline_fired(void *arg)
 		if (p->state == COP_SENT && c->link != NULL) {
 			aai_wire_msg m;
 			aai_wire_cancel(&m, p->id, AA_CANCEL_TERMINAL);
-			if (aai_wire_send(c->link->conn, &m) == 0) {
+			if (aai_wire_send(c->link->conn, &m, 0) == 0) {
 				c->st.sent_cancel++;
 			}
 		}
@@ -654,7 +654,7 @@ flush(aa_client *c)
 		aai_wire_start(&m, p->id, p->method, p->payload,
 		               p->payload_len, p->deadline_ms,
 		               p->cancel_types);
-		int rv = aai_wire_send(c->link->conn, &m);
+		int rv = aai_wire_send(c->link->conn, &m, 0);
 		if (rv == 0) {
 			// Once SENT, the receive thread may retire the op at
 			// any moment: take the payload copy back first.
@@ -1022,7 +1022,7 @@ connect_clink(aa_client *c)
 	aai_wire_hello_client(&hello, c->instance_id,
 	                      (uint32_t)c->opts.max_msg_size,
 	                      (uint32_t)c->opts.heartbeat_ms);
-	aai_wire_send(conn, &hello);
+	aai_wire_send(conn, &hello, 0);
 
 	// Wait for the server's Hello, its goodbye, or the link going down.
 	uint64_t until =
@@ -1267,7 +1267,7 @@ aa_client_close(aa_client *c)
 	if (l != NULL) {
 		aai_wire_msg bye;
 		aai_wire_goodbye(&bye, AA_ECLOSED, "client closed");
-		if (aai_wire_send(l->conn, &bye) == 0) {
+		if (aai_wire_send(l->conn, &bye, 0) == 0) {
 			c->st.sent_other++;
 		}
 	}

@@ -19,12 +19,15 @@ encode_into(void *arg, uint8_t *dst)
 }
 
 int
-aai_wire_send(aai_conn *c, const aai_wire_msg *m)
+aai_wire_send(aai_conn *c, const aai_wire_msg *m, size_t limit)
 {
 	encode_ctx e = {.m = m};
 	int rv;
 	if ((rv = aai_wire_size(&e.len, m)) != 0) {
 		return rv;
+	}
+	if (limit != 0 && e.len > limit) {
+		return AA_EMSGSIZE;
 	}
 	return aai_conn_send_encode(c, e.len, encode_into, &e);
 }

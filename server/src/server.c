@@ -82,6 +82,7 @@
 #include "aai.h"
 #include "transport.h"
 #include "wire.h"
+#include "wire_send.h"
 
 #define DEFAULT_MAX_MSG      (1u << 20)
 #define DEFAULT_MAX_PENDING  1024u
@@ -336,39 +337,6 @@ pool_new(pool **pp)
 	return 0;
 }
 
-// ---- sending (expects ss->mtx) ----
-
-typedef struct encode_ctx {
-	const aai_wire_msg *m;
-	size_t len;
-} encode_ctx;
-
-static void
-encode_into(void *arg, uint8_t *dst)
-{
-	encode_ctx *e = arg;
-	size_t n;
-	// The size was computed from the same message: this cannot fail.
-	int rv = aai_wire_encode(&n, dst, e->len, e->m, 0);
-	AAI_ASSERT(rv == 0 && n == e->len);
-}
-
-// send_locked encodes m straight into the connection's send buffer: 0, or
-// AA_EMSGSIZE when it exceeds limit, or the transport's error.
-static int
-send_locked(session *ss, const aai_wire_msg *m, size_t limit)
-{
-	encode_ctx e = {.m = m};
-	int rv = aai_wire_size(&e.len, m);
-	if (rv != 0) {
-		return rv;
-	}
-	if (e.len > limit) {
-		return AA_EMSGSIZE;
-	}
-	return aai_conn_send_encode(ss->conn, e.len, encode_into, &e);
-}
-
 // ---- the session's op table (expects ss->mtx) ----
 
 static entry *
@@ -607,7 +575,7 @@ goodbye_locked(session *ss, int reason, const char *why)
 	}
 	aai_wire_msg m;
 	aai_wire_goodbye(&m, (uint32_t)reason, why);
-	(void)send_locked(ss, &m, ss->s->max_msg);
+	(void)aai_wire_send(ss->conn, &m, ss->s->max_msg);
 	ss->state = SS_CLOSING;
 	aa_timer_init(&ss->linger_timer, on_linger, ss);
 	if (aa_timer_start(&ss->linger_timer, ss->s->tq, GOODBYE_LINGER_MS) ==
@@ -721,7 +689,7 @@ on_progress(aa_op *op, void *arg, const void *data, size_t len)
 	aai_mtx_lock(&ss->mtx);
 	// After a Cancel the client drops progress: save the bytes.
 	if (ss->state == SS_READY && !e->finished && !e->cancel_received) {
-		sent = send_locked(ss, &m, ss->send_max) == 0;
+		sent = aai_wire_send(ss->conn, &m, ss->send_max) == 0;
 	}
 	aai_mtx_unlock(&ss->mtx);
 	if (sent) {
@@ -793,7 +761,7 @@ finish(entry *e, int forced, const char *forced_msg)
 	int rv = AA_ECLOSED;
 	bool too_big = false;
 	if (ss->state == SS_READY) {
-		rv = send_locked(ss, &m, ss->send_max);
+		rv = aai_wire_send(ss->conn, &m, ss->send_max);
 		if (rv == AA_EMSGSIZE) {
 			too_big = true;
 			aai_wire_complete(&m, e->call.op_id, AAI_WIRE_FAILED,
@@ -801,7 +769,7 @@ finish(entry *e, int forced, const char *forced_msg)
 			                  "result larger than the client's "
 			                  "maximum message size",
 			                  NULL, 0);
-			rv = send_locked(ss, &m, ss->send_max);
+			rv = aai_wire_send(ss->conn, &m, ss->send_max);
 		}
 	}
 	count(rv == 0 ? &s->st.replies_sent : &s->st.replies_dropped);
@@ -880,8 +848,9 @@ reject(session *ss, uint64_t op_id, const char *name, int err, const char *why)
 	                  NULL, 0);
 	count(&s->st.rejected);
 	aai_mtx_lock(&ss->mtx);
-	int rv = ss->state == SS_READY ? send_locked(ss, &m, ss->send_max)
-	                               : AA_ECLOSED;
+	int rv = ss->state == SS_READY
+	             ? aai_wire_send(ss->conn, &m, ss->send_max)
+	             : AA_ECLOSED;
 	aai_mtx_unlock(&ss->mtx);
 	if (s->log != NULL) {
 		entry fake = {.call = {.op_id = op_id, .method = name}};
@@ -1102,7 +1071,7 @@ on_hello(session *ss, const aai_wire_hello *h)
 	if (ok) {
 		// The Hello goes out with our limit: a client that cannot take
 		// the method table closes with AA_EMSGSIZE (protocol § 4).
-		(void)send_locked(ss, &m, s->max_msg);
+		(void)aai_wire_send(ss->conn, &m, s->max_msg);
 		ss->state = SS_READY;
 		ss->connected = true;
 	}
