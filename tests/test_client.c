@@ -991,3 +991,20 @@ Test(client, tls_in_flight_and_a_client_that_trusts_another_ca)
 	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_CANCELED);
 	aa_op_unref(op);
 }
+
+Test(client, queued_ops_end_when_the_connection_is_lost)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("ipc");
+	aa_client_cork(E.cli); // the Start stays queued
+	aa_op *op = call("echo", "x", &s);
+	aa_server_free(E.srv); // the server goes away meanwhile
+	E.srv = NULL;
+	gate_wait(&s.done);
+	cr_assert_eq(s.state, AA_ERROR);
+	cr_assert_eq(aa_op_error(op), AA_ECONNLOST);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_NEVER_STARTED);
+	aa_client_uncork(E.cli);
+	aa_op_unref(op);
+}

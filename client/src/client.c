@@ -617,12 +617,14 @@ static void
 flush(aa_client *c)
 {
 	aai_mtx_lock(&c->mtx);
-	if (c->flushing || c->cork > 0) {
+	if (c->flushing || (c->cork > 0 && c->link != NULL)) {
 		aai_mtx_unlock(&c->mtx);
 		return;
 	}
 	c->flushing = true;
-	while (c->qhead != NULL && c->cork == 0 && c->link != NULL) {
+	// A lost link ends every queued op, corked or not: nothing may
+	// wait for a connection that is gone.
+	while (c->qhead != NULL && (c->cork == 0 || c->link == NULL)) {
 		cop *p = c->qhead;
 		queue_unlink(c, p);
 		p->in_flusher = true;
@@ -884,6 +886,7 @@ clink_frame(void *arg, aai_conn *conn, const uint8_t *data, size_t len)
 		l->goodbye = m.goodbye.reason != 0 ? (int)m.goodbye.reason
 		                                   : AA_EUNAVAIL;
 		aai_mtx_unlock(&c->mtx);
+		aai_conn_close(conn); // the server is leaving: so do we
 		break;
 	default: // heartbeats; a server has no business sending the rest
 		aai_mtx_lock(&c->mtx);
