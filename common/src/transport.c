@@ -1,0 +1,469 @@
+// transport.c: the part of the internal transport common to its backends:
+// URL dispatch, frame parsing, the down-once rule, close/free, heartbeat and
+// silence timers.
+//
+// Design notes.
+// * States of a connection (under c->mtx): created → started → closing
+//   (close asked, or a failure recorded in err) → rx_done (down delivered).
+//   The first reason recorded in err wins: close gives AA_ECLOSED, silence
+//   AA_ETIMEDOUT, an oversized header AA_EMSGSIZE; a receive path that
+//   ends without any recorded reason reports the backend's (AA_ECONNLOST).
+// * Down is delivered only by the receive path, once, when it ends: so it
+//   always comes after the last frame callback and on the same thread.
+//   Close and failures only record a reason and abort the backend's I/O,
+//   which makes the receive path end. stop_rx (atomic) stops delivering
+//   frames of a batch already read once the conn is closing.
+// * Free from inside a callback: the receive path marks in_rx/rx_thread
+//   (under the lock) while it runs callbacks; aai_conn_free on that thread
+//   sets free_deferred and returns; aai_conn_rx_end then tells the backend
+//   to tear down from the receive thread. Otherwise free waits on the cv for
+//   rx_done and tears down itself. The race free-vs-rx_end is decided by
+//   one locked step in each (free_deferred is read under the same lock
+//   that sets rx_done).
+// * Close racing free: a close on another thread may cause the down
+//   callback that frees the conn (close → down → deferred free) while
+//   that close still aborts I/O. c->failing counts aai_conn_fail calls in
+//   progress; teardown waits for zero (aai_conn_quiesce) before freeing.
+// * Timers: one nng aio sleep per connection ticks at a fraction of the
+//   heartbeat and silence periods; it reads last_tx/last_rx (atomics
+//   updated per send and per receive batch), sends the heartbeat frame
+//   through the normal send path, or fails the conn with AA_ETIMEDOUT. It
+//   never calls user code, so free may stop it from any callback.
+#include <stdlib.h>
+#include <string.h>
+
+#include "transport_impl.h"
+
+#define DEFAULT_MAX_FRAME       (4u << 20)
+#define DEFAULT_CONNECT_TIMEOUT 5000
+
+static atomic_uint_fast64_t next_conn_id = 1;
+
+uint64_t
+aai_tp_now_ms(void)
+{
+	return (uint64_t)nng_clock();
+}
+
+// ---- buffers ----
+
+int
+aai_tbuf_reserve(aai_tbuf *b, size_t need)
+{
+	if (need <= b->cap) {
+		return 0;
+	}
+	size_t cap = b->cap ? b->cap : 4096;
+	while (cap < need) {
+		cap *= 2;
+	}
+	uint8_t *p = aai_alloc(cap);
+	if (p == NULL) {
+		return AA_ENOMEM;
+	}
+	if (b->len > 0) {
+		memcpy(p, b->p, b->len);
+	}
+	aai_free(b->p);
+	b->p = p;
+	b->cap = cap;
+	return 0;
+}
+
+void
+aai_tbuf_fini(aai_tbuf *b)
+{
+	aai_free(b->p);
+	b->p = NULL;
+	b->len = b->cap = 0;
+}
+
+int
+aai_tbuf_put_frame(aai_tbuf *b, size_t len, const void *data,
+                   void (*encode)(void *ctx, uint8_t *dst), void *ctx)
+{
+	int rv = aai_tbuf_reserve(b, b->len + AAI_TP_HDR + len);
+	if (rv != 0) {
+		return rv;
+	}
+	uint8_t *d = b->p + b->len;
+	d[0] = (uint8_t)(len >> 24);
+	d[1] = (uint8_t)(len >> 16);
+	d[2] = (uint8_t)(len >> 8);
+	d[3] = (uint8_t)len;
+	if (encode != NULL) {
+		encode(ctx, d + AAI_TP_HDR);
+	} else if (len > 0) {
+		memcpy(d + AAI_TP_HDR, data, len);
+	}
+	b->len += AAI_TP_HDR + len;
+	return 0;
+}
+
+// ---- timers ----
+
+static int
+timer_tick_ms(const aai_conn *c)
+{
+	int tick = 1000;
+	if (c->heartbeat_ms > 0 && c->heartbeat_ms / 2 < tick) {
+		tick = c->heartbeat_ms / 2;
+	}
+	if (c->silence_ms > 0 && c->silence_ms / 4 < tick) {
+		tick = c->silence_ms / 4;
+	}
+	return tick < 1 ? 1 : tick;
+}
+
+static void
+timer_cb(void *arg)
+{
+	aai_conn *c = arg;
+	if (nng_aio_result(c->timer) != 0) {
+		return; // stopped
+	}
+	aai_mtx_lock(&c->mtx);
+	bool closing = c->closing;
+	aai_mtx_unlock(&c->mtx);
+	if (closing) {
+		return;
+	}
+	uint64_t now = aai_tp_now_ms();
+	if (c->silence_ms > 0 &&
+	    now - atomic_load(&c->last_rx_ms) >= (uint64_t)c->silence_ms) {
+		aai_conn_fail(c, AA_ETIMEDOUT);
+		return;
+	}
+	if (c->heartbeat_ms > 0 && !atomic_load(&c->hb_suppressed) &&
+	    now - atomic_load(&c->last_tx_ms) >= (uint64_t)c->heartbeat_ms) {
+		(void)aai_conn_send(c, c->hb_frame, c->hb_len);
+	}
+	nng_sleep_aio(timer_tick_ms(c), c->timer);
+}
+
+// ---- base ----
+
+int
+aai_conn_base_init(aai_conn *c, const aai_conn_ops *ops, const aai_tp_opts *o)
+{
+	memset(c, 0, sizeof(*c));
+	c->ops = ops;
+	c->id = atomic_fetch_add(&next_conn_id, 1);
+	c->max_frame = o->max_frame ? o->max_frame : DEFAULT_MAX_FRAME;
+	if (c->max_frame > 0x7fffffffu) {
+		c->max_frame = 0x7fffffffu;
+	}
+	c->heartbeat_ms = o->heartbeat_ms;
+	c->silence_ms = o->silence_ms;
+	if (c->heartbeat_ms > 0) {
+		if (o->heartbeat_frame == NULL && o->heartbeat_len > 0) {
+			return AA_EINVAL;
+		}
+		c->hb_len = o->heartbeat_len;
+		// One byte at least, so that an empty frame has a buffer.
+		if ((c->hb_frame = aai_alloc(c->hb_len + 1)) == NULL) {
+			return AA_ENOMEM;
+		}
+		if (c->hb_len > 0) {
+			memcpy(c->hb_frame, o->heartbeat_frame, c->hb_len);
+		}
+	}
+	if (c->heartbeat_ms > 0 || c->silence_ms > 0) {
+		if (nng_aio_alloc(&c->timer, timer_cb, c) != 0) {
+			aai_free(c->hb_frame);
+			return AA_ENOMEM;
+		}
+	}
+	uint64_t now = aai_tp_now_ms();
+	atomic_init(&c->last_tx_ms, now);
+	atomic_init(&c->last_rx_ms, now);
+	atomic_init(&c->stop_rx, false);
+	atomic_init(&c->hb_suppressed, false);
+	aai_mtx_init(&c->mtx);
+	aai_cv_init(&c->cv);
+	return 0;
+}
+
+// aai_conn_base_fini expects the backend to have stopped all I/O.
+void
+aai_conn_base_fini(aai_conn *c)
+{
+	if (c->timer != NULL) {
+		nng_aio_free(c->timer);
+	}
+	aai_free(c->hb_frame);
+	aai_cv_fini(&c->cv);
+	aai_mtx_fini(&c->mtx);
+}
+
+void
+aai_conn_fail(aai_conn *c, int err)
+{
+	aai_mtx_lock(&c->mtx);
+	c->closing = true;
+	if (c->err == 0) {
+		c->err = err;
+	}
+	c->failing++; // teardown waits: the abort below still uses c
+	aai_mtx_unlock(&c->mtx);
+	atomic_store(&c->stop_rx, true);
+	c->ops->abort(c);
+	aai_mtx_lock(&c->mtx);
+	if (--c->failing == 0) {
+		aai_cv_broadcast(&c->cv);
+	}
+	aai_mtx_unlock(&c->mtx);
+}
+
+void
+aai_conn_quiesce(aai_conn *c)
+{
+	aai_mtx_lock(&c->mtx);
+	while (c->failing > 0) {
+		aai_cv_wait(&c->cv, &c->mtx);
+	}
+	aai_mtx_unlock(&c->mtx);
+}
+
+static uint32_t
+get_be32(const uint8_t *p)
+{
+	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
+	       ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+static void
+rx_enter(aai_conn *c)
+{
+	aai_mtx_lock(&c->mtx);
+	c->in_rx = true;
+	c->rx_thread = pthread_self();
+	aai_mtx_unlock(&c->mtx);
+}
+
+static void
+rx_leave(aai_conn *c)
+{
+	aai_mtx_lock(&c->mtx);
+	c->in_rx = false;
+	aai_mtx_unlock(&c->mtx);
+}
+
+int
+aai_conn_rx(aai_conn *c, const uint8_t *buf, size_t len, size_t *used,
+            size_t *need)
+{
+	size_t off = 0;
+	int rv = 0;
+	int n = 0;
+
+	*need = 0;
+	atomic_store_explicit(&c->last_rx_ms, aai_tp_now_ms(),
+	                      memory_order_relaxed);
+	rx_enter(c);
+	while (len - off >= AAI_TP_HDR) {
+		uint32_t flen = get_be32(buf + off);
+		if (flen > c->max_frame) {
+			rv = AA_EMSGSIZE; // refused before allocating
+			break;
+		}
+		if (len - off - AAI_TP_HDR < flen) {
+			*need = AAI_TP_HDR + (size_t)flen;
+			break;
+		}
+		if (atomic_load_explicit(&c->stop_rx, memory_order_relaxed)) {
+			break;
+		}
+		c->cbs.frame(c->arg, c, buf + off + AAI_TP_HDR, flen);
+		n++;
+		off += AAI_TP_HDR + flen;
+	}
+	if (n > 0 && c->cbs.flush != NULL && !atomic_load(&c->stop_rx)) {
+		c->cbs.flush(c->arg, c);
+	}
+	rx_leave(c);
+	*used = off;
+	return rv;
+}
+
+bool
+aai_conn_rx_end(aai_conn *c, int err)
+{
+	aai_mtx_lock(&c->mtx);
+	c->closing = true;
+	if (c->err == 0) {
+		c->err = err;
+	}
+	err = c->err;
+	c->in_rx = true;
+	c->rx_thread = pthread_self();
+	aai_mtx_unlock(&c->mtx);
+	atomic_store(&c->stop_rx, true);
+
+	if (c->cbs.down != NULL) {
+		c->cbs.down(c->arg, c, err);
+	}
+
+	aai_mtx_lock(&c->mtx);
+	// Deciding step of free vs end of receive: under this lock either free
+	// saw in_rx on its own thread (deferred) or it waits for rx_done.
+	c->in_rx = false;
+	c->rx_done = true;
+	bool deferred = c->free_deferred;
+	aai_cv_broadcast(&c->cv);
+	aai_mtx_unlock(&c->mtx);
+	return deferred;
+}
+
+// ---- public API ----
+
+static void
+fill_defaults(aai_tp_opts *dst, const aai_tp_opts *o)
+{
+	if (o != NULL) {
+		*dst = *o;
+	} else {
+		memset(dst, 0, sizeof(*dst));
+	}
+	if (dst->connect_timeout_ms <= 0) {
+		dst->connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT;
+	}
+}
+
+int
+aai_listen(aai_listener **lp, const char *url, const aai_tp_opts *o,
+           void (*accept)(void *arg, aai_conn *c), void *arg)
+{
+	aai_tp_opts opts;
+	if (lp == NULL || url == NULL || accept == NULL) {
+		return AA_EINVAL;
+	}
+	fill_defaults(&opts, o);
+	if (strncmp(url, "inproc://", 9) == 0) {
+		return aai_inproc_listen(lp, url + 9, &opts, accept, arg);
+	}
+	return aai_nng_listen(lp, url, &opts, accept, arg);
+}
+
+int
+aai_listener_port(aai_listener *l)
+{
+	return l->ops->port(l);
+}
+
+void
+aai_listener_close(aai_listener *l)
+{
+	l->ops->close(l);
+}
+
+void
+aai_listener_free(aai_listener *l)
+{
+	if (l != NULL) {
+		l->ops->free(l);
+	}
+}
+
+int
+aai_dial(aai_conn **cp, const char *url, const aai_tp_opts *o)
+{
+	aai_tp_opts opts;
+	if (cp == NULL || url == NULL) {
+		return AA_EINVAL;
+	}
+	fill_defaults(&opts, o);
+	if (strncmp(url, "inproc://", 9) == 0) {
+		return aai_inproc_dial(cp, url + 9, &opts);
+	}
+	return aai_nng_dial(cp, url, &opts);
+}
+
+void
+aai_conn_start(aai_conn *c, const aai_conn_cbs *cbs, void *arg)
+{
+	AAI_ASSERT(cbs != NULL && cbs->frame != NULL);
+	aai_mtx_lock(&c->mtx);
+	AAI_ASSERT(!c->started);
+	c->cbs = *cbs;
+	c->arg = arg;
+	c->started = true;
+	aai_mtx_unlock(&c->mtx);
+	uint64_t now = aai_tp_now_ms();
+	atomic_store(&c->last_rx_ms, now);
+	atomic_store(&c->last_tx_ms, now);
+	if (c->timer != NULL) {
+		nng_sleep_aio(timer_tick_ms(c), c->timer);
+	}
+	c->ops->start(c);
+}
+
+int
+aai_conn_send(aai_conn *c, const void *frame, size_t len)
+{
+	if (len > c->max_frame) {
+		return AA_EMSGSIZE;
+	}
+	int rv = c->ops->send(c, len, frame, NULL, NULL);
+	if (rv == 0) {
+		atomic_store_explicit(&c->last_tx_ms, aai_tp_now_ms(),
+		                      memory_order_relaxed);
+	}
+	return rv;
+}
+
+int
+aai_conn_send_encode(aai_conn *c, size_t len,
+                     void (*encode)(void *ctx, uint8_t *dst), void *ctx)
+{
+	if (len > c->max_frame) {
+		return AA_EMSGSIZE;
+	}
+	int rv = c->ops->send(c, len, NULL, encode, ctx);
+	if (rv == 0) {
+		atomic_store_explicit(&c->last_tx_ms, aai_tp_now_ms(),
+		                      memory_order_relaxed);
+	}
+	return rv;
+}
+
+void
+aai_conn_close(aai_conn *c)
+{
+	aai_conn_fail(c, AA_ECLOSED);
+}
+
+int
+aai_conn_free(aai_conn *c)
+{
+	if (c == NULL) {
+		return 0;
+	}
+	aai_conn_fail(c, AA_ECLOSED);
+	aai_mtx_lock(&c->mtx);
+	if (c->in_rx && pthread_equal(c->rx_thread, pthread_self())) {
+		// Inside c's own callback: the receive path frees c after
+		// down.
+		c->free_deferred = true;
+		aai_mtx_unlock(&c->mtx);
+		return 0;
+	}
+	while (c->started && !c->rx_done) {
+		aai_cv_wait(&c->cv, &c->mtx);
+	}
+	aai_mtx_unlock(&c->mtx);
+	c->ops->teardown(c, false);
+	return 0;
+}
+
+uint64_t
+aai_conn_id(aai_conn *c)
+{
+	return c->id;
+}
+
+void
+aai_conn_suppress_heartbeats(aai_conn *c, bool on)
+{
+	atomic_store(&c->hb_suppressed, on);
+}

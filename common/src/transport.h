@@ -1,0 +1,133 @@
+// transport.h: the internal transport that the client and server layers use
+// to exchange frames (each one encoded protobuf message) without touching
+// nng. URLs: inproc://name (in-process, see transport_inproc.c), ipc://path,
+// tcp://host:port and tls+tcp://host:port (nng's stream API with a 4-byte
+// big-endian length prefix per frame, see transport_nng.c).
+//
+// Objects. An aai_listener accepts connections and hands each one to its
+// accept callback; aai_dial makes one. An aai_conn belongs to whoever got it
+// (the accept callback's owner or aai_dial's caller) until aai_conn_free.
+//
+// Threads. Frame, flush and down callbacks of one connection are serialised
+// and run on its receive thread (an nng task thread, or the inproc
+// connection's own thread). They must be short and must not block. The
+// accept callback runs on the listener's thread (inproc: the dialer's).
+// No callback runs under a transport lock. Sends may come from any thread;
+// a send usually writes inline on the calling thread (ipc, tcp) and never
+// waits for the network: a write the socket cannot take at once finishes
+// on the connection's waiter thread. Sends made by callbacks during a
+// received batch leave together in one write at the end of the batch.
+//
+// Lifecycle, as nng's: close is idempotent and never blocks; free closes,
+// waits until no callback of the object runs, and frees. aai_conn_free
+// called from inside one of that connection's own callbacks is deferred:
+// it returns at once, the down callback still follows (if it has not
+// run), and the connection is freed on its receive thread after it. After
+// aai_conn_free no thread may use the connection; a close that is already
+// running on another thread when the free happens is waited for.
+#ifndef AA_TRANSPORT_H
+#define AA_TRANSPORT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct aai_conn aai_conn;
+typedef struct aai_listener aai_listener;
+
+// Options for aai_listen and aai_dial. Strings and the heartbeat frame are
+// copied; the struct may be discarded after the call. Zero means default.
+typedef struct aai_tp_opts {
+	// A frame longer than this (sent or received) closes the connection
+	// with AA_EMSGSIZE; a received one is refused from its header, before
+	// anything is allocated for it. Default 4 MiB.
+	size_t max_frame;
+	// When nothing was sent for heartbeat_ms, send heartbeat_frame (an
+	// encoded Heartbeat supplied by the layer above). 0 = off.
+	int heartbeat_ms;
+	const void *heartbeat_frame;
+	size_t heartbeat_len;
+	// Nothing received for silence_ms: the connection goes down with
+	// AA_ETIMEDOUT. 0 = off.
+	int silence_ms;
+	// aai_dial gives up after this long (AA_ETIMEDOUT). Default 5000.
+	int connect_timeout_ms;
+	// tls+tcp:// only. Server: cert and key (PEM files) are required; a
+	// CA and tls_verify_peer ask for client certificates. Client: the CA
+	// that signed the server, checked when tls_verify_peer is set;
+	// tls_server_name is the name expected in the server's certificate.
+	const char *tls_cert_file;
+	const char *tls_key_file;
+	const char *tls_ca_file;
+	const char *tls_server_name;
+	bool tls_verify_peer;
+} aai_tp_opts;
+
+// Callbacks of a connection; see "Threads" above.
+typedef struct aai_conn_cbs {
+	// frame: one received frame; data is valid only during the call.
+	void (*frame)(void *arg, aai_conn *c, const uint8_t *data, size_t len);
+	// flush (optional): after the frames of one received batch, so that
+	// replies queued by them can be sent together.
+	void (*flush)(void *arg, aai_conn *c);
+	// down: exactly once per started connection, after its last frame
+	// callback. err: AA_ECLOSED (aai_conn_close), AA_ECONNLOST (peer gone
+	// or closed), AA_ETIMEDOUT (silence), AA_EMSGSIZE, AA_ECRYPTO.
+	void (*down)(void *arg, aai_conn *c, int err);
+} aai_conn_cbs;
+
+// aai_listen starts listening on url; accept(arg, c) receives each new
+// connection, not yet started. Returns AA_EINVAL (bad URL), AA_EBUSY
+// (address in use), AA_ENOTSUP, AA_ECRYPTO (TLS files) or AA_ESYSTEM.
+int aai_listen(aai_listener **lp, const char *url, const aai_tp_opts *o,
+               void (*accept)(void *arg, aai_conn *c), void *arg);
+
+// aai_listener_port returns the TCP port a tcp:// or tls+tcp:// listener is
+// bound to (useful with port 0), or 0.
+int aai_listener_port(aai_listener *l);
+
+// aai_listener_close stops accepting; established connections stay up.
+// Idempotent, never blocks.
+void aai_listener_close(aai_listener *l);
+
+// aai_listener_free closes l, waits until its accept callback is not
+// running and frees it. Must not be called from that accept callback.
+void aai_listener_free(aai_listener *l);
+
+// aai_dial connects to url, blocking up to connect_timeout_ms. Returns
+// AA_ECONNREF, AA_ETIMEDOUT, AA_EINVAL, AA_ENOTSUP or AA_ECRYPTO.
+int aai_dial(aai_conn **cp, const char *url, const aai_tp_opts *o);
+
+// aai_conn_start sets c's callbacks and starts receiving (once per conn).
+// A connection that went down before it started reports down from here on.
+void aai_conn_start(aai_conn *c, const aai_conn_cbs *cbs, void *arg);
+
+// aai_conn_send copies one frame into c's pending send buffer, which goes
+// out with every other frame queued meanwhile in one write. Never blocks on
+// the network. Returns AA_ECLOSED once c is closing or down, AA_EMSGSIZE
+// for a frame longer than max_frame, AA_ENOMEM.
+int aai_conn_send(aai_conn *c, const void *frame, size_t len);
+
+// aai_conn_send_encode is aai_conn_send for a frame of len bytes that
+// encode(ctx, dst) writes straight into the send buffer. encode runs under
+// c's lock: it must only write its len bytes and call nothing else.
+int aai_conn_send_encode(aai_conn *c, size_t len,
+                         void (*encode)(void *ctx, uint8_t *dst), void *ctx);
+
+// aai_conn_close aborts c's I/O; unsent frames are discarded. Idempotent,
+// never blocks; if c is started and not down yet, down(AA_ECLOSED) follows.
+void aai_conn_close(aai_conn *c);
+
+// aai_conn_free closes c, waits until none of its callbacks runs and frees
+// it. From inside one of c's callbacks the free is deferred (see above).
+// Returns 0.
+int aai_conn_free(aai_conn *c);
+
+// aai_conn_id returns c's id, unique within the process.
+uint64_t aai_conn_id(aai_conn *c);
+
+// aai_conn_suppress_heartbeats is a test hook: while on, c sends no
+// heartbeats, so that its peer's silence detection can be tested.
+void aai_conn_suppress_heartbeats(aai_conn *c, bool on);
+
+#endif // AA_TRANSPORT_H
