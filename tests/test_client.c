@@ -653,8 +653,15 @@ Test(client, cancel_racing_completion, .timeout = 300)
 	for (int i = 0; i < RACE_ROUNDS; i++) {
 		race r = {0};
 		aa_op *op;
-		cr_assert_eq(
-		    aa_client_call(&op, E.cli, "echo", "r", 1, NULL, NULL), 0);
+		// Ops cancelled in flight stay pending until their late
+		// Complete: a busy server can push the client to its pending
+		// limit, which is flow control, not a failure.
+		int crv;
+		while ((crv = aa_client_call(&op, E.cli, "echo", "r", 1, NULL,
+		                             NULL)) == AA_ELIMIT) {
+			sched_yield();
+		}
+		cr_assert_eq(crv, 0, "call: %s", aa_strerror(crv));
 		cr_assert_eq(aa_op_set_handler(op, race_done, &r), 0);
 		// Spin a little so that both orders happen.
 		for (int k = i % 64; k > 0; k--) {
@@ -678,7 +685,7 @@ Test(client, cancel_racing_completion, .timeout = 300)
 		cancel_won += rv == 0;
 		aa_op_unref(op);
 	}
-	cr_log_info("cancel won %d of %d", cancel_won, RACE_ROUNDS);
+	test_note("cancel won %d of %d", cancel_won, RACE_ROUNDS);
 	// Every op ends: nothing left pending on either side.
 	aa_client_free(E.cli);
 	E.cli = NULL;
@@ -708,8 +715,8 @@ Test(client, cancel_all_pending, .timeout = 120)
 	uint64_t t0 = aa_clock_us();
 	cr_assert_eq(aa_client_cancel_all(E.cli, AA_CANCEL_TERMINAL), MANY);
 	uint64_t t1 = aa_clock_us();
-	cr_log_info("cancel-all of %d pending: %llu us", MANY,
-	            (unsigned long long)(t1 - t0));
+	test_note("cancel-all of %d pending: %llu us", MANY,
+	          (unsigned long long)(t1 - t0));
 	for (int i = 0; i < MANY; i++) {
 		cr_assert_eq(atomic_load(&s[i].calls), 1);
 		cr_assert_eq(aa_op_status(ops[i]), AA_CANCELED);
@@ -883,8 +890,8 @@ server_process_vanishes(int sig)
 	cr_assert_eq(s.state, AA_ERROR);
 	cr_assert_eq(aa_op_error(op), AA_ECONNLOST);
 	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_UNKNOWN);
-	cr_log_info("signal %d: op ended after %llu us", sig,
-	            (unsigned long long)waited);
+	test_note("signal %d: op ended after %llu us", sig,
+	          (unsigned long long)waited);
 	aa_op_unref(op);
 	aa_client_free(E.cli);
 	E.cli = NULL;
@@ -976,7 +983,7 @@ Test(client, tls_in_flight_and_a_client_that_trusts_another_ca)
 	                     .connect_timeout_ms = 3000};
 	int rv = aa_client_open(&bad, &bo);
 	cr_assert_neq(rv, 0, "verification must fail");
-	cr_log_info("wrong CA: %s", aa_strerror(rv));
+	test_note("wrong CA: %s", aa_strerror(rv));
 
 	aa_client_opts co = {.url = E.url,
 	                     .tls_ca_file = ca,

@@ -536,8 +536,8 @@ Test(demo, killed_server_ends_the_call_in_error)
 	cr_assert_eq(json_num(out, "error_code"), AA_ECONNLOST, "%s", out);
 	cr_assert_eq(json_num(out, "client"), conn, "same connection id");
 	cr_assert_lt(waited_us, 3000000, "found within the heartbeat bound");
-	cr_log_info("client ended %llu us after the kill",
-	            (unsigned long long)waited_us);
+	test_note("client ended %llu us after the kill",
+	          (unsigned long long)waited_us);
 }
 
 Test(demo, no_server_is_exit_status_1)
@@ -626,7 +626,7 @@ Test(demo, ipc_socket_file)
 
 Test(demo, not_built)
 {
-	cr_log_info("aa-server and aa-client are not built: nothing to test");
+	test_note("aa-server and aa-client are not built: nothing to test");
 }
 
 #endif

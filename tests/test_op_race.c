@@ -687,8 +687,8 @@ Test(op_race, stress_cancel_versus_complete, .timeout = 300)
 		aa_op_unref(op);
 	}
 	thr_join(&t);
-	cr_log_info("cancel won %d, complete won %d of %d", cancel_won,
-	            complete_won, st.rounds);
+	test_note("cancel won %d, complete won %d of %d", cancel_won,
+	          complete_won, st.rounds);
 	cr_assert_eq(cancel_won + complete_won, st.rounds);
 	aa_recycler_free(r);
 }

@@ -1086,7 +1086,7 @@ Test(wire, random_garbage_never_crashes, .init = arena_setup)
 		}
 		free(frame);
 	}
-	cr_log_info("%d of 200000 inputs decoded", ok);
+	test_note("%d of 200000 inputs decoded", ok);
 	// Some mutants stay valid, most do not.
 	cr_assert_gt(ok, 1000);
 	cr_assert_lt(ok, 150000);
