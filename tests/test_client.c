@@ -561,11 +561,12 @@ Test(client, server_completes_anyway_ipc)
 
 // ---- Timeline 3: already complete ----
 
-Test(client, already_complete_result_in_hand)
+static void
+already_complete_result_in_hand(const char *kind)
 {
 	static seen s;
 	seen_init(&s);
-	env_up("ipc");
+	env_up(kind);
 	arm(&hp_deliver);
 	aa_op *op = call("echo", "x", &s);
 	gate_wait(&hp_deliver.reached); // the Complete is in the client
@@ -587,11 +588,21 @@ Test(client, already_complete_result_in_hand)
 	aa_op_unref(op);
 }
 
-Test(client, already_complete_cancel_crosses_the_complete)
+Test(client, already_complete_inproc)
+{
+	already_complete_result_in_hand("inproc");
+}
+Test(client, already_complete_ipc)
+{
+	already_complete_result_in_hand("ipc");
+}
+
+static void
+already_complete_cancel_crosses(const char *kind)
 {
 	static seen s;
 	seen_init(&s);
-	env_up("ipc");
+	env_up(kind);
 	arm(&hp_reply);
 	aa_op *op = call("echo", "x", &s);
 	gate_wait(&hp_reply.reached); // the server finished, not replied
@@ -610,6 +621,15 @@ Test(client, already_complete_cancel_crosses_the_complete)
 	cr_assert_eq(cs.recv_complete, 1);
 	cr_assert_eq(cs.late_dropped, 1);
 	aa_op_unref(op);
+}
+
+Test(client, already_complete_crossing_inproc)
+{
+	already_complete_cancel_crosses("inproc");
+}
+Test(client, already_complete_crossing_ipc)
+{
+	already_complete_cancel_crosses("ipc");
 }
 
 // ---- Cancel from inside a handler, racing completion ----
