@@ -1,6 +1,7 @@
 // aa-test-labels: concurrent
 // test_timer.c: the timer queue: order, cancel before and while firing,
 // cancel and re-arm from inside a timer function, free with armed timers.
+#include <sched.h>
 #include <string.h>
 
 #include "testutil.h"
@@ -202,4 +203,40 @@ Test(timer, free_drops_armed_timers)
 	}
 	aa_timer_queue_free(q);
 	cr_assert_eq(f.count, 0);
+}
+
+typedef struct rearm {
+	aa_timer t;
+	aa_timer_queue *q;
+	atomic_int fired;
+} rearm;
+
+static void
+rearm_forever(void *arg)
+{
+	rearm *r = arg;
+	atomic_fetch_add(&r->fired, 1);
+	aa_timer_start(&r->t, r->q, 0);
+}
+
+// A timer that keeps re-arming itself from its own function, cancelled
+// from another thread: cancel must win eventually and the re-arm must not
+// race with it (ThreadSanitizer checks the second part).
+Test(timer, cancel_a_timer_that_rearms_itself)
+{
+	rearm r = {0};
+	cr_assert_eq(aa_timer_queue_alloc(&r.q), 0);
+	aa_timer_init(&r.t, rearm_forever, &r);
+	cr_assert_eq(aa_timer_start(&r.t, r.q, 0), 0);
+	while (atomic_load(&r.fired) < 100) {
+		sched_yield();
+	}
+	int rv;
+	while ((rv = aa_timer_cancel(&r.t)) != 0) {
+		cr_assert_eq(rv, AA_EALREADY); // it was running: try again
+	}
+	// Cancel returned: the function is not running and will not run.
+	int count = atomic_load(&r.fired);
+	aa_timer_queue_free(r.q);
+	cr_assert_eq(atomic_load(&r.fired), count, "it ran after cancel");
 }

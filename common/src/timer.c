@@ -242,7 +242,14 @@ aa_timer_start(aa_timer *t, aa_timer_queue *q, uint64_t delay_ms)
 		q->heap = nh;
 		q->cap = ncap;
 	}
-	t->q_ = q;
+	if (t->q_ != q) {
+		// A timer belongs to the queue of its first start:
+		// aa_timer_cancel reads this without the queue's lock, so a
+		// re-arm (maybe from the timer's own function) must not write
+		// it again.
+		AAI_ASSERT(t->q_ == NULL);
+		t->q_ = q;
+	}
 	t->when_us_ = aa_clock_us() + delay_ms * 1000u;
 	t->state_ = T_ARMED;
 	heap_set(q, q->len++, t);
@@ -262,16 +269,18 @@ aa_timer_cancel(aa_timer *t)
 		return AA_EALREADY;
 	}
 	aai_mtx_lock(&q->mtx);
+	int rv = AA_EALREADY;
 	if (t->state_ == T_ARMED) {
-		heap_remove(q, t);
-		aai_mtx_unlock(&q->mtx);
-		return 0;
+		heap_remove(q, t); // it will not run (again)
+		rv = 0;
 	}
+	// Its function may be running now (and may have re-armed it): wait,
+	// unless this is that function.
 	while (q->running == t && !pthread_equal(q->thread, pthread_self())) {
-		AAI_CHECKPOINT("timer.cancel_wait",
-		               t); // under the queue's lock
+		// Checkpoint under the queue's lock.
+		AAI_CHECKPOINT("timer.cancel_wait", t);
 		aai_cv_wait(&q->cv, &q->mtx);
 	}
 	aai_mtx_unlock(&q->mtx);
-	return AA_EALREADY;
+	return rv;
 }

@@ -47,12 +47,14 @@ void aa_timer_queue_free(aa_timer_queue *q);
 void aa_timer_init(aa_timer *t, aa_timer_fn fn, void *arg);
 
 // aa_timer_start arms t to run after delay_ms: 0, or AA_EBUSY when t is
-// armed already, AA_ECLOSED when q is being freed.
+// armed already, AA_ECLOSED when q is being freed. A timer stays with the
+// queue of its first start (re-init it with aa_timer_init to move it).
 int aa_timer_start(aa_timer *t, aa_timer_queue *q, uint64_t delay_ms);
 
-// aa_timer_cancel disarms t: 0 when its function will not run; AA_EALREADY
-// when it ran, is running (waited for unless called from inside it) or t
-// was never armed.
+// aa_timer_cancel disarms t: 0 when it was armed (its function will not
+// run again), AA_EALREADY when it was not. Either way, if its function is
+// running on the queue's thread, cancel waits until it has returned
+// (unless called from inside it).
 int aa_timer_cancel(aa_timer *t);
 
 #ifdef __cplusplus
