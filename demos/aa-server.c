@@ -20,10 +20,10 @@
 // cancel_requested, then disarms the timer. If aa_timer_cancel returns 0
 // the timer was armed and will not run: the cancel function finishes the
 // op CANCELED. Otherwise the timer function ran (cancel waited for it); it
-// either finished the op, or ("count") re-armed itself before it could see
-// the flag, and the next aa_timer_cancel disarms it. A timer function that
-// sees the flag finishes the op CANCELED itself. Exactly one side drops
-// the timer's reference: aa_timer_cancel decides it.
+// finished the op, or ("count") tried to re-arm itself, which the waiting
+// cancel refuses (AA_ECANCELED): the function then finishes it CANCELED. A
+// timer function that sees the flag finishes the op CANCELED itself. Exactly
+// one side drops the timer's reference: aa_timer_cancel decides it.
 //
 // "spin" ignores cancellation (its method honours only AA_CANCEL_TERMINAL,
 // the weakest guarantee): it completes anyway, the client drops the late
@@ -286,7 +286,12 @@ count_fire(void *arg)
 		aa_op_unref(t->op);
 		return;
 	}
-	if (aa_timer_start(&t->timer, G.timers, COUNT_STEP) != 0) {
+	int rv = aa_timer_start(&t->timer, G.timers, COUNT_STEP);
+	if (rv == AA_ECANCELED) {
+		// A cancel is waiting for this function: it wins.
+		aa_op_canceled(t->op);
+		aa_op_unref(t->op);
+	} else if (rv != 0) {
 		aa_op_fail(t->op, AA_EUNAVAIL, "server shutting down");
 		aa_op_unref(t->op);
 	}

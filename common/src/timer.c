@@ -26,6 +26,7 @@
 enum {
 	T_IDLE = 0,
 	T_ARMED = 1,
+	T_CANCELLING = 2, // a cancel waits for its running function
 };
 
 struct aa_timer_queue {
@@ -228,6 +229,12 @@ aa_timer_start(aa_timer *t, aa_timer_queue *q, uint64_t delay_ms)
 		aai_mtx_unlock(&q->mtx);
 		return AA_EBUSY;
 	}
+	if (t->state_ == T_CANCELLING) {
+		// Re-armed from its own function while a cancel waits for
+		// that function: the cancel wins.
+		aai_mtx_unlock(&q->mtx);
+		return AA_ECANCELED;
+	}
 	if (q->len == q->cap) {
 		size_t ncap = q->cap ? q->cap * 2 : 64;
 		aa_timer **nh = aai_alloc(ncap * sizeof(*nh));
@@ -275,11 +282,15 @@ aa_timer_cancel(aa_timer *t)
 		rv = 0;
 	}
 	// Its function may be running now (and may have re-armed it): wait,
-	// unless this is that function.
-	while (q->running == t && !pthread_equal(q->thread, pthread_self())) {
-		// Checkpoint under the queue's lock.
-		AAI_CHECKPOINT("timer.cancel_wait", t);
-		aai_cv_wait(&q->cv, &q->mtx);
+	// unless this is that function. Meanwhile a re-arm is refused.
+	if (q->running == t && !pthread_equal(q->thread, pthread_self())) {
+		t->state_ = T_CANCELLING;
+		while (q->running == t) {
+			// Checkpoint under the queue's lock.
+			AAI_CHECKPOINT("timer.cancel_wait", t);
+			aai_cv_wait(&q->cv, &q->mtx);
+		}
+		t->state_ = T_IDLE;
 	}
 	aai_mtx_unlock(&q->mtx);
 	return rv;

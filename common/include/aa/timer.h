@@ -47,8 +47,10 @@ void aa_timer_queue_free(aa_timer_queue *q);
 void aa_timer_init(aa_timer *t, aa_timer_fn fn, void *arg);
 
 // aa_timer_start arms t to run after delay_ms: 0, or AA_EBUSY when t is
-// armed already, AA_ECLOSED when q is being freed. A timer stays with the
-// queue of its first start (re-init it with aa_timer_init to move it).
+// armed already, AA_ECLOSED when q is being freed, AA_ECANCELED when called
+// from t's own function while a cancel of t waits for that function. A timer
+// stays with the queue of its first start (re-init it with aa_timer_init to
+// move it).
 int aa_timer_start(aa_timer *t, aa_timer_queue *q, uint64_t delay_ms);
 
 // aa_timer_cancel disarms t: 0 when it was armed (its function will not
