@@ -768,10 +768,10 @@ pl_issue(pipeline *p)
 	aa_op_set_handler(op, echo_done, p);
 }
 
-// pl_run issues window calls (corked when grouping), then waits until
-// the pipeline drains.
+// pl_start issues window calls (corked when grouping); pl_wait waits
+// until the pipeline drains.
 static void
-pl_run(pipeline *p, int window)
+pl_start(pipeline *p, int window)
 {
 	atomic_store(&p->outstanding, 1); // a guard until all are issued
 	if (p->group > 0) {
@@ -784,15 +784,28 @@ pl_run(pipeline *p, int window)
 		aa_client_uncork(p->c);
 	}
 	pl_release(p);
+}
+
+static void
+pl_wait(pipeline *p)
+{
 	if (!waiter_wait(&p->w, 60)) {
 		die("echo pipeline timed out", AA_ETIMEDOUT);
 	}
 	check(atomic_load(&p->errors) == 0, "echo results");
 }
 
+static void
+pl_run(pipeline *p, int window)
+{
+	pl_start(p, window);
+	pl_wait(p);
+}
+
 typedef struct echo_result {
 	double p50, p99;
 	double ops[4];    // N = 1, 16, 256, 256 corked groups
+	double split;     // N = 256 as 128 on each of two clients
 	double cli_us[4]; // CPU time per call: this process
 	double srv_us[4]; // ... the server process (0 for inproc)
 } echo_result;
@@ -874,6 +887,24 @@ aa_echo(const char *url, echo_result *res)
 		res->srv_us[k] = (double)(s1 - s0) / 1000.0 / calls;
 		waiter_fini(&p.w);
 	}
+	// The same 256 outstanding over two clients (connections), so that
+	// the two halves' batches need not travel together.
+	aa_client *c2 = client_open(url);
+	pipeline q;
+	pl_init(&p, c);
+	pl_init(&q, c2);
+	uint64_t t0 = now_ns();
+	p.deadline = q.deadline = t0 + (uint64_t)(run_secs * 1e9);
+	pl_start(&p, 128);
+	pl_start(&q, 128);
+	pl_wait(&p);
+	pl_wait(&q);
+	uint64_t t1 = now_ns();
+	res->split = (double)(atomic_load(&p.done) + atomic_load(&q.done)) /
+	             ((t1 - t0) / 1e9);
+	waiter_fini(&p.w);
+	waiter_fini(&q.w);
+	aa_client_free(c2);
 	aa_client_free(c);
 }
 
@@ -1036,10 +1067,10 @@ bench_echo(void)
 				fprintf(
 				    stderr,
 				    "echo round %d %-6s %-3s: p50 %.1f p99 "
-				    "%.1f ops %.0f %.0f %.0f %.0f\n",
+				    "%.1f ops %.0f %.0f %.0f %.0f %.0f\n",
 				    r, transports[t], k ? "nng" : "aa", x->p50,
 				    x->p99, x->ops[0], x->ops[1], x->ops[2],
-				    x->ops[3]);
+				    x->ops[3], x->split);
 			}
 		}
 		server_finish(&se[0]);
@@ -1054,6 +1085,10 @@ bench_echo(void)
 				v[r] = res[t][k][r].p99;
 			}
 			med[t][k].p99 = median(v, reps);
+			for (int r = 0; r < reps; r++) {
+				v[r] = res[t][k][r].split;
+			}
+			med[t][k].split = median(v, reps);
 			for (int j = 0; j < 4; j++) {
 				for (int r = 0; r < reps; r++) {
 					v[r] = res[t][k][r].ops[j];
@@ -1075,42 +1110,45 @@ bench_echo(void)
 	       "payload; round trip p50/p99 in us with one call outstanding "
 	       "(%d calls); calls/s with N outstanding (%.2f s each); "
 	       "\"corked\": 256 outstanding refilled in groups of 64 under "
-	       "aa_client_cork; medians of %d rounds, order shuffled.\n\n",
+	       "aa_client_cork; \"2x128\": two clients with 128 each; medians "
+	       "of %d rounds, order shuffled.\n\n",
 	       lat_count, run_secs, reps);
 	printf("| transport | stack | p50 / p99 us | N=1 /s | N=16 /s | "
-	       "N=256 /s | N=256 corked /s |\n"
-	       "| --- | --- | --- | --- | --- | --- | --- |\n");
+	       "N=256 /s | N=256 corked /s | N=2x128 /s |\n"
+	       "| --- | --- | --- | --- | --- | --- | --- | --- |\n");
 	for (int t = 0; t < nt; t++) {
 		if (skip_transport(transports[t])) {
 			continue;
 		}
 		const echo_result *a = &med[t][0], *b = &med[t][1];
 		printf("| %s | aaproxy echo | %.1f / %.1f | %.0f | %.0f | "
-		       "%.0f | %.0f |\n",
+		       "%.0f | %.0f | %.0f |\n",
 		       transports[t], a->p50, a->p99, a->ops[0], a->ops[1],
-		       a->ops[2], a->ops[3]);
+		       a->ops[2], a->ops[3], a->split);
 		printf("| %s | nng req/rep | %.1f / %.1f | %.0f | %.0f | "
-		       "%.0f | - |\n",
+		       "%.0f | - | - |\n",
 		       transports[t], b->p50, b->p99, b->ops[0], b->ops[1],
 		       b->ops[2]);
 		printf("| %s | speed-up aa/nng | %.2fx | %.2fx | %.2fx | "
-		       "%.2fx | %.2fx |\n",
+		       "%.2fx | %.2fx | %.2fx |\n",
 		       transports[t], b->p50 / a->p50, a->ops[0] / b->ops[0],
 		       a->ops[1] / b->ops[1], a->ops[2] / b->ops[2],
-		       a->ops[3] / b->ops[2]);
+		       a->ops[3] / b->ops[2], a->split / b->ops[2]);
 	}
 	printf("\nCPU time per aaproxy call (us; client process, server "
 	       "process; inproc: both in one process), medians:\n\n"
-	       "| transport | N=16 | N=256 | N=256 corked |\n"
-	       "| --- | --- | --- | --- |\n");
+	       "| transport | N=1 | N=16 | N=256 | N=256 corked |\n"
+	       "| --- | --- | --- | --- | --- |\n");
 	for (int t = 0; t < nt; t++) {
 		if (skip_transport(transports[t])) {
 			continue;
 		}
 		const echo_result *a = &med[t][0];
-		printf("| %s | %.2f + %.2f | %.2f + %.2f | %.2f + %.2f |\n",
-		       transports[t], a->cli_us[1], a->srv_us[1], a->cli_us[2],
-		       a->srv_us[2], a->cli_us[3], a->srv_us[3]);
+		printf("| %s | %.2f + %.2f | %.2f + %.2f | %.2f + %.2f | %.2f "
+		       "+ %.2f |\n",
+		       transports[t], a->cli_us[0], a->srv_us[0], a->cli_us[1],
+		       a->srv_us[1], a->cli_us[2], a->srv_us[2], a->cli_us[3],
+		       a->srv_us[3]);
 	}
 	fflush(stdout);
 }
