@@ -28,11 +28,11 @@
 #include <aa/aa.h>
 
 #include "../../common/src/transport.h"
+#include "nng_echo.h"
 
 #define PAYLOAD   64
 #define LAT_COUNT 10000
 #define MAX_OUT   256
-#define REP_CTXS  300
 
 static double run_secs = 0.4;
 
@@ -254,51 +254,6 @@ aai_client(const char *url, result *res)
 
 // ---- raw nng req/rep: contexts + aio ----
 
-typedef struct rep_ctx {
-	nng_ctx ctx;
-	nng_aio *aio;
-	bool sending;
-} rep_ctx;
-
-static void
-rep_cb(void *arg)
-{
-	rep_ctx *x = arg;
-	if (nng_aio_result(x->aio) != 0) {
-		if (x->sending) {
-			nng_msg_free(nng_aio_get_msg(x->aio));
-			x->sending = false;
-			nng_ctx_recv(x->ctx, x->aio);
-		}
-		return;
-	}
-	if (!x->sending) {
-		x->sending = true; // echo the request's body back
-		nng_ctx_send(x->ctx, x->aio);
-	} else {
-		x->sending = false;
-		nng_ctx_recv(x->ctx, x->aio);
-	}
-}
-
-static nng_socket
-nng_server_start(const char *url, rep_ctx *ctxs)
-{
-	nng_socket s;
-	int rv;
-	if ((rv = nng_rep0_open(&s)) != 0 ||
-	    (rv = nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, 4096)) != 0 ||
-	    (rv = nng_listen(s, url, NULL, 0)) != 0) {
-		die("nng rep listen", rv);
-	}
-	for (int i = 0; i < REP_CTXS; i++) {
-		nng_ctx_open(&ctxs[i].ctx, s);
-		nng_aio_alloc(&ctxs[i].aio, rep_cb, &ctxs[i]);
-		nng_ctx_recv(ctxs[i].ctx, ctxs[i].aio);
-	}
-	return s;
-}
-
 typedef struct req_ctx {
 	nng_ctx ctx;
 	nng_aio *aio;
@@ -410,11 +365,12 @@ nng_client(const char *url, result *res)
 static int
 server_main(const char *stack, const char *url)
 {
-	static rep_ctx ctxs[REP_CTXS];
+	static nng_echo_server echo;
+	int rv;
 	if (strcmp(stack, "aai") == 0) {
 		(void)aai_server_start(url);
-	} else {
-		(void)nng_server_start(url, ctxs);
+	} else if ((rv = nng_echo_start(&echo, url)) != 0) {
+		die("nng rep listen", rv);
 	}
 	for (;;) {
 		pause(); // killed by the client when done
@@ -502,7 +458,7 @@ main(int argc, char **argv)
 	char url[2][128];
 	row rows[3];
 	static result res[3][2][ROUNDS];
-	static rep_ctx ctxs[REP_CTXS];
+	static nng_echo_server echo;
 	const char *stacks[2] = {"aai", "nng"};
 
 	memset(rows, 0, sizeof(rows));
@@ -512,7 +468,6 @@ main(int argc, char **argv)
 
 	for (int t = 0; t < 3; t++) {
 		aai_listener *l = NULL;
-		nng_socket s = NNG_SOCKET_INITIALIZER;
 		pid_t pid[2] = {0, 0};
 		for (int k = 0; k < 2; k++) {
 			if (t == 0) {
@@ -529,7 +484,10 @@ main(int argc, char **argv)
 		}
 		if (t == 0) { // inproc: servers on threads of this process
 			l = aai_server_start(url[0]);
-			s = nng_server_start(url[1], ctxs);
+			int rv = nng_echo_start(&echo, url[1]);
+			if (rv != 0) {
+				die("nng rep listen", rv);
+			}
 		} else {
 			for (int k = 0; k < 2; k++) {
 				pid[k] = spawn_server(self, stacks[k], url[k]);
@@ -555,7 +513,7 @@ main(int argc, char **argv)
 		}
 		if (t == 0) {
 			aai_listener_free(l);
-			nng_close(s);
+			nng_echo_stop(&echo);
 		} else {
 			for (int k = 0; k < 2; k++) {
 				stop_server(pid[k]);

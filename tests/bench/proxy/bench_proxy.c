@@ -47,9 +47,10 @@
 #include <aa/errors.h>
 #include <aa/server.h>
 
+#include "../nng_echo.h"
+
 #define PAYLOAD     64
 #define MAX_OUT     256
-#define REP_CTXS    300
 #define SRV_PENDING 250000
 #define MAX_HELD    (1 << 17)
 
@@ -320,68 +321,15 @@ aa_server_down(aa_server *s)
 
 // ---- Raw nng req/rep server (contexts + aio) ----
 
-typedef struct rep_ctx {
-	nng_ctx ctx;
-	nng_aio *aio;
-	bool sending;
-} rep_ctx;
-
+// nng_echo_up starts the raw nng echo server or exits.
 static void
-rep_cb(void *arg)
+nng_echo_up(nng_echo_server *e, const char *url)
 {
-	rep_ctx *x = arg;
-	if (nng_aio_result(x->aio) != 0) {
-		if (x->sending) {
-			nng_msg_free(nng_aio_get_msg(x->aio));
-			x->sending = false;
-			nng_ctx_recv(x->ctx, x->aio);
-		}
-		return;
-	}
-	if (!x->sending) {
-		x->sending = true; // echo the request's body back
-		nng_ctx_send(x->ctx, x->aio);
-	} else {
-		x->sending = false;
-		nng_ctx_recv(x->ctx, x->aio);
-	}
-}
-
-static nng_socket
-nng_server_up(const char *url, rep_ctx *ctxs, int *port)
-{
-	nng_socket s;
-	nng_listener l;
-	int rv;
-	if ((rv = nng_rep0_open(&s)) != 0 ||
-	    (rv = nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, 4096)) != 0 ||
-	    (rv = nng_listener_create(&l, s, url)) != 0 ||
-	    (rv = nng_listener_start(l, 0)) != 0) {
+	int rv = nng_echo_start(e, url);
+	if (rv != 0) {
 		fprintf(stderr, "bench_proxy: nng rep listen: %s\n",
 		        nng_strerror(rv));
 		exit(1);
-	}
-	*port = 0;
-	if (strncmp(url, "tcp://", 6) == 0) {
-		nng_listener_get_int(l, NNG_OPT_TCP_BOUND_PORT, port);
-	}
-	for (int i = 0; i < REP_CTXS; i++) {
-		nng_ctx_open(&ctxs[i].ctx, s);
-		nng_aio_alloc(&ctxs[i].aio, rep_cb, &ctxs[i]);
-		nng_ctx_recv(ctxs[i].ctx, ctxs[i].aio);
-	}
-	return s;
-}
-
-static void
-nng_server_down(nng_socket s, rep_ctx *ctxs)
-{
-	for (int i = 0; i < REP_CTXS; i++) {
-		nng_aio_stop(ctxs[i].aio);
-	}
-	nng_close(s);
-	for (int i = 0; i < REP_CTXS; i++) {
-		nng_aio_free(ctxs[i].aio);
 	}
 }
 
@@ -390,7 +338,7 @@ nng_server_down(nng_socket s, rep_ctx *ctxs)
 static int
 server_main(const char *stack, const char *url)
 {
-	static rep_ctx ctxs[REP_CTXS];
+	static nng_echo_server echo;
 	int port = 0;
 	aa_server *s = NULL;
 	// SIGTERM ends the process after a stat print; every thread the
@@ -402,7 +350,8 @@ server_main(const char *stack, const char *url)
 	if (strcmp(stack, "aa") == 0) {
 		s = aa_server_up(url, &port);
 	} else {
-		(void)nng_server_up(url, ctxs, &port);
+		nng_echo_up(&echo, url);
+		port = echo.port;
 	}
 	printf("port %d\n", port);
 	fflush(stdout);
@@ -523,8 +472,7 @@ typedef struct server_end {
 	char url[160];
 	pid_t pid;
 	aa_server *aa;
-	nng_socket nng;
-	rep_ctx *ctxs;
+	nng_echo_server *nng;
 } server_end;
 
 static void
@@ -538,8 +486,8 @@ server_start(server_end *e, const char *t, const char *stack)
 	} else if (strcmp(stack, "aa") == 0) {
 		e->aa = aa_server_up(e->url, &port);
 	} else {
-		e->ctxs = calloc(REP_CTXS, sizeof(rep_ctx));
-		e->nng = nng_server_up(e->url, e->ctxs, &port);
+		e->nng = calloc(1, sizeof(*e->nng));
+		nng_echo_up(e->nng, e->url);
 	}
 }
 
@@ -553,9 +501,9 @@ server_finish(server_end *e)
 		}
 	} else if (e->aa != NULL) {
 		aa_server_down(e->aa);
-	} else if (e->ctxs != NULL) {
-		nng_server_down(e->nng, e->ctxs);
-		free(e->ctxs);
+	} else if (e->nng != NULL) {
+		nng_echo_stop(e->nng);
+		free(e->nng);
 	}
 }
 
