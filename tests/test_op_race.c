@@ -27,6 +27,7 @@ typedef struct script {
 	aa_state handler_state;
 	pthread_t handler_thread;
 	atomic_int cancel_fn_calls;
+	aa_cancel_signal *emit_on_connect; // emitted at "op.slot_connected"
 } script;
 
 static script *cur; // the checkpoint function's view of the test
@@ -57,6 +58,9 @@ on_checkpoint(void *arg, const char *name, void *subject)
 		gate_open(&s->deliver_waiting);
 	} else if (strcmp(name, "cancel.disconnect_wait") == 0) {
 		gate_open(&s->cancel_waiting);
+	} else if (strcmp(name, "op.slot_connected") == 0 &&
+	           s->emit_on_connect != NULL) {
+		aa_cancel_signal_emit(s->emit_on_connect, AA_CANCEL_TERMINAL);
 	}
 }
 
@@ -511,6 +515,27 @@ Test(op_race, parent_emit_racing_completion_delivers_once)
 	cr_assert_eq(atomic_load(&s->handler_calls), 1);
 	cr_assert(!aa_cancel_slot_is_connected(assoc.slot));
 	aa_op_unref(op);
+	aa_cancel_signal_free(sig);
+}
+
+// ---- A parent's emit while the child is still being made ----
+
+Test(op_race, emit_inside_alloc_cancels_and_disconnects)
+{
+	script *s = cur;
+	aa_cancel_signal *sig;
+	cr_assert_eq(aa_cancel_signal_alloc(&sig), 0);
+	s->emit_on_connect = sig; // the parent cancels the moment it can
+	aa_assoc assoc = {.slot = aa_cancel_signal_slot(sig)};
+	aa_op *op = scripted_op(s, AA_POLICY_IMMEDIATE, &assoc);
+	s->emit_on_connect = NULL;
+	cr_assert_eq(aa_op_status(op), AA_CANCELED);
+	cr_assert_eq(atomic_load(&s->cancel_fn_calls), 1);
+	cr_assert(!aa_cancel_slot_is_connected(assoc.slot),
+	          "a final op must leave the slot");
+	cr_assert_eq(aa_op_set_handler(op, scripted_handler, s), 0);
+	cr_assert_eq(atomic_load(&s->handler_calls), 1);
+	aa_op_unref(op); // the fini's live check proves nothing leaked
 	aa_cancel_signal_free(sig);
 }
 

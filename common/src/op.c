@@ -169,17 +169,22 @@ aa_op_alloc(aa_op **opp, const aa_op_provider *prov, const aa_assoc *assoc)
 	aai_live_inc(AA_LIVE_OP);
 
 	if (op->assoc.slot != NULL) {
-		// The slot holds a reference until the op is final.
+		// The slot holds a reference until the op is final. Both are
+		// in place before connecting: an emit may cancel the op as
+		// soon as it is connected, even before this function returns,
+		// and that cancel must find the slot to disconnect.
 		atomic_fetch_add(&op->refs, 1);
+		op->slot_connected = true;
 		int rv =
 		    aa_cancel_slot_connect(op->assoc.slot, slot_handler, op);
 		if (rv != 0) {
+			op->slot_connected = false;
 			atomic_fetch_sub(&op->refs, 1);
 			op->assoc.slot = NULL;
 			aa_op_unref(op);
 			return rv;
 		}
-		op->slot_connected = true;
+		AAI_CHECKPOINT("op.slot_connected", op); // no lock held
 	}
 	*opp = op;
 	return 0;
@@ -381,6 +386,7 @@ deliver(aa_op *op)
 		aa_work_init(&op->work, posted_work, posted_done, op);
 		aai_mtx_lock(&op->mtx);
 		op->dstate = D_POSTED;
+		aai_cv_broadcast(&op->cv); // cancels waiting for RUNNING
 		aai_mtx_unlock(&op->mtx);
 		if (aa_work_submit(&op->work, ex) == 0) {
 			return; // posted_done drops the reference

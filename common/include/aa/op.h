@@ -156,7 +156,9 @@ uint64_t aa_op_id(const aa_op *op);
 // aa_op_alloc creates a STARTED op, its memory (and prov->extra bytes of
 // provider memory) from assoc's allocator; assoc may be NULL. When assoc
 // has a slot the op connects to it until it is final (AA_EBUSY if the slot
-// is taken).
+// is taken); a parent's emit may then cancel it at once, so the provider's
+// cancel function may run before aa_op_alloc returns (on zeroed extra
+// memory): it should find what it needs through prov->arg.
 int aa_op_alloc(aa_op **opp, const aa_op_provider *prov,
                 const aa_assoc *assoc);
 
