@@ -34,10 +34,24 @@ static hold_point hp_start = {.name = "server.before_start"};
 static hold_point *const points[] = {&hp_submit, &hp_deliver, &hp_reply,
                                      &hp_start};
 
+// Actions at "op.slot_connected" (inside aa_op_alloc, during a call).
+static aa_cancel_signal *emit_at_connect;
+static aa_client *close_at_connect;
+
 static void
 on_checkpoint(void *arg, const char *name, void *subject)
 {
 	(void)arg;
+	if (strcmp(name, "op.slot_connected") == 0) {
+		if (emit_at_connect != NULL) {
+			aa_cancel_signal_emit(emit_at_connect,
+			                      AA_CANCEL_TERMINAL);
+		}
+		if (close_at_connect != NULL) {
+			aa_client_close(close_at_connect);
+		}
+		return;
+	}
 	for (size_t i = 0; i < sizeof(points) / sizeof(points[0]); i++) {
 		hold_point *h = points[i];
 		if (strcmp(name, h->name) == 0 &&
@@ -1034,4 +1048,75 @@ Test(client, queued_ops_end_when_the_connection_is_lost)
 	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_NEVER_STARTED);
 	aa_client_uncork(E.cli);
 	aa_op_unref(op);
+}
+
+Test(client, parent_cancels_while_the_call_is_set_up)
+{
+	static seen s, e;
+	seen_init(&s);
+	seen_init(&e);
+	env_up("ipc");
+	aa_cancel_signal *sig;
+	cr_assert_eq(aa_cancel_signal_alloc(&sig), 0);
+	aa_assoc a = {.slot = aa_cancel_signal_slot(sig)};
+	aa_op *op = NULL;
+	emit_at_connect = sig; // the parent cancels inside aa_op_alloc
+	cr_assert_eq(aa_client_call(&op, E.cli, "echo", "x", 1, NULL, &a), 0);
+	emit_at_connect = NULL;
+	cr_assert_eq(aa_op_status(op), AA_CANCELED);
+	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_PRE_SUBMIT);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_NEVER_STARTED);
+	cr_assert(!aa_cancel_slot_is_connected(a.slot));
+	cr_assert_eq(aa_op_set_handler(op, on_done, &s), 0);
+	cr_assert_eq(atomic_load(&s.calls), 1);
+	// Nothing was sent for it, and the client still works.
+	aa_op *probe = call("echo", "p", &e);
+	gate_wait(&e.done);
+	cr_assert_eq(e.state, AA_COMPLETED);
+	aa_client_stats cs;
+	client_stats(&cs);
+	cr_assert_eq(cs.sent_start, 1);
+	aa_op_unref(probe);
+	aa_op_unref(op);
+	aa_cancel_signal_free(sig);
+}
+
+Test(client, a_call_that_fails_after_its_op_was_made_releases_its_slot)
+{
+	env_up("ipc");
+	aa_cancel_signal *sig;
+	cr_assert_eq(aa_cancel_signal_alloc(&sig), 0);
+	aa_assoc a = {.slot = aa_cancel_signal_slot(sig)};
+	aa_op *op = NULL;
+	close_at_connect = E.cli; // the client closes during the call
+	cr_assert_eq(aa_client_call(&op, E.cli, "echo", "x", 1, NULL, &a),
+	             AA_ECLOSED);
+	close_at_connect = NULL;
+	cr_assert_null(op);
+	cr_assert(!aa_cancel_slot_is_connected(a.slot),
+	          "the failed call's op must not keep the parent's slot");
+	aa_cancel_signal_free(sig); // and nothing leaks (suite fini)
+}
+
+static void
+free_client_in_handler(aa_op *op, void *arg)
+{
+	(void)op;
+	aa_client_free(arg); // inside close: deferred, not a deadlock
+}
+
+Test(client, handler_frees_the_client_during_close)
+{
+	env_up("ipc");
+	aa_op *op;
+	cr_assert_eq(aa_client_call(&op, E.cli, "park", NULL, 0, NULL, NULL),
+	             0);
+	cr_assert_eq(aa_op_set_handler(op, free_client_in_handler, E.cli), 0);
+	aa_client_close(E.cli); // returns: the free is deferred
+	E.cli = NULL;
+	cr_assert_eq(aa_op_status(op), AA_CANCELED);
+	aa_op_unref(op);
+	while (aa_live(AA_LIVE_CLIENT) != 0) { // the deferred free ends
+		sched_yield();
+	}
 }

@@ -61,6 +61,7 @@
 #include "wire_send.h"
 
 enum cop_state {
+	COP_NEW, // being set up by aa_client_call (the zeroed state)
 	COP_QUEUED,
 	COP_SENT,
 	COP_RECEIVED,
@@ -96,6 +97,9 @@ struct clink {
 	bool hello;       // the server's Hello arrived
 	int goodbye;      // the server's Goodbye reason, or 0
 	clink *next_dead; // down, waiting to be freed
+	bool down;        // its down callback ran
+	bool connecting;  // connect_clink still uses it: not to be freed
+	uint64_t conn_id; // the server's id for it, from its Hello
 	uint8_t buf[8192];
 };
 
@@ -387,11 +391,19 @@ static int
 cop_cancel(aa_op *op, aa_cancel_type type, void *arg)
 {
 	cop *p = aa_op_extra(op);
-	aa_client *c = p->c;
+	aa_client *c = arg; // not p->c: a parent's emit may come during setup
 	bool retire = false;
 
 	aai_mtx_lock(&c->mtx);
 	switch (p->state) {
+	case COP_NEW:
+		// Cancelled through its parent's slot while aa_client_call
+		// still sets it up: pre-submit; the call sees DONE and sends
+		// nothing.
+		p->timeline = AA_TIMELINE_PRE_SUBMIT;
+		p->state = COP_DONE;
+		c->st.pre_submit++;
+		break;
 	case COP_QUEUED:
 		// Pre-submit: the Start never leaves. Whoever holds the op
 		// (the queue, or a flusher) lets it go.
@@ -489,6 +501,18 @@ deadline_fired(void *arg)
 
 // ---- Calls ----
 
+// call_failed undoes a call that cannot go ahead: the op is finished (so
+// that a parent's slot lets go of it; no handler is set, none runs) and
+// released. Returns rv.
+static int
+call_failed(aa_op *op, int rv)
+{
+	free_payload(aa_op_extra(op));
+	aa_op_fail(op, rv, NULL);
+	aa_op_unref(op);
+	return rv;
+}
+
 static const method *
 find_method(aa_client *c, const char *name)
 {
@@ -557,6 +581,7 @@ aa_client_call(aa_op **opp, aa_client *c, const char *method_name,
 	}
 	aa_op_provider pv = {
 	    .cancel = cop_cancel,
+	    .arg = c,
 	    .policy = AA_POLICY_IMMEDIATE,
 	    .cancel_types = m->types,
 	    .extra = sizeof(cop),
@@ -569,33 +594,37 @@ aa_client_call(aa_op **opp, aa_client *c, const char *method_name,
 	p->op = op;
 	p->method = m->name;
 	p->cancel_types = m->types;
-	p->state = COP_QUEUED;
 	p->deadline_ms = co != NULL ? co->deadline_ms : 0;
 	if (len > 0) {
 		if ((p->payload = a.allocator->alloc(a.allocator->ctx, len)) ==
 		    NULL) {
-			aa_op_unref(op);
-			return AA_ENOMEM;
+			return call_failed(op, AA_ENOMEM);
 		}
 		memcpy(p->payload, payload, len);
 		p->payload_len = len;
 	}
 
 	aai_mtx_lock(&c->mtx);
+	if (p->state == COP_DONE) {
+		// A parent cancelled it during setup: pre-submit, never sent.
+		aai_mtx_unlock(&c->mtx);
+		aa_op_ref(op); // the caller's
+		free_payload(p);
+		aa_op_unref(op); // the client's
+		*opp = op;
+		return 0;
+	}
 	if (c->closed || c->link == NULL) {
 		rv = c->closed ? AA_ECLOSED : AA_ECONNLOST;
 		aai_mtx_unlock(&c->mtx);
-		free_payload(p);
-		aa_op_unref(op);
-		return rv;
+		return call_failed(op, rv);
 	}
 	p->id = c->next_id++;
 	if ((rv = table_add(c, p)) != 0) {
 		aai_mtx_unlock(&c->mtx);
-		free_payload(p);
-		aa_op_unref(op);
-		return rv;
+		return call_failed(op, rv);
 	}
+	p->state = COP_QUEUED;
 	queue_push(c, p);
 	c->st.calls++;
 	aa_op_ref(op); // the caller's reference; the client keeps the first
@@ -844,7 +873,7 @@ on_hello(aa_client *c, clink *l, const aai_wire_msg *m)
 	}
 	c->server_max_pending = h->max_pending;
 	c->server_max_msg = h->max_msg_size;
-	c->conn_id = h->conn_id;
+	l->conn_id = h->conn_id;
 	l->hello = true;
 	aai_cv_broadcast(&c->cv);
 	aai_mtx_unlock(&c->mtx);
@@ -952,6 +981,7 @@ clink_down(void *arg, aai_conn *conn, int err)
 	in_callback = NULL;
 	aai_mtx_lock(&c->mtx);
 	l->next_dead = c->dead;
+	l->down = true;
 	c->dead = l;
 	c->live_links--;
 	aai_cv_broadcast(&c->cv);
@@ -965,9 +995,19 @@ clink_down(void *arg, aai_conn *conn, int err)
 static void
 free_dead_links(aa_client *c)
 {
+	// Links a connect_clink still waits on stay on the list.
+	clink *l = NULL;
 	aai_mtx_lock(&c->mtx);
-	clink *l = c->dead;
-	c->dead = NULL;
+	for (clink **pp = &c->dead; *pp != NULL;) {
+		clink *d = *pp;
+		if (d->connecting) {
+			pp = &d->next_dead;
+		} else {
+			*pp = d->next_dead;
+			d->next_dead = l;
+			l = d;
+		}
+	}
 	aai_mtx_unlock(&c->mtx);
 	while (l != NULL) {
 		clink *next = l->next_dead;
@@ -1000,23 +1040,23 @@ connect_clink(aa_client *c)
 	aai_live_inc(AA_LIVE_CLIENT);
 	l->c = c;
 	l->conn = conn;
+	l->connecting = true;
 	aai_wire_arena_init(&l->arena, l->buf, sizeof(l->buf));
 
 	aai_mtx_lock(&c->mtx);
-	if (c->closed || c->link != NULL) {
-		rv = c->closed ? AA_ECLOSED : 0; // another thread connected
+	if (c->closed) {
 		aai_mtx_unlock(&c->mtx);
 		aai_conn_free(conn);
 		aai_wire_arena_fini(&l->arena);
 		aai_free(l);
 		aai_live_dec(AA_LIVE_CLIENT);
-		return rv;
+		return AA_ECLOSED;
 	}
-	c->link = l;
-	c->down_err = 0;
-	c->live_links++;
+	c->live_links++; // its down callback runs once, whatever happens
 	aai_mtx_unlock(&c->mtx);
 
+	// The link is published (c->link) only after the server's Hello:
+	// nothing but our Hello may go out on it before that.
 	static const aai_conn_cbs cbs = {
 	    .frame = clink_frame,
 	    .down = clink_down,
@@ -1032,7 +1072,7 @@ connect_clink(aa_client *c)
 	    aa_clock_us() + (uint64_t)c->opts.connect_timeout_ms * 1000u;
 	aai_mtx_lock(&c->mtx);
 	c->st.sent_other++;
-	while (c->link == l && !l->hello && l->goodbye == 0) {
+	while (!l->hello && l->goodbye == 0 && !l->down) {
 		uint64_t now = aa_clock_us();
 		if (now >= until) {
 			break;
@@ -1048,16 +1088,29 @@ connect_clink(aa_client *c)
 		}
 		pthread_cond_timedwait(&c->cv, &c->mtx, &ts);
 	}
-	if (c->link == l && l->hello) {
+	if (l->hello && !l->down && l->goodbye == 0 && !c->closed &&
+	    c->link == NULL) {
+		l->connecting = false;
+		c->link = l;
+		c->conn_id = l->conn_id;
+		c->down_err = 0;
 		c->st.connects++;
 		aai_mtx_unlock(&c->mtx);
 		return 0;
 	}
-	rv = c->link != l ? (c->down_err != 0 ? c->down_err : AA_ECONNLOST)
+	// Not ours to use: another thread connected meanwhile (use its
+	// link), or it failed. While `connecting` is set nobody frees it,
+	// so closing it here is safe even if it went down already.
+	rv = (l->hello && !l->down && l->goodbye == 0 && !c->closed) ? 0
+	     : c->closed       ? AA_ECLOSED
 	     : l->goodbye != 0 ? l->goodbye
+	     : l->down         ? AA_ECONNLOST
 	                       : AA_ETIMEDOUT;
 	aai_mtx_unlock(&c->mtx);
 	aai_conn_close(conn); // clink_down cleans up
+	aai_mtx_lock(&c->mtx);
+	l->connecting = false;
+	aai_mtx_unlock(&c->mtx);
 	return rv;
 }
 
@@ -1263,7 +1316,13 @@ aa_client_close(aa_client *c)
 
 	// Every pending op ends CANCELED. The server hears one Goodbye for
 	// all of them, and cancels every real op of a client that leaves.
+	// Their handlers run inline, here: mark this thread as inside a
+	// callback of c, so that a handler calling stop or free is detected
+	// (AA_EDEADLK, deferred free) instead of waiting for this close.
+	aa_client *outer = in_callback;
+	in_callback = c;
 	aa_client_cancel_all(c, AA_CANCEL_TERMINAL);
+	in_callback = outer;
 
 	aai_mtx_lock(&c->mtx);
 	clink *l = c->link;

@@ -138,7 +138,9 @@ int aa_client_cancel_all(aa_client *c, aa_cancel_type type);
 void aa_client_stats_get(aa_client *c, aa_client_stats *st);
 
 // aa_client_close cancels every pending op (each ends CANCELED, the server
-// is told) and closes the connection. Idempotent, never blocks.
+// is told) and closes the connection. Idempotent; it waits for nothing but
+// what aa_op_cancel waits for (a handler running on another thread). A
+// handler that close runs may call aa_client_free (deferred).
 void aa_client_close(aa_client *c);
 
 // aa_client_stop closes c and waits until none of its callbacks runs:
