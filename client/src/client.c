@@ -123,9 +123,9 @@ struct aa_client {
 	uint64_t conn_id; // the server's id for the link
 	int down_err;     // why the last link went down
 	bool closed;
-	bool stopped;
 	method *methods;
 	size_t n_methods;
+	size_t methods_cap;
 	uint32_t server_max_pending;
 	uint32_t server_max_msg;
 	cop **buckets;
@@ -513,7 +513,7 @@ call_failed(aa_op *op, int rv)
 	return rv;
 }
 
-static const method *
+static method *
 find_method(aa_client *c, const char *name)
 {
 	for (size_t i = 0; i < c->n_methods; i++) {
@@ -827,49 +827,48 @@ on_progress(aa_client *c, const aai_wire_msg *m)
 	aa_op_unref(p->op);
 }
 
+// add_method appends a method to the client's table, growing it; on
+// ENOMEM the method is left out (a call to it then fails AA_ENOENT).
+// Expects the client's lock.
+static void
+add_method(aa_client *c, const char *name, unsigned types)
+{
+	if (c->n_methods == c->methods_cap) {
+		size_t cap = c->methods_cap ? 2 * c->methods_cap : 16;
+		method *grown = aai_alloc(cap * sizeof(*grown));
+		if (grown == NULL) {
+			return;
+		}
+		if (c->n_methods > 0) {
+			memcpy(grown, c->methods,
+			       c->n_methods * sizeof(*grown));
+		}
+		aai_free(c->methods);
+		c->methods = grown;
+		c->methods_cap = cap;
+	}
+	char *copy = aai_strdup(name);
+	if (copy != NULL) {
+		c->methods[c->n_methods++] = (method){copy, types};
+	}
+}
+
 static void
 on_hello(aa_client *c, clink *l, const aai_wire_msg *m)
 {
 	const aai_wire_hello *h = &m->hello;
-	method *methods = aai_zalloc((h->n_methods + 1) * sizeof(*methods));
-	size_t n = 0;
-	if (methods != NULL) {
-		for (; n < h->n_methods; n++) {
-			methods[n].name = aai_strdup(h->methods[n].name);
-			methods[n].types = h->methods[n].cancel_types;
-			if (methods[n].name == NULL) {
-				break;
-			}
-		}
-	}
 	aai_mtx_lock(&c->mtx);
 	c->st.recv_other++;
 	// The method table only grows across reconnects: names handed to
 	// ops (cop->method) stay valid as long as the client.
-	for (size_t i = 0; i < n; i++) {
-		const method *old = find_method(c, methods[i].name);
+	for (size_t i = 0; i < h->n_methods; i++) {
+		method *old = find_method(c, h->methods[i].name);
 		if (old != NULL) {
-			((method *)old)->types = methods[i].types;
-			aai_free(methods[i].name);
-			methods[i].name = NULL;
+			old->types = h->methods[i].cancel_types;
+		} else {
+			add_method(c, h->methods[i].name,
+			           h->methods[i].cancel_types);
 		}
-	}
-	size_t added = 0;
-	for (size_t i = 0; i < n; i++) {
-		added += methods[i].name != NULL;
-	}
-	method *all = aai_alloc((c->n_methods + added + 1) * sizeof(*all));
-	if (all != NULL) {
-		if (c->n_methods > 0) {
-			memcpy(all, c->methods, c->n_methods * sizeof(*all));
-		}
-		for (size_t i = 0; i < n; i++) {
-			if (methods[i].name != NULL) {
-				all[c->n_methods++] = methods[i];
-			}
-		}
-		aai_free(c->methods);
-		c->methods = all;
 	}
 	c->server_max_pending = h->max_pending;
 	c->server_max_msg = h->max_msg_size;
@@ -877,7 +876,6 @@ on_hello(aa_client *c, clink *l, const aai_wire_msg *m)
 	l->hello = true;
 	aai_cv_broadcast(&c->cv);
 	aai_mtx_unlock(&c->mtx);
-	aai_free(methods);
 }
 
 static void
@@ -1352,7 +1350,6 @@ aa_client_stop(aa_client *c)
 	while (c->link != NULL || c->live_links > 0 || c->flushing) {
 		aai_cv_wait(&c->cv, &c->mtx);
 	}
-	c->stopped = true;
 	aai_mtx_unlock(&c->mtx);
 	free_dead_links(c);
 	return 0;
