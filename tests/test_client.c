@@ -31,8 +31,9 @@ static hold_point hp_submit = {.name = "client.before_submit"};
 static hold_point hp_deliver = {.name = "client.before_deliver"};
 static hold_point hp_reply = {.name = "server.before_reply"};
 static hold_point hp_start = {.name = "server.before_start"};
+static hold_point hp_closing = {.name = "server.closing"};
 static hold_point *const points[] = {&hp_submit, &hp_deliver, &hp_reply,
-                                     &hp_start};
+                                     &hp_start, &hp_closing};
 
 // Actions at "op.slot_connected" (inside aa_op_alloc, during a call).
 static aa_cancel_signal *emit_at_connect;
@@ -78,7 +79,8 @@ typedef struct server_side {
 	aa_op *held;        // the last "hold" op (the test's reference)
 	atomic_int cancels; // cancel requests the real ops saw
 	atomic_int compensated;
-	bool stubborn; // "hold" ignores cancellation
+	bool stubborn;      // "hold" ignores cancellation
+	gate *hold_returns; // if set, "hold" waits on it before returning
 } server_side;
 
 static server_side S;
@@ -127,6 +129,9 @@ m_hold(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
 		}
 		S.held = *opp;
 		gate_open(&S.started);
+		if (S.hold_returns != NULL) {
+			gate_wait(S.hold_returns);
+		}
 	}
 	return rv;
 }
@@ -870,6 +875,70 @@ Test(client, server_close_ends_ops_unavailable)
 	cr_assert_neq(aa_client_call(&late, E.cli, "echo", "x", 1, NULL, NULL),
 	              0);
 	aa_op_unref(op);
+}
+
+// The server closes while a method runs, and the Start path sees the
+// closed server right after the method returns, while close itself is
+// held just after it marked the server closed: the op still ends with the
+// Goodbye's AA_EUNAVAIL (before the fix, the Start path cancelled the op
+// and sent Complete{CANCELED} ahead of the Goodbye).
+static void *
+close_main(void *arg)
+{
+	aa_server_close(arg);
+	return NULL;
+}
+
+Test(client, server_close_while_method_runs_is_unavailable)
+{
+	static seen s;
+	static gate method_may_return;
+	seen_init(&s);
+	gate_init(&method_may_return);
+	S.hold_returns = &method_may_return;
+	env_up("inproc");
+	aa_op *op = call("hold", "x", &s);
+	gate_wait(&S.started);
+	arm(&hp_closing);
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, close_main, E.srv), 0);
+	gate_wait(&hp_closing.reached);
+	gate_open(&method_may_return); // the Start path now sees "closed"
+	gate_wait(&s.done);
+	gate_open(&hp_closing.release);
+	pthread_join(t, NULL);
+	cr_assert_eq(s.state, AA_ERROR);
+	cr_assert_eq(aa_op_error(op), AA_EUNAVAIL, "%s",
+	             aa_strerror(aa_op_error(op)));
+	aa_op_unref(op);
+}
+
+// Close racing the Start path, many times: the method has just started
+// (the receive thread is about to check whether the server closed) when
+// the server closes. Whatever the moment, the op ends with the Goodbye's
+// AA_EUNAVAIL, never with a Complete saying CANCELED.
+Test(client, server_close_racing_start_always_unavailable)
+{
+	static seen s;
+	for (int round = 0; round < 300; round++) {
+		seen_init(&s);
+		gate_init(&S.started);
+		env_up("inproc");
+		aa_op *op = call("hold", "x", &s);
+		gate_wait(&S.started);
+		aa_server_close(E.srv);
+		gate_wait(&s.done);
+		cr_assert_eq(s.state, AA_ERROR, "round %d", round);
+		cr_assert_eq(aa_op_error(op), AA_EUNAVAIL, "round %d: %s",
+		             round, aa_strerror(aa_op_error(op)));
+		aa_op_unref(op);
+		aa_client_free(E.cli);
+		E.cli = NULL;
+		aa_server_free(E.srv);
+		E.srv = NULL;
+		aa_op_unref(S.held);
+		S.held = NULL;
+	}
 }
 
 // The other process: aa_test_peer (tests/peer), started with fork and

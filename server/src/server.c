@@ -68,12 +68,15 @@
 //     handler inside aa_op_cancel) and the entry's reference count keeps
 //     the entry alive for the deadline function. A Complete reports
 //     CANCELED with AA_ETIMEDOUT when the deadline's cancel took.
-//   - Close vs Start: close sets s->closed and walks the sessions. A Start
-//     that checks (under ss->mtx) before that is accepted and its op is
-//     cancelled, by close's walk or, if the method was still running, by
-//     the Start path itself right after the method returned; a Start that
-//     checks after is rejected with AA_EUNAVAIL, or ignored once the
-//     session has sent its Goodbye.
+//   - Close vs Start: close sets s->closed and, in the same locked step
+//     (s->mtx, then each ss->mtx), sends every session's Goodbye, then
+//     walks the sessions cancelling their ops. A Start that checks
+//     (under ss->mtx) before that is accepted and its op is cancelled, by
+//     close's walk or, if the method was still running, by the Start path
+//     itself right after the method returned; its Complete is not sent
+//     (the session is CLOSING), so the client ends it with the Goodbye's
+//     AA_EUNAVAIL whatever the moment. A Start that checks after finds
+//     the session CLOSING and is ignored.
 #include <string.h>
 
 #include <aa/server.h>
@@ -1564,10 +1567,17 @@ aa_server_close(aa_server *s)
 	// Listeners are only added while open and freed by stop: stable.
 	aai_listener **ls = s->listeners;
 	size_t nl = s->nlisteners;
+	// Each session says Goodbye in the same locked step that makes the
+	// server closed: a Start path that sees closed_flag also sees the
+	// session CLOSING, so no op of a closing server is ever answered
+	// with its own Complete (it would say CANCELED); every one ends with
+	// the Goodbye's AA_EUNAVAIL on the client, whatever the moment.
 	session *walk = NULL;
 	for (session *ss = s->sessions; ss != NULL; ss = ss->next) {
 		aai_mtx_lock(&ss->mtx);
 		if (ss->refs > 0) {
+			(void)goodbye_locked(ss, AA_EUNAVAIL,
+			                     "server shutting down");
 			ss->refs++;
 			ss->wnext = walk;
 			walk = ss;
@@ -1575,6 +1585,7 @@ aa_server_close(aa_server *s)
 		aai_mtx_unlock(&ss->mtx);
 	}
 	aai_mtx_unlock(&s->mtx);
+	AAI_CHECKPOINT("server.closing", s);
 
 	for (size_t i = 0; i < nl; i++) {
 		aai_listener_close(ls[i]);
@@ -1582,9 +1593,6 @@ aa_server_close(aa_server *s)
 	while (walk != NULL) {
 		session *ss = walk;
 		walk = ss->wnext;
-		aai_mtx_lock(&ss->mtx);
-		(void)goodbye_locked(ss, AA_EUNAVAIL, "server shutting down");
-		aai_mtx_unlock(&ss->mtx);
 		cancel_all(ss, NULL);
 		session_unref(ss);
 	}
