@@ -76,10 +76,16 @@ struct cop {
 	aa_op *op;
 	uint64_t id;
 	enum cop_state state;
-	aa_timeline timeline;
+	// Which timeline a cancel took: written under the client's lock,
+	// read by aa_client_timeline without it (the op may outlive c). An
+	// in-flight cancel becomes already-complete when the late Complete
+	// says the server's op had finished before the Cancel reached it.
+	atomic_int timeline;
+	bool was_sent;   // its Start was handed to the transport
 	bool in_flusher; // taken off the queue by a flusher
 	bool has_deadline;
-	cop *qnext; // submit queue
+	uint64_t t0_us; // when the call was made (the deadline counts from)
+	cop *qnext;     // submit queue
 	cop *qprev;
 	cop *hnext;         // hash chain
 	const char *method; // in the client's method table
@@ -94,10 +100,11 @@ struct clink {
 	aa_client *c;
 	aai_conn *conn;
 	aai_wire_arena arena;
-	bool hello;       // the server's Hello arrived
-	int goodbye;      // the server's Goodbye reason, or 0
-	clink *next_dead; // down, waiting to be freed
-	bool down;        // its down callback ran
+	bool hello;  // the server's Hello arrived
+	int goodbye; // the server's Goodbye reason, or 0
+	char goodbye_msg[AAI_WIRE_TEXT_MAX + 1]; // and its message
+	clink *next_dead;                        // down, waiting to be freed
+	bool down;                               // its down callback ran
 	bool connecting;  // connect_clink still uses it: not to be freed
 	uint64_t conn_id; // the server's id for it, from its Hello
 	uint8_t buf[8192];
@@ -123,6 +130,7 @@ struct aa_client {
 	uint64_t conn_id; // the server's id for the link
 	int down_err;     // why the last link went down
 	bool closed;
+	bool dead_after_set; // opts.dead_after_ms was given, not derived
 	method *methods;
 	size_t n_methods;
 	size_t methods_cap;
@@ -148,6 +156,7 @@ static _Thread_local aa_client *in_callback;
 
 static int connect_clink(aa_client *c);
 static void flush(aa_client *c);
+static void link_protocol_error(clink *l, int err, const char *why);
 
 // ---- The op table (expects the client's lock) ----
 
@@ -374,6 +383,21 @@ count_final(aa_client *c, aa_op *op)
 	aai_mtx_unlock(&c->mtx);
 }
 
+// count_timeline adds n (1, or -1 when a cancel is reclassified) to the
+// counter of timeline t. Expects the client's lock.
+static void
+count_timeline(aa_client *c, aa_timeline t, int n)
+{
+	uint64_t *ctr = t == AA_TIMELINE_PRE_SUBMIT  ? &c->st.pre_submit
+	                : t == AA_TIMELINE_IN_FLIGHT ? &c->st.in_flight
+	                : t == AA_TIMELINE_ALREADY_COMPLETE
+	                    ? &c->st.already_complete
+	                    : NULL;
+	if (ctr != NULL) {
+		*ctr += (uint64_t)(int64_t)n;
+	}
+}
+
 // fail_cop ends an op that will never hear from the server: ERROR with err
 // (absorbed if it is final already), settled as s.
 static void
@@ -393,6 +417,7 @@ cop_cancel(aa_op *op, aa_cancel_type type, void *arg)
 	cop *p = aa_op_extra(op);
 	aa_client *c = arg; // not p->c: a parent's emit may come during setup
 	bool retire = false;
+	aa_timeline t = AA_TIMELINE_NONE;
 
 	aai_mtx_lock(&c->mtx);
 	switch (p->state) {
@@ -400,26 +425,24 @@ cop_cancel(aa_op *op, aa_cancel_type type, void *arg)
 		// Cancelled through its parent's slot while aa_client_call
 		// still sets it up: pre-submit; the call sees DONE and sends
 		// nothing.
-		p->timeline = AA_TIMELINE_PRE_SUBMIT;
+		t = AA_TIMELINE_PRE_SUBMIT;
 		p->state = COP_DONE;
-		c->st.pre_submit++;
 		break;
 	case COP_QUEUED:
 		// Pre-submit: the Start never leaves. Whoever holds the op
 		// (the queue, or a flusher) lets it go.
-		p->timeline = AA_TIMELINE_PRE_SUBMIT;
+		t = AA_TIMELINE_PRE_SUBMIT;
 		p->state = COP_DONE;
 		table_remove(c, p);
 		if (!p->in_flusher) {
 			queue_unlink(c, p);
 			retire = true;
 		}
-		c->st.pre_submit++;
 		break;
 	case COP_SENT:
-		// In flight: tell the server; its late Complete is dropped.
-		p->timeline = AA_TIMELINE_IN_FLIGHT;
-		c->st.in_flight++;
+		// In flight: tell the server; its late Complete is dropped,
+		// and says whether this was really already-complete.
+		t = AA_TIMELINE_IN_FLIGHT;
 		// A closing client says one Goodbye instead of a Cancel each.
 		if (c->link != NULL && !c->closed) {
 			aai_wire_msg m;
@@ -431,22 +454,28 @@ cop_cancel(aa_op *op, aa_cancel_type type, void *arg)
 		break;
 	case COP_RECEIVED:
 		// The result is here but not handed over: it is dropped.
-		p->timeline = AA_TIMELINE_ALREADY_COMPLETE;
-		c->st.already_complete++;
+		t = AA_TIMELINE_ALREADY_COMPLETE;
 		break;
 	case COP_DONE:
+		// Taken out by a flush, a deadline or a loss that has not
+		// failed the op yet: the cancel wins, and its timeline is
+		// what was on the wire (the failure is absorbed).
+		t = p->was_sent ? AA_TIMELINE_IN_FLIGHT
+		                : AA_TIMELINE_PRE_SUBMIT;
 		break;
 	}
+	atomic_store(&p->timeline, (int)t);
+	count_timeline(c, t, 1);
 	c->st.canceled++;
 	aai_mtx_unlock(&c->mtx);
 
-	if (p->timeline == AA_TIMELINE_PRE_SUBMIT) {
+	if (t == AA_TIMELINE_PRE_SUBMIT) {
 		aa_op_settle(op, AA_SETTLE_NEVER_STARTED);
 	}
 	if (retire) {
 		cop_retire(p);
 	}
-	return (int)p->timeline;
+	return (int)t;
 }
 
 // ---- Deadlines ----
@@ -476,7 +505,10 @@ deadline_fired(void *arg)
 		// cannot win with its own code. (on_complete waits for this
 		// timer before it releases the op.)
 		aai_mtx_unlock(&c->mtx);
-		if (aa_op_fail(p->op, AA_ETIMEDOUT, "deadline passed") == 0) {
+		// The settlement stays pending: the server's late Complete
+		// (or a loss) tells what really happened.
+		if (aai_op_fail_unsettled(p->op, AA_ETIMEDOUT,
+		                          "deadline passed") == 0) {
 			count_final(c, p->op);
 		}
 		// The server enforces the deadline too; a Cancel makes it
@@ -592,6 +624,7 @@ aa_client_call(aa_op **opp, aa_client *c, const char *method_name,
 	p = aa_op_extra(op);
 	p->c = c;
 	p->op = op;
+	p->t0_us = aa_clock_us();
 	p->method = m->name;
 	p->cancel_types = m->types;
 	p->deadline_ms = co != NULL ? co->deadline_ms : 0;
@@ -640,6 +673,21 @@ aa_client_call(aa_op **opp, aa_client *c, const char *method_name,
 	return 0;
 }
 
+// deadline_left returns the milliseconds left of p's deadline (at least 1
+// while any is left), 0 when it has passed or there is none.
+static uint32_t
+deadline_left(const cop *p)
+{
+	if (p->deadline_ms == 0) {
+		return 0;
+	}
+	uint64_t spent_ms = (aa_clock_us() - p->t0_us) / 1000u;
+	if (spent_ms >= p->deadline_ms) {
+		return 0;
+	}
+	return p->deadline_ms - (uint32_t)spent_ms;
+}
+
 // flush sends the Start of every queued op, unless another thread does it
 // already or the client is corked. See "Submission combines" above.
 static void
@@ -661,21 +709,29 @@ flush(aa_client *c)
 
 		AAI_CHECKPOINT("client.before_submit", p->op);
 
+		// Start carries the time left of the deadline (protocol § 8).
+		uint32_t left = deadline_left(p);
 		aai_mtx_lock(&c->mtx);
 		p->in_flusher = false;
-		if (p->state != COP_QUEUED || c->link == NULL) {
+		if (p->state != COP_QUEUED || c->link == NULL ||
+		    (p->deadline_ms != 0 && left == 0)) {
 			// Cancelled (or timed out) in its pre-submit window,
-			// or the link went down: it is out of the table.
+			// the link went down, or no time is left: it is out
+			// of the table, and nothing is sent.
 			bool lost = p->state == COP_QUEUED;
 			if (lost) {
 				p->state = COP_DONE;
 				table_remove(c, p);
 			}
+			bool expired = c->link != NULL;
 			aai_mtx_unlock(&c->mtx);
 			if (lost) {
-				fail_cop(p, AA_ECONNLOST,
-				         AA_SETTLE_NEVER_STARTED,
-				         "connection lost");
+				fail_cop(
+				    p, expired ? AA_ETIMEDOUT : AA_ECONNLOST,
+				    AA_SETTLE_NEVER_STARTED,
+				    expired ? "deadline passed before the "
+				              "call was sent"
+				            : "connection lost");
 			}
 			cop_retire(p);
 			aai_mtx_lock(&c->mtx);
@@ -683,8 +739,7 @@ flush(aa_client *c)
 		}
 		aai_wire_msg m;
 		aai_wire_start(&m, p->id, p->method, p->payload,
-		               p->payload_len, p->deadline_ms,
-		               p->cancel_types);
+		               p->payload_len, left, p->cancel_types);
 		int rv = aai_wire_send(c->link->conn, &m, 0);
 		if (rv == 0) {
 			// Once SENT, the receive thread may retire the op at
@@ -694,6 +749,7 @@ flush(aa_client *c)
 			const aa_allocator *a = cop_allocator(p);
 			p->payload = NULL;
 			p->state = COP_SENT;
+			p->was_sent = true;
 			c->st.sent_start++;
 			aai_mtx_unlock(&c->mtx);
 			if (payload != NULL) {
@@ -751,6 +807,16 @@ on_complete(aa_client *c, const aai_wire_msg *m)
 	}
 	table_remove(c, p);
 	p->state = COP_RECEIVED;
+	// An in-flight cancel whose Cancel the server had not received when
+	// its op finished: the Complete and the Cancel crossed, so it was
+	// already-complete. Refined before the finish below runs the settle
+	// handler: the timeline is final with the settlement.
+	if (atomic_load(&p->timeline) == AA_TIMELINE_IN_FLIGHT &&
+	    !m->complete.cancel_received) {
+		atomic_store(&p->timeline, AA_TIMELINE_ALREADY_COMPLETE);
+		count_timeline(c, AA_TIMELINE_IN_FLIGHT, -1);
+		count_timeline(c, AA_TIMELINE_ALREADY_COMPLETE, 1);
+	}
 	aai_mtx_unlock(&c->mtx);
 
 	AAI_CHECKPOINT("client.before_deliver", p->op);
@@ -778,11 +844,14 @@ on_complete(aa_client *c, const aai_wire_msg *m)
 	}
 	case AAI_WIRE_CANCELED:
 		// Only the client's own cancel makes a client op CANCELED; a
-		// server-side cancel (its deadline, its shutdown) is an error.
+		// server-side cancel is an error: ETIMEDOUT for its deadline,
+		// AA_ESRVCANCEL otherwise (never AA_ECANCELED, which means
+		// this client cancelled).
 		aa_op_settle(p->op, AA_SETTLE_CANCELED);
 		rv = aa_op_fail(p->op,
-		                m->complete.error != 0 ? (int)m->complete.error
-		                                       : AA_ECANCELED,
+		                m->complete.error == AA_ETIMEDOUT
+		                    ? AA_ETIMEDOUT
+		                    : AA_ESRVCANCEL,
 		                m->complete.message);
 		break;
 	case AAI_WIRE_REJECTED:
@@ -791,10 +860,14 @@ on_complete(aa_client *c, const aai_wire_msg *m)
 		                m->complete.message);
 		break;
 	default:
-		rv = aa_op_fail(p->op,
-		                m->complete.error != 0 ? (int)m->complete.error
-		                                       : AA_EAPP,
-		                m->complete.message);
+		// FAILED: an application's code travels apart (app_code).
+		if (m->complete.error == AA_EAPP) {
+			rv = aa_op_fail_app(p->op, m->complete.app_code,
+			                    m->complete.message);
+		} else {
+			rv = aa_op_fail(p->op, (int)m->complete.error,
+			                m->complete.message);
+		}
 		break;
 	}
 	aai_mtx_lock(&c->mtx);
@@ -857,6 +930,32 @@ static void
 on_hello(aa_client *c, clink *l, const aai_wire_msg *m)
 {
 	const aai_wire_hello *h = &m->hello;
+	if (h->role != AAI_WIRE_ROLE_SERVER || l->hello) {
+		link_protocol_error(l, AA_EPROTO,
+		                    l->hello ? "a second hello"
+		                             : "hello from a client");
+		return;
+	}
+	if (h->version != AAI_WIRE_VERSION) {
+		// The attempt fails with ENOTSUP; the text is the server's
+		// mirror (docs/protocol.md § 4).
+		aai_mtx_lock(&c->mtx);
+		l->goodbye = AA_ENOTSUP;
+		snprintf(l->goodbye_msg, sizeof(l->goodbye_msg),
+		         "protocol version %u not supported; client speaks %d",
+		         (unsigned)h->version, AAI_WIRE_VERSION);
+		aai_cv_broadcast(&c->cv);
+		aai_mtx_unlock(&c->mtx);
+		link_protocol_error(l, AA_ENOTSUP, l->goodbye_msg);
+		return;
+	}
+	// Both sides use the server's heartbeat interval (0: off); silence
+	// is 3 of them unless dead_after_ms was given.
+	int hb = (int)h->heartbeat_ms;
+	aai_conn_set_heartbeat(l->conn, hb,
+	                       hb == 0             ? 0
+	                       : c->dead_after_set ? c->opts.dead_after_ms
+	                                           : 3 * hb);
 	aai_mtx_lock(&c->mtx);
 	c->st.recv_other++;
 	// The method table only grows across reconnects: names handed to
@@ -878,6 +977,24 @@ on_hello(aa_client *c, clink *l, const aai_wire_msg *m)
 	aai_mtx_unlock(&c->mtx);
 }
 
+// link_protocol_error ends a link whose server broke the protocol (§ 9):
+// a Goodbye with the reason, best effort, then the close; its ops end
+// with err.
+static void
+link_protocol_error(clink *l, int err, const char *why)
+{
+	aa_client *c = l->c;
+	aai_wire_msg bye;
+	aai_wire_goodbye(&bye, (uint32_t)err, why);
+	aai_mtx_lock(&c->mtx);
+	c->down_err = err;
+	if (aai_wire_send(l->conn, &bye, 0) == 0) {
+		c->st.sent_other++;
+	}
+	aai_mtx_unlock(&c->mtx);
+	aai_conn_close(l->conn);
+}
+
 static void
 clink_frame(void *arg, aai_conn *conn, const uint8_t *data, size_t len)
 {
@@ -887,13 +1004,11 @@ clink_frame(void *arg, aai_conn *conn, const uint8_t *data, size_t len)
 	const char *why;
 
 	in_callback = c;
-	if (aai_wire_decode(&m, &why, &l->arena, data, len,
-	                    c->opts.max_msg_size) != 0) {
+	int rv = aai_wire_decode(&m, &why, &l->arena, data, len,
+	                         c->opts.max_msg_size);
+	if (rv != 0) {
 		// A server that speaks nonsense is a lost server.
-		aai_mtx_lock(&c->mtx);
-		c->down_err = AA_EPROTO;
-		aai_mtx_unlock(&c->mtx);
-		aai_conn_close(conn);
+		link_protocol_error(l, rv, why);
 		in_callback = NULL;
 		return;
 	}
@@ -910,18 +1025,37 @@ clink_frame(void *arg, aai_conn *conn, const uint8_t *data, size_t len)
 	case AAI_WIRE_GOODBYE:
 		aai_mtx_lock(&c->mtx);
 		c->st.recv_other++;
-		l->goodbye = m.goodbye.reason != 0 ? (int)m.goodbye.reason
-		                                   : AA_EUNAVAIL;
+		// 0 and ECLOSED read as EUNAVAIL (protocol § 10).
+		l->goodbye =
+		    m.goodbye.reason != 0 && m.goodbye.reason != AA_ECLOSED
+		        ? (int)m.goodbye.reason
+		        : AA_EUNAVAIL;
+		snprintf(l->goodbye_msg, sizeof(l->goodbye_msg), "%s",
+		         m.goodbye.message != NULL ? m.goodbye.message : "");
 		aai_mtx_unlock(&c->mtx);
 		aai_conn_close(conn); // the server is leaving: so do we
 		break;
-	default: // heartbeats; a server has no business sending the rest
+	case AAI_WIRE_HEARTBEAT:
 		aai_mtx_lock(&c->mtx);
 		c->st.recv_other++;
 		aai_mtx_unlock(&c->mtx);
 		break;
+	default: // a Start or a Cancel: not a server's to send
+		link_protocol_error(l, AA_EPROTO,
+		                    "a client-to-server message from the "
+		                    "server");
+		break;
 	}
 	in_callback = NULL;
+}
+
+// link_oversize: the server's frame header claimed more than our maximum
+// message size; the transport closes the link right after.
+static void
+link_oversize(void *arg, aai_conn *conn, size_t len)
+{
+	link_protocol_error(arg, AA_EMSGSIZE,
+	                    "frame larger than the maximum message size");
 }
 
 // clink_down ends every op the link carried. Runs once, on the link's
@@ -936,9 +1070,15 @@ clink_down(void *arg, aai_conn *conn, int err)
 
 	in_callback = c;
 	aai_mtx_lock(&c->mtx);
-	why = l->goodbye != 0            ? AA_EUNAVAIL
-	      : c->down_err == AA_EPROTO ? AA_EPROTO
-	                                 : AA_ECONNLOST;
+	// The server's Goodbye reason reaches the ops it ends (protocol
+	// § 10); a bad frame we found ends them with EPROTO or EMSGSIZE.
+	why = l->goodbye != 0 ? l->goodbye
+	      : c->down_err == AA_EPROTO || c->down_err == AA_EMSGSIZE
+	          ? c->down_err
+	          : AA_ECONNLOST;
+	const char *why_msg = l->goodbye_msg[0] != '\0' ? l->goodbye_msg
+	                      : why == AA_EUNAVAIL      ? "server shut down"
+	                                                : "connection lost";
 	(void)err;
 	if (c->link == l) {
 		c->link = NULL;
@@ -967,9 +1107,7 @@ clink_down(void *arg, aai_conn *conn, int err)
 
 	for (cop *p = lost, *next; p != NULL; p = next) {
 		next = p->hnext;
-		fail_cop(p, why, AA_SETTLE_UNKNOWN,
-		         why == AA_EUNAVAIL ? "server shut down"
-		                            : "connection lost");
+		fail_cop(p, why, AA_SETTLE_UNKNOWN, why_msg);
 		cop_retire(p);
 	}
 	// Queued ops: a flusher finds the link gone and ends them.
@@ -1057,6 +1195,7 @@ connect_clink(aa_client *c)
 	// nothing but our Hello may go out on it before that.
 	static const aai_conn_cbs cbs = {
 	    .frame = clink_frame,
+	    .oversize = link_oversize,
 	    .down = clink_down,
 	};
 	aai_conn_start(conn, &cbs, l);
@@ -1163,6 +1302,7 @@ aa_client_open(aa_client **cp, const aa_client_opts *o)
 	aai_mtx_init(&c->mtx);
 	aai_cv_init(&c->cv);
 	c->opts = opts;
+	c->dead_after_set = o != NULL && o->dead_after_ms > 0;
 	c->instance_id = random_id();
 	c->next_id = 1;
 	c->url = aai_strdup(opts.url);
@@ -1210,8 +1350,11 @@ aa_client_open(aa_client **cp, const aa_client_opts *o)
 aa_timeline
 aa_client_timeline(const aa_op *op)
 {
-	int d = aa_op_cancel_detail(op);
-	return d > 0 ? (aa_timeline)d : AA_TIMELINE_NONE;
+	if (op == NULL || aai_op_cancel_fn(op) != cop_cancel) {
+		return AA_TIMELINE_NONE;
+	}
+	const cop *p = aa_op_extra((aa_op *)op);
+	return (aa_timeline)atomic_load(&((cop *)p)->timeline);
 }
 
 const char *

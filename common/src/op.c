@@ -613,7 +613,7 @@ settlement_of(aa_state s)
 // Takes ownership of data (released when absorbed) and of msg.
 static int
 finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
-       int err, int32_t app_code, char *msg)
+       int err, int32_t app_code, char *msg, bool settles)
 {
 	bool run;
 
@@ -622,7 +622,7 @@ finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
 		// Absorbed. The first finish after an immediate cancel is what
 		// the provider really did: the settlement.
 		bool settled = false;
-		if (op->settle == AA_SETTLE_PENDING) {
+		if (settles && op->settle == AA_SETTLE_PENDING) {
 			op->settle = settlement_of(to);
 			settled = true;
 		}
@@ -642,7 +642,7 @@ finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
 	op->err = err;
 	op->app_code = app_code;
 	op->errmsg = msg;
-	if (op->settle == AA_SETTLE_PENDING) {
+	if (settles && op->settle == AA_SETTLE_PENDING) {
 		op->settle = settlement_of(to);
 	}
 	// This locked step decides the race with cancel.
@@ -659,7 +659,7 @@ finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
 int
 aa_op_complete(aa_op *op, void *data, size_t len, aa_free_fn release)
 {
-	return finish(op, AA_COMPLETED, data, len, release, 0, 0, NULL);
+	return finish(op, AA_COMPLETED, data, len, release, 0, 0, NULL, true);
 }
 
 static char *
@@ -675,20 +675,28 @@ aa_op_fail(aa_op *op, int err, const char *msg)
 	if (err <= 0) {
 		return AA_EINVAL;
 	}
-	return finish(op, AA_ERROR, NULL, 0, NULL, err, 0, copy_msg(msg));
+	return finish(op, AA_ERROR, NULL, 0, NULL, err, 0, copy_msg(msg),
+	              true);
+}
+
+int
+aai_op_fail_unsettled(aa_op *op, int err, const char *msg)
+{
+	return finish(op, AA_ERROR, NULL, 0, NULL, err, 0, copy_msg(msg),
+	              false);
 }
 
 int
 aa_op_fail_app(aa_op *op, int32_t code, const char *msg)
 {
 	return finish(op, AA_ERROR, NULL, 0, NULL, AA_EAPP, code,
-	              copy_msg(msg));
+	              copy_msg(msg), true);
 }
 
 int
 aa_op_canceled(aa_op *op)
 {
-	return finish(op, AA_CANCELED, NULL, 0, NULL, 0, 0, NULL);
+	return finish(op, AA_CANCELED, NULL, 0, NULL, 0, 0, NULL, true);
 }
 
 int

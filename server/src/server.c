@@ -77,6 +77,7 @@
 //     (the session is CLOSING), so the client ends it with the Goodbye's
 //     AA_EUNAVAIL whatever the moment. A Start that checks after finds
 //     the session CLOSING and is ignored.
+#include <stdio.h>
 #include <string.h>
 
 #include <aa/server.h>
@@ -106,9 +107,10 @@ typedef struct method {
 typedef struct instance {
 	struct instance *next;
 	uint64_t id;
-	_Atomic uint64_t high; // highest op id accepted from this instance
-	int conns;             // s->mtx: connections that said Hello with it
-	uint64_t left_us;      // s->mtx: when the last of them went down
+	_Atomic uint64_t high;    // highest op id accepted from this instance
+	_Atomic uint32_t pending; // ops pending over all its connections
+	int conns;        // s->mtx: connections that said Hello with it
+	uint64_t left_us; // s->mtx: when the last of them went down
 } instance;
 
 typedef struct session session;
@@ -124,7 +126,8 @@ typedef struct entry {
 	int refs; // ss->mtx
 	bool in_table;
 	bool finished;         // the handler ran (took it out of the table)
-	bool cancel_received;  // the client sent Cancel
+	bool cancel_received;  // the client's Cancel came while it ran
+	bool cancel_late;      // ... or after the op had finished
 	bool server_cancelled; // cancelled by close, orphaning or deadline
 	bool timed_out;        // ... by the deadline
 	bool deadline_armed;
@@ -172,7 +175,7 @@ typedef struct counters {
 	_Atomic uint64_t clients, started, rejected, cancels_received,
 	    cancels_ignored, completed, canceled, failed, wasted, orphaned,
 	    replies_sent, replies_dropped, progress_sent, protocol_errors,
-	    pending;
+	    pending, cancels_late;
 } counters;
 
 struct aa_server {
@@ -183,6 +186,8 @@ struct aa_server {
 	uint32_t max_pending;
 	int heartbeat_ms; // 0 = off
 	int dead_after_ms;
+	bool dead_after_set; // dead_after_ms was configured, not derived
+	int reply_delay_ms;  // aa_server_opts.reply_delay_ms
 	aa_server_log_fn log;
 	void *log_arg;
 	char *tls_cert, *tls_key, *tls_ca;
@@ -229,23 +234,33 @@ count(_Atomic uint64_t *c)
 	atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
 }
 
+// slog_op reports an event about op op_id (0: about no op) to the log.
 static void
-slog(aa_server *s, aa_server_event ev, uint64_t conn_id, const entry *e,
-     int err, const char *detail)
+slog_op(aa_server *s, aa_server_event ev, uint64_t conn_id, uint64_t op_id,
+        const char *name, int err, int32_t app_code, const char *detail)
 {
 	if (s->log == NULL) {
 		return;
 	}
 	aa_server_log_rec r = {
 	    .event = ev,
-	    .op_id = e != NULL ? e->call.op_id : 0,
+	    .op_id = op_id,
 	    .conn_id = conn_id,
-	    .method = e != NULL ? e->call.method : "",
+	    .method = name != NULL ? name : "",
 	    .t_us = aa_clock_us(),
 	    .error = err,
 	    .detail = detail != NULL ? detail : "",
+	    .app_code = app_code,
 	};
 	s->log(s->log_arg, &r);
+}
+
+static void
+slog(aa_server *s, aa_server_event ev, uint64_t conn_id, const entry *e,
+     int err, const char *detail)
+{
+	slog_op(s, ev, conn_id, e != NULL ? e->call.op_id : 0,
+	        e != NULL ? e->call.method : NULL, err, 0, detail);
 }
 
 static uint64_t
@@ -616,7 +631,7 @@ instance_trim(aa_server *s)
 		instance **pp = &s->ibuckets[i];
 		while (*pp != NULL) {
 			instance *x = *pp;
-			if (x->conns == 0 &&
+			if (x->conns == 0 && atomic_load(&x->pending) == 0 &&
 			    now - x->left_us > INSTANCE_GRACE_US) {
 				*pp = x->next;
 				aai_free(x);
@@ -672,6 +687,7 @@ instance_get(aa_server *s, uint64_t id)
 	x->id = id;
 	x->conns = 1;
 	atomic_init(&x->high, 0);
+	atomic_init(&x->pending, 0);
 	x->next = s->ibuckets[k];
 	s->ibuckets[k] = x;
 	s->icount++;
@@ -701,6 +717,85 @@ on_progress(aa_op *op, void *arg, const void *data, size_t len)
 	LEAVE();
 }
 
+// A Complete held back by aa_server_opts.reply_delay_ms: encoded when the
+// op finished, sent by the timer thread when the delay has passed (if the
+// session is still READY then). It holds a session reference.
+typedef struct delayed_reply {
+	aa_timer timer;
+	session *ss;
+	uint64_t op_id;
+	const char *method; // in the server's method table
+	size_t len;
+	uint8_t frame[];
+} delayed_reply;
+
+static void
+on_delayed_reply(void *arg)
+{
+	delayed_reply *d = arg;
+	session *ss = d->ss;
+	aa_server *s = ss->s;
+	ENTER(s);
+	aai_mtx_lock(&ss->mtx);
+	int rv = ss->state == SS_READY
+	             ? aai_conn_send(ss->conn, d->frame, d->len)
+	             : AA_ECLOSED;
+	aai_mtx_unlock(&ss->mtx);
+	count(rv == 0 ? &s->st.replies_sent : &s->st.replies_dropped);
+	slog_op(s, rv == 0 ? AA_SEV_REPLY_SENT : AA_SEV_REPLY_DROPPED,
+	        ss->conn_id, d->op_id, d->method, rv, 0, NULL);
+	aai_free(d);
+	session_unref(ss);
+	LEAVE();
+}
+
+// delay_reply encodes m and arms its delayed send. Expects ss->mtx (the
+// state check and the session reference). 0, AA_EMSGSIZE (over the
+// client's limit) or AA_ENOMEM.
+static int
+delay_reply(entry *e, const aai_wire_msg *m)
+{
+	session *ss = e->ss;
+	size_t len;
+	int rv = aai_wire_size(&len, m);
+	if (rv != 0) {
+		return rv;
+	}
+	if (len > ss->send_max) {
+		return AA_EMSGSIZE;
+	}
+	delayed_reply *d = aai_alloc(sizeof(*d) + len);
+	if (d == NULL) {
+		return AA_ENOMEM;
+	}
+	(void)aai_wire_encode(&d->len, d->frame, len, m, 0);
+	d->ss = ss;
+	d->op_id = e->call.op_id;
+	d->method = e->call.method;
+	aa_timer_init(&d->timer, on_delayed_reply, d);
+	if (aa_timer_start(&d->timer, ss->s->tq, ss->s->reply_delay_ms) != 0) {
+		aai_free(d);
+		return AA_ECLOSED;
+	}
+	ss->refs++;
+	return 0;
+}
+
+// send_complete sends (or, with a reply delay, schedules) m for e. Expects
+// ss->mtx; sends only while the session is READY.
+static int
+send_complete(entry *e, const aai_wire_msg *m)
+{
+	session *ss = e->ss;
+	if (ss->state != SS_READY) {
+		return AA_ECLOSED;
+	}
+	if (ss->s->reply_delay_ms > 0) {
+		return delay_reply(e, m);
+	}
+	return aai_wire_send(ss->conn, m, ss->send_max);
+}
+
 // finish sends the Complete of e's op (forced: a server-made failure
 // instead of the op's outcome), logs, compensates and drops the table's
 // reference.
@@ -714,6 +809,7 @@ finish(entry *e, int forced, const char *forced_msg)
 	aai_wire_msg m;
 	aa_server_event ev;
 	int err = 0;
+	int32_t app_code = 0;
 	const char *msg = "";
 	const void *payload = NULL;
 	size_t plen = 0;
@@ -725,6 +821,7 @@ finish(entry *e, int forced, const char *forced_msg)
 	table_remove(ss, e);
 	bool disarm_deadline = e->deadline_armed && !e->deadline_fired;
 	bool cancel_received = e->cancel_received;
+	bool client_cancelled = cancel_received || e->cancel_late;
 	switch (st) {
 	case AA_COMPLETED:
 		(void)aa_op_result(op, &payload, &plen);
@@ -733,7 +830,11 @@ finish(entry *e, int forced, const char *forced_msg)
 		ev = AA_SEV_COMPLETED;
 		break;
 	case AA_CANCELED:
-		err = e->timed_out ? AA_ETIMEDOUT : AA_ECANCELED;
+		// Whose cancel it was: the client's, the deadline's, or the
+		// server's own (the method cancelled itself).
+		err = cancel_received ? AA_ECANCELED
+		      : e->timed_out  ? AA_ETIMEDOUT
+		                      : AA_ESRVCANCEL;
 		aai_wire_complete(
 		    &m, e->call.op_id, AAI_WIRE_CANCELED, (uint32_t)err,
 		    e->timed_out ? "deadline passed" : NULL, NULL, 0);
@@ -746,39 +847,45 @@ finish(entry *e, int forced, const char *forced_msg)
 		} else {
 			err = aa_op_error(op);
 			msg = aa_op_error_msg(op);
+			(void)aa_op_app_code(op, &app_code);
 		}
 		if (err <= 0 || err > AAI_WIRE_ERROR_MAX) {
 			err = AA_EINTERNAL;
 		}
 		aai_wire_complete(&m, e->call.op_id, AAI_WIRE_FAILED,
 		                  (uint32_t)err, msg, NULL, 0);
+		m.complete.app_code = err == AA_EAPP ? app_code : 0;
 		ev = AA_SEV_FAILED;
 		break;
 	}
+	m.complete.cancel_received = cancel_received;
 	// Counted before the send, so that a client holding the Complete
 	// finds the counters up to date.
 	atomic_fetch_sub(&s->st.pending, 1);
+	if (ss->inst != NULL) {
+		atomic_fetch_sub(&ss->inst->pending, 1);
+	}
 	count(ev == AA_SEV_COMPLETED  ? &s->st.completed
 	      : ev == AA_SEV_CANCELED ? &s->st.canceled
 	                              : &s->st.failed);
-	int rv = AA_ECLOSED;
-	bool too_big = false;
-	if (ss->state == SS_READY) {
-		rv = aai_wire_send(ss->conn, &m, ss->send_max);
-		if (rv == AA_EMSGSIZE) {
-			too_big = true;
-			aai_wire_complete(&m, e->call.op_id, AAI_WIRE_FAILED,
-			                  AA_EMSGSIZE,
-			                  "result larger than the client's "
-			                  "maximum message size",
-			                  NULL, 0);
-			rv = aai_wire_send(ss->conn, &m, ss->send_max);
-		}
+	int rv = send_complete(e, &m);
+	bool too_big = rv == AA_EMSGSIZE;
+	if (too_big) {
+		aai_wire_complete(&m, e->call.op_id, AAI_WIRE_FAILED,
+		                  AA_EMSGSIZE,
+		                  "result larger than the client's "
+		                  "maximum message size",
+		                  NULL, 0);
+		m.complete.cancel_received = cancel_received;
+		rv = send_complete(e, &m);
 	}
-	count(rv == 0 ? &s->st.replies_sent : &s->st.replies_dropped);
+	bool delayed = rv == 0 && s->reply_delay_ms > 0;
+	if (!delayed) {
+		count(rv == 0 ? &s->st.replies_sent : &s->st.replies_dropped);
+	}
 	// The result is not used: the client cancelled, or never gets it.
 	bool wasted =
-	    st == AA_COMPLETED && (cancel_received || rv != 0 || too_big);
+	    st == AA_COMPLETED && (client_cancelled || rv != 0 || too_big);
 	if (wasted) {
 		count(&s->st.wasted);
 	}
@@ -789,11 +896,11 @@ finish(entry *e, int forced, const char *forced_msg)
 		// "finished"; one past that check never makes us wait.
 		(void)aa_timer_cancel(&e->deadline);
 	}
-	slog(s, ev, ss->conn_id, e, err, msg);
-	if (rv == 0) {
-		slog(s, AA_SEV_REPLY_SENT, ss->conn_id, e, 0, NULL);
-	} else {
-		slog(s, AA_SEV_REPLY_DROPPED, ss->conn_id, e, rv, NULL);
+	slog_op(s, ev, ss->conn_id, e->call.op_id, e->call.method, err,
+	        app_code, msg);
+	if (!delayed) {
+		slog(s, rv == 0 ? AA_SEV_REPLY_SENT : AA_SEV_REPLY_DROPPED,
+		     ss->conn_id, e, rv, NULL);
 	}
 	if (wasted && e->m->def.compensate != NULL) {
 		e->m->def.compensate(e->m->def.arg, &e->call, op);
@@ -926,9 +1033,13 @@ on_start(session *ss, const aai_wire_msg *m, uint64_t t0_us)
 	};
 	int err = 0;
 	aai_mtx_lock(&ss->mtx);
-	if (ss->count >= s->max_pending) {
+	if (atomic_fetch_add(&ss->inst->pending, 1) >= s->max_pending) {
+		// The limit is per client instance, over all its connections
+		// (their receive threads race here: the add decides).
+		atomic_fetch_sub(&ss->inst->pending, 1);
 		err = AA_ELIMIT;
 	} else if (atomic_load(&s->closed_flag) || ss->state != SS_READY) {
+		atomic_fetch_sub(&ss->inst->pending, 1);
 		err = AA_EUNAVAIL;
 	} else {
 		table_insert(ss, e);
@@ -959,6 +1070,7 @@ on_start(session *ss, const aai_wire_msg *m, uint64_t t0_us)
 		aai_mtx_lock(&ss->mtx);
 		table_remove(ss, e);
 		aai_mtx_unlock(&ss->mtx);
+		atomic_fetch_sub(&ss->inst->pending, 1);
 		reject(ss, id, mt->name, rv, aa_strerror(rv));
 		entry_unref(e);
 		return;
@@ -1008,9 +1120,32 @@ on_cancel(session *ss, const aai_wire_msg *m)
 	aa_server *s = ss->s;
 	aai_mtx_lock(&ss->mtx);
 	entry *e = table_find(ss, m->op_id);
-	if (e == NULL || e->op == NULL || e->finished || e->cancel_received) {
+	if (e == NULL || e->op == NULL || e->finished || e->cancel_received ||
+	    e->cancel_late) {
 		aai_mtx_unlock(&ss->mtx);
 		count(&s->st.cancels_ignored);
+		if (e == NULL && m->op_id <= atomic_load(&ss->inst->high)) {
+			// Accepted once, pending no more: the op finished and
+			// its Complete is on its way (the already-complete
+			// timeline). Nothing answers this Cancel.
+			count(&s->st.cancels_late);
+			slog_op(s, AA_SEV_CANCEL_RECEIVED, ss->conn_id,
+			        m->op_id, NULL, 0, 0,
+			        "after completion: the op had finished");
+		}
+		return;
+	}
+	if (aa_op_status(e->op) != AA_STARTED) {
+		// The op finished before this Cancel came, though its Complete
+		// is not sent yet: the already-complete timeline. The client
+		// drops the result (wasted), and the Complete says the Cancel
+		// came after (cancel_received false).
+		e->cancel_late = true;
+		aai_mtx_unlock(&ss->mtx);
+		count(&s->st.cancels_ignored);
+		count(&s->st.cancels_late);
+		slog(s, AA_SEV_CANCEL_RECEIVED, ss->conn_id, e, 0,
+		     "after completion: the op had finished");
 		return;
 	}
 	// The client has cancelled: whatever happens, it drops the result.
@@ -1039,13 +1174,16 @@ on_hello(session *ss, const aai_wire_hello *h)
 		return;
 	}
 	if (h->version != AAI_WIRE_VERSION) {
+		// docs/protocol.md § 4 gives this text exactly.
+		char why[80];
+		snprintf(why, sizeof(why),
+		         "protocol version %u not supported; server speaks %d",
+		         (unsigned)h->version, AAI_WIRE_VERSION);
 		count(&s->st.protocol_errors);
 		slog(s, AA_SEV_PROTOCOL_ERROR, ss->conn_id, NULL, AA_ENOTSUP,
-		     "protocol version not supported; server speaks 1");
+		     why);
 		aai_mtx_lock(&ss->mtx);
-		(void)goodbye_locked(
-		    ss, AA_ENOTSUP,
-		    "protocol version not supported; server speaks 1");
+		(void)goodbye_locked(ss, AA_ENOTSUP, why);
 		aai_mtx_unlock(&ss->mtx);
 		return;
 	}
@@ -1065,10 +1203,20 @@ on_hello(session *ss, const aai_wire_hello *h)
 	ss->send_max =
 	    h->max_msg_size < s->max_msg ? h->max_msg_size : s->max_msg;
 
+	// The interval both sides use: ours, or the client's nonzero
+	// preference if smaller (ours off keeps it off); silence is 3 of
+	// them unless dead_after_ms was configured.
+	int hb = s->heartbeat_ms;
+	if (hb > 0 && h->heartbeat_ms > 0 && h->heartbeat_ms < (uint32_t)hb) {
+		hb = (int)h->heartbeat_ms;
+	}
+	aai_conn_set_heartbeat(ss->conn, hb,
+	                       s->dead_after_set ? s->dead_after_ms : 3 * hb);
+
 	aai_wire_msg m;
 	aai_wire_hello_server(&m, ss->conn_id, (uint32_t)s->max_msg,
-	                      s->max_pending, (uint32_t)s->heartbeat_ms,
-	                      s->wire_methods, s->nmethods);
+	                      s->max_pending, (uint32_t)hb, s->wire_methods,
+	                      s->nmethods);
 	aai_mtx_lock(&ss->mtx);
 	bool ok = ss->state == SS_HANDSHAKE;
 	if (ok) {
@@ -1161,6 +1309,19 @@ on_frame(void *arg, aai_conn *c, const uint8_t *data, size_t len)
 	LEAVE();
 }
 
+// on_oversize: a frame header claimed more than our maximum message size;
+// the transport closes the connection right after, and the Goodbye sent
+// here leaves before that, best effort (docs/protocol.md § 2).
+static void
+on_oversize(void *arg, aai_conn *c, size_t len)
+{
+	session *ss = arg;
+	ENTER(ss->s);
+	protocol_error(ss, AA_EMSGSIZE,
+	               "frame larger than the maximum message size");
+	LEAVE();
+}
+
 static void
 on_down(void *arg, aai_conn *c, int err)
 {
@@ -1250,6 +1411,7 @@ on_accept(void *arg, aai_conn *c)
 	}
 	static const aai_conn_cbs cbs = {
 	    .frame = on_frame,
+	    .oversize = on_oversize,
 	    .down = on_down,
 	};
 	aai_conn_start(c, &cbs, ss);
@@ -1284,6 +1446,8 @@ aa_server_alloc(aa_server **sp, const aa_server_opts *o)
 	s->dead_after_ms = o->dead_after_ms == 0  ? 3 * s->heartbeat_ms
 	                   : o->dead_after_ms < 0 ? 0
 	                                          : o->dead_after_ms;
+	s->dead_after_set = o->dead_after_ms != 0;
+	s->reply_delay_ms = o->reply_delay_ms > 0 ? o->reply_delay_ms : 0;
 	s->log = o->log;
 	s->log_arg = o->log_arg;
 	int rv = AA_ENOMEM;
@@ -1516,6 +1680,7 @@ aa_server_stats_get(aa_server *s, aa_server_stats *st)
 	    .progress_sent = atomic_load(&c->progress_sent),
 	    .protocol_errors = atomic_load(&c->protocol_errors),
 	    .pending = atomic_load(&c->pending),
+	    .cancels_late = atomic_load(&c->cancels_late),
 	};
 }
 
