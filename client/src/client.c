@@ -403,6 +403,9 @@ count_timeline(aa_client *c, aa_timeline t, int n)
 static void
 fail_cop(cop *p, int err, aa_settlement s, const char *why)
 {
+	// The op is out of the table (DONE) and not failed yet: a cancel
+	// now still wins, with the timeline of what was on the wire.
+	AAI_CHECKPOINT("client.before_fail", p->op);
 	aa_op_settle(p->op, s);
 	if (aa_op_fail(p->op, err, why) == 0) {
 		count_final(p->c, p->op);
