@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1224,6 +1226,71 @@ BOTH(reply_delay_makes_complete_and_cancel_cross)
 	cr_assert_eq(st.cancels_late, 1);
 	cr_assert_eq(st.replies_sent, 1);
 	rawc_free(r);
+}
+
+// ipc:// is a plain Unix stream socket: a client with nothing but
+// socket(), connect(), write() and read() does the handshake with the
+// bytes of docs/protocol.md § 3, and an oversized length prefix gets the
+// documented Goodbye{EMSGSIZE} before the close.
+static size_t
+read_frame(int fd, uint8_t *buf, size_t cap)
+{
+	uint8_t hdr[4];
+	size_t got = 0;
+	while (got < 4) {
+		ssize_t n = read(fd, hdr + got, 4 - got);
+		cr_assert_gt(n, 0, "the server closed before a frame");
+		got += (size_t)n;
+	}
+	size_t len = (size_t)hdr[0] << 24 | (size_t)hdr[1] << 16 |
+	             (size_t)hdr[2] << 8 | hdr[3];
+	cr_assert_leq(len, cap);
+	for (got = 0; got < len;) {
+		ssize_t n = read(fd, buf + got, len - got);
+		cr_assert_gt(n, 0);
+		got += (size_t)n;
+	}
+	return len;
+}
+
+Test(server, ipc_is_a_plain_unix_stream_socket)
+{
+	fx_url(true);
+	fx_serve(NULL);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/s.sock", fx.dir);
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	// The client Hello of protocol.md § 3, byte for byte.
+	static const uint8_t hello[] = {
+	    0x00, 0x00, 0x00, 0x16, 0x32, 0x14, 0x08, 0x01, 0x10,
+	    0x01, 0x18, 0x80, 0x80, 0x40, 0x28, 0xe8, 0x07, 0x31,
+	    0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11};
+	cr_assert_eq(write(fd, hello, sizeof(hello)), (ssize_t)sizeof(hello));
+	static uint8_t frame[1 << 16];
+	size_t n = read_frame(fd, frame, sizeof(frame));
+	aai_wire_msg m;
+	aai_wire_arena a;
+	static uint8_t abuf[16384];
+	aai_wire_arena_init(&a, abuf, sizeof(abuf));
+	cr_assert_eq(aai_wire_decode(&m, NULL, &a, frame, n, 0), 0);
+	cr_assert_eq(m.kind, AAI_WIRE_HELLO);
+	cr_assert_eq(m.hello.role, AAI_WIRE_ROLE_SERVER);
+	cr_assert_eq(m.hello.version, 1);
+	// A length prefix over the server's maximum (1 MiB).
+	static const uint8_t huge[] = {0x7f, 0xff, 0xff, 0xff};
+	cr_assert_eq(write(fd, huge, sizeof(huge)), 4);
+	do { // heartbeats may come first
+		n = read_frame(fd, frame, sizeof(frame));
+		cr_assert_eq(aai_wire_decode(&m, NULL, &a, frame, n, 0), 0);
+	} while (m.kind == AAI_WIRE_HEARTBEAT);
+	cr_assert_eq(m.kind, AAI_WIRE_GOODBYE);
+	cr_assert_eq(m.goodbye.reason, AA_EMSGSIZE);
+	uint8_t b;
+	cr_assert_eq(read(fd, &b, 1), 0, "then the server closes");
+	close(fd);
+	aai_wire_arena_fini(&a);
 }
 
 // The other side of the version check: a server that answers with a
