@@ -981,6 +981,7 @@ Test(client, application_codes_never_collide_with_library_codes)
 		snprintf(payload, sizeof(payload), "%d", (int)codes[i]);
 		aa_op *op = call("fail_app", payload, &s);
 		gate_wait(&s.done);
+		gate_wait(&s.settled); // before s is reused
 		cr_assert_eq(s.state, AA_ERROR);
 		cr_assert_eq(aa_op_error(op), AA_EAPP);
 		int32_t got = 12345;
@@ -995,6 +996,7 @@ Test(client, application_codes_never_collide_with_library_codes)
 	seen_init(&s);
 	aa_op *op = call("self_cancel", "x", &s);
 	gate_wait(&s.done);
+	gate_wait(&s.settled);
 	cr_assert_eq(aa_op_error(op), AA_ESRVCANCEL,
 	             "the server cancelled, not this client: %s",
 	             aa_strerror(aa_op_error(op)));
