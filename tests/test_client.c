@@ -34,8 +34,10 @@ static hold_point hp_reply = {.name = "server.before_reply"};
 static hold_point hp_start = {.name = "server.before_start"};
 static hold_point hp_closing = {.name = "server.closing"};
 static hold_point hp_fail = {.name = "client.before_fail"};
-static hold_point *const points[] = {&hp_submit, &hp_deliver, &hp_reply,
-                                     &hp_start,  &hp_closing, &hp_fail};
+static hold_point hp_cclosing = {.name = "client.closing"};
+static hold_point *const points[] = {&hp_submit,  &hp_deliver, &hp_reply,
+                                     &hp_start,   &hp_closing, &hp_fail,
+                                     &hp_cclosing};
 
 // Actions at "op.slot_connected" (inside aa_op_alloc, during a call).
 static aa_cancel_signal *emit_at_connect;
@@ -1323,6 +1325,143 @@ Test(client, server_close_racing_start_always_unavailable)
 		E.srv = NULL;
 		aa_op_unref(S.held);
 		S.held = NULL;
+	}
+}
+
+// ---- Teardown from several threads ----
+
+typedef struct lifecycle_call {
+	thr t;
+	void *obj;
+	int rv;
+	gate done;
+} lifecycle_call;
+
+static void *
+client_close_main(void *arg)
+{
+	lifecycle_call *l = arg;
+	aa_client_close(l->obj);
+	gate_open(&l->done);
+	return NULL;
+}
+
+static void *
+client_stop_main(void *arg)
+{
+	lifecycle_call *l = arg;
+	l->rv = aa_client_stop(l->obj);
+	gate_open(&l->done);
+	return NULL;
+}
+
+static void *
+server_close_main(void *arg)
+{
+	lifecycle_call *l = arg;
+	aa_server_close(l->obj);
+	gate_open(&l->done);
+	return NULL;
+}
+
+static void *
+server_stop_main(void *arg)
+{
+	lifecycle_call *l = arg;
+	l->rv = aa_server_stop(l->obj);
+	gate_open(&l->done);
+	return NULL;
+}
+
+static void
+lifecycle_start(lifecycle_call *l, void *(*fn)(void *), void *obj)
+{
+	l->obj = obj;
+	l->rv = -1;
+	gate_init(&l->done);
+	thr_start(&l->t, fn, l);
+}
+
+// A close held on one thread (its link's connection not closed yet) while
+// the link goes down and stop runs on another: stop waits for the close,
+// which then closes a connection that is still there (before, stop freed
+// it under the close).
+Test(client, stop_waits_for_a_close_running_on_another_thread)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("ipc");
+	aa_op *op = call("hold", "x", &s);
+	gate_wait(&S.started);
+	arm(&hp_cclosing);
+	lifecycle_call closer, stopper;
+	lifecycle_start(&closer, client_close_main, E.cli);
+	gate_wait(&hp_cclosing.reached);
+	cr_assert_eq(s.state, AA_CANCELED, "close cancelled the op");
+	aa_server_close(E.srv); // the link goes down meanwhile
+	lifecycle_start(&stopper, client_stop_main, E.cli);
+	cr_assert(!gate_wait_ms(&stopper.done, 300),
+	          "stop returned while a close still ran");
+	gate_open(&hp_cclosing.release);
+	thr_join(&closer.t);
+	thr_join(&stopper.t);
+	cr_assert_eq(stopper.rv, 0);
+	aa_op_unref(op);
+}
+
+// The same on the server: stop frees the listeners only after a close
+// running on another thread is done with them.
+Test(client, server_stop_waits_for_a_close_running_on_another_thread)
+{
+	env_up("ipc");
+	arm(&hp_closing);
+	lifecycle_call closer, stopper;
+	lifecycle_start(&closer, server_close_main, E.srv);
+	gate_wait(&hp_closing.reached);
+	lifecycle_start(&stopper, server_stop_main, E.srv);
+	cr_assert(!gate_wait_ms(&stopper.done, 300),
+	          "stop returned while a close still ran");
+	gate_open(&hp_closing.release);
+	thr_join(&closer.t);
+	thr_join(&stopper.t);
+	cr_assert_eq(stopper.rv, 0);
+}
+
+// close, stop and close again racing on three threads with ops pending,
+// then free; many rounds (under ASan and TSan in CI).
+Test(client, close_and_stop_race_on_several_threads, .timeout = 120)
+{
+#ifdef AA_TSAN
+	const int rounds = 30;
+#else
+	const int rounds = 150;
+#endif
+	for (int round = 0; round < rounds; round++) {
+		env_up("inproc");
+		aa_op *ops[8];
+		for (int i = 0; i < 8; i++) {
+			cr_assert_eq(aa_client_call(&ops[i], E.cli, "park",
+			                            "x", 1, NULL, NULL),
+			             0);
+		}
+		lifecycle_call a, b, c2, d;
+		lifecycle_start(&a, client_close_main, E.cli);
+		lifecycle_start(&b, client_stop_main, E.cli);
+		lifecycle_start(&c2, client_close_main, E.cli);
+		lifecycle_start(&d, server_close_main, E.srv);
+		thr_join(&a.t);
+		thr_join(&b.t);
+		thr_join(&c2.t);
+		thr_join(&d.t);
+		cr_assert_eq(b.rv, 0);
+		for (int i = 0; i < 8; i++) {
+			cr_assert_neq(aa_op_status(ops[i]), AA_STARTED);
+			aa_op_unref(ops[i]);
+		}
+		aa_client_free(E.cli);
+		E.cli = NULL;
+		aa_server_free(E.srv);
+		E.srv = NULL;
 	}
 }
 

@@ -276,6 +276,7 @@ aa_client_close(aa_client *c)
 		return;
 	}
 	c->closed = true;
+	c->closers++; // stop waits until this close is done with c
 	aai_mtx_unlock(&c->mtx);
 
 	// Every pending op ends CANCELED. The server hears one Goodbye for
@@ -295,11 +296,20 @@ aa_client_close(aa_client *c)
 		if (aai_wire_send(l->conn, &bye, 0) == 0) {
 			c->st.sent_other++;
 		}
+		l->pins++; // it may go down meanwhile: not freed while pinned
 	}
 	aai_mtx_unlock(&c->mtx);
 	if (l != NULL) {
-		aai_conn_close(l->conn);
+		AAI_CHECKPOINT("client.closing", c);
+		aai_conn_close(l->conn); // outside the lock: it never blocks
 	}
+	aai_mtx_lock(&c->mtx);
+	if (l != NULL) {
+		l->pins--;
+	}
+	c->closers--;
+	aai_cv_broadcast(&c->cv);
+	aai_mtx_unlock(&c->mtx); // the last touch of c
 }
 
 int
@@ -310,9 +320,10 @@ aa_client_stop(aa_client *c)
 	}
 	aa_client_close(c);
 	aai_mtx_lock(&c->mtx);
-	// The link's down callback runs on its own thread;
-	// flushers finish their loop.
-	while (c->link != NULL || c->live_links > 0 || c->flushing) {
+	// The link's down callback runs on its own thread; flushers finish
+	// their loop; a close running on another thread finishes with c.
+	while (c->link != NULL || c->live_links > 0 || c->flushing ||
+	       c->closers > 0) {
 		aai_cv_wait(&c->cv, &c->mtx);
 	}
 	aai_mtx_unlock(&c->mtx);

@@ -65,7 +65,8 @@ struct clink {
 	char goodbye_msg[AAI_WIRE_TEXT_MAX + 1]; // and its message
 	clink *next_dead;                        // down, waiting to be freed
 	bool down;                               // its down callback ran
-	bool connecting;  // aai_link_connect still uses it: not to be freed
+	int pins;         // threads still using it (a connect, a close): it
+	                  // is not freed while pinned (c->mtx)
 	uint64_t conn_id; // the server's id for it, from its Hello
 	uint8_t buf[8192];
 };
@@ -90,6 +91,7 @@ struct aa_client {
 	uint64_t conn_id; // the server's id for the link
 	int down_err;     // why the last link went down
 	bool closed;
+	int closers; // threads inside aa_client_close: stop waits for them
 	bool dead_after_set; // opts.dead_after_ms was given, not derived
 	method *methods;
 	size_t n_methods;

@@ -4,8 +4,8 @@
 // Design notes.
 //
 // States of a link: connecting (aai_link_connect dialled it, sent our
-// Hello and waits for the server's, holding `connecting` so that nobody
-// frees it), published (c->link, only after the server's Hello: nothing
+// Hello and waits for the server's, holding a pin so that nobody frees
+// it), published (c->link, only after the server's Hello: nothing
 // but our Hello may go out before that), down (its down callback ran
 // once, on its receive thread, after its last frame), dead (on c->dead,
 // freed by aai_link_free_dead from outside its callbacks, never while a
@@ -277,7 +277,7 @@ aai_link_free_dead(aa_client *c)
 	aai_mtx_lock(&c->mtx);
 	for (clink **pp = &c->dead; *pp != NULL;) {
 		clink *d = *pp;
-		if (d->connecting) {
+		if (d->pins > 0) {
 			pp = &d->next_dead;
 		} else {
 			*pp = d->next_dead;
@@ -317,7 +317,7 @@ aai_link_connect(aa_client *c)
 	aai_live_inc(AA_LIVE_CLIENT);
 	l->c = c;
 	l->conn = conn;
-	l->connecting = true;
+	l->pins = 1; // this connect's
 	aai_wire_arena_init(&l->arena, l->buf, sizeof(l->buf));
 
 	aai_mtx_lock(&c->mtx);
@@ -368,7 +368,7 @@ aai_link_connect(aa_client *c)
 	}
 	if (l->hello && !l->down && l->goodbye == 0 && !c->closed &&
 	    c->link == NULL) {
-		l->connecting = false;
+		l->pins--;
 		c->link = l;
 		c->conn_id = l->conn_id;
 		c->down_err = 0;
@@ -377,7 +377,7 @@ aai_link_connect(aa_client *c)
 		return 0;
 	}
 	// Not ours to use: another thread connected meanwhile (use its
-	// link), or it failed. While `connecting` is set nobody frees it,
+	// link), or it failed. While it is pinned nobody frees it,
 	// so closing it here is safe even if it went down already.
 	rv = (l->hello && !l->down && l->goodbye == 0 && !c->closed) ? 0
 	     : c->closed       ? AA_ECLOSED
@@ -387,7 +387,7 @@ aai_link_connect(aa_client *c)
 	aai_mtx_unlock(&c->mtx);
 	aai_conn_close(conn); // clink_down cleans up
 	aai_mtx_lock(&c->mtx);
-	l->connecting = false;
+	l->pins--;
 	aai_mtx_unlock(&c->mtx);
 	return rv;
 }

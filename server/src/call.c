@@ -328,8 +328,8 @@ finish(entry *e, int forced, const char *forced_msg)
 		atomic_fetch_sub(&ss->inst->pending, 1);
 	}
 	aai_count(ev == AA_SEV_COMPLETED  ? &s->st.completed
-	      : ev == AA_SEV_CANCELED ? &s->st.canceled
-	                              : &s->st.failed);
+	          : ev == AA_SEV_CANCELED ? &s->st.canceled
+	                                  : &s->st.failed);
 	int rv = send_complete(e, &m);
 	bool too_big = rv == AA_EMSGSIZE;
 	if (too_big) {
@@ -343,7 +343,8 @@ finish(entry *e, int forced, const char *forced_msg)
 	}
 	bool delayed = rv == 0 && s->reply_delay_ms > 0;
 	if (!delayed) {
-		aai_count(rv == 0 ? &s->st.replies_sent : &s->st.replies_dropped);
+		aai_count(rv == 0 ? &s->st.replies_sent
+		                  : &s->st.replies_dropped);
 	}
 	// The result is not used: the client cancelled, or never gets it.
 	bool wasted =

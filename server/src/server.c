@@ -416,8 +416,10 @@ aa_server_close(aa_server *s)
 		return;
 	}
 	s->closed = true;
+	s->closers++; // stop waits until this close is done with s
 	atomic_store(&s->closed_flag, true);
-	// Listeners are only added while open and freed by stop: stable.
+	// Listeners are only added while open, and freed by stop only after
+	// every close finished: stable here.
 	aai_listener **ls = s->listeners;
 	size_t nl = s->nlisteners;
 	// Each session says Goodbye in the same locked step that makes the
@@ -449,6 +451,10 @@ aa_server_close(aa_server *s)
 		aai_call_cancel_all(ss, NULL);
 		aai_session_unref(ss);
 	}
+	aai_mtx_lock(&s->mtx);
+	s->closers--;
+	aai_cv_broadcast(&s->cv);
+	aai_mtx_unlock(&s->mtx); // the last touch of s
 }
 
 int
@@ -462,6 +468,10 @@ aa_server_stop(aa_server *s)
 	}
 	aa_server_close(s);
 	aai_mtx_lock(&s->mtx);
+	// A close running on another thread may still use the listeners.
+	while (s->closers > 0) {
+		aai_cv_wait(&s->cv, &s->mtx);
+	}
 	aai_listener **ls = s->listeners;
 	size_t nl = s->nlisteners;
 	s->listeners = NULL;
