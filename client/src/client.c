@@ -323,7 +323,7 @@ aa_client_stop(aa_client *c)
 	// The link's down callback runs on its own thread; flushers finish
 	// their loop; a close running on another thread finishes with c.
 	while (c->link != NULL || c->live_links > 0 || c->flushing ||
-	       c->closers > 0) {
+	       c->closers > 0 || c->reconnectors > 0) {
 		aai_cv_wait(&c->cv, &c->mtx);
 	}
 	aai_mtx_unlock(&c->mtx);
