@@ -1190,8 +1190,8 @@ Test(client, start_carries_the_time_left)
 	cr_assert_eq(aa_client_call(&op, E.cli, "deadline", "x", 1, &co, NULL),
 	             0);
 	cr_assert_eq(aa_op_set_handler(op, on_done, &s), 0);
-	while (aa_clock_us() - t0 < 20000) {
-		sched_yield(); // the call waits, corked, for 20 ms at least
+	while (aa_clock_us() - t0 < 25000) {
+		sched_yield(); // the call waits, corked, for 25 ms at least
 	}
 	aa_client_uncork(E.cli);
 	gate_wait(&s.done);
