@@ -141,6 +141,7 @@ aa_client_open(aa_client **cp, const aa_client_opts *o)
 	    .heartbeat_len = hb_len,
 	    .silence_ms = opts.dead_after_ms,
 	    .connect_timeout_ms = opts.connect_timeout_ms,
+	    .send_max = opts.send_queue_max,
 	    .tls_cert_file = opts.tls_cert_file,
 	    .tls_key_file = opts.tls_key_file,
 	    .tls_ca_file = opts.tls_ca_file,

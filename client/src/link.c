@@ -236,7 +236,8 @@ clink_down(void *arg, aai_conn *conn, int err)
 	why = l->goodbye != 0 ? l->goodbye
 	      : c->down_err == AA_EPROTO || c->down_err == AA_EMSGSIZE
 	          ? c->down_err
-	          : AA_ECONNLOST;
+	      : err == AA_ELIMIT ? AA_ELIMIT // the server did not read
+	                         : AA_ECONNLOST;
 	const char *why_msg = l->goodbye_msg[0] != '\0' ? l->goodbye_msg
 	                      : why == AA_EUNAVAIL      ? "server shut down"
 	                                                : "connection lost";

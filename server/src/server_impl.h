@@ -25,6 +25,9 @@
 #define GOODBYE_LINGER_MS    250   // time for a Goodbye to be written
 #define ARENA_BYTES          (16u * 1024)
 #define OP_BUCKETS_MIN       64
+#define DEFAULT_SEND_PAUSE   (1u << 20)   // docs/protocol.md § 17
+#define DEFAULT_SEND_MAX     (32u << 20)  // per connection
+#define DEFAULT_SEND_BUDGET  (256u << 20) // all connections
 // How long an instance's high-water mark outlives its last connection
 // (docs/protocol.md § 6: "minutes, not seconds").
 #define INSTANCE_GRACE_US (10ull * 60 * 1000000)
@@ -111,6 +114,9 @@ struct aa_server {
 	int dead_after_ms;
 	bool dead_after_set; // dead_after_ms was configured, not derived
 	int reply_delay_ms;  // aa_server_opts.reply_delay_ms
+	size_t send_pause;   // flow control, per connection (transport.h)
+	size_t send_max;
+	aai_tp_budget budget; // bytes queued over all connections
 	aa_server_log_fn log;
 	void *log_arg;
 	char *tls_cert, *tls_key, *tls_ca;

@@ -43,6 +43,9 @@ typedef struct aa_client_opts {
 	int dead_after_ms;      // silence that means the server is gone;
 	                        // 0: 3 heartbeat intervals
 	int connect_timeout_ms; // 0: 5000
+	size_t send_queue_max;  // bytes waiting to be written to the server
+	                        // past which the connection is dropped
+	                        // (AA_ELIMIT: it does not read); 0: 64 MiB
 	bool reconnect;         // after a loss, the next call dials again
 	                        // (on a thread of its own: calls never
 	                        // block; only aa_client_open waits)
