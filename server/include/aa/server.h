@@ -64,6 +64,9 @@ typedef struct aa_method_def {
 	aa_compensate_fn compensate; // may be NULL
 	void *arg;
 	unsigned cancel_types; // the aa_cancel_type mask it honours
+	// Typed methods (aa/service.h sets it): a hash of the input and
+	// output message types, sent in the Hello; 0 = untyped.
+	uint64_t type_fingerprint;
 } aa_method_def;
 
 // Server-side events, reported to the log function.
