@@ -7,6 +7,7 @@
 // refused before the handler; a client built from a changed .proto is
 // refused with AA_ENOTSUP (another process: tests/peer/svc_v2_client.c);
 // registration errors; the JSON converter.
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,7 @@ typedef struct server_side {
 	aa_op *held;              // the last Hold op (the test's reference)
 	uint32_t held_tag;
 	atomic_int cancels;
+	atomic_int compensated;
 } server_side;
 
 static server_side S;
@@ -144,6 +146,12 @@ h_hold(aa_op **opp, void *arg, const aa_call_info *call,
 	return rv;
 }
 
+static void
+compensate(void *arg, const aa_call_info *call, aa_op *op)
+{
+	atomic_fetch_add(&S.compensated, 1);
+}
+
 // A byte method beside the service: untyped, fingerprint 0.
 static int
 m_plain(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
@@ -158,7 +166,10 @@ m_plain(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
 
 static const aa_service_method shop_methods[] = {
     {.name = "Place", .start = h_place, .cancel_types = AA_CANCEL_ALL},
-    {.name = "Hold", .start = h_hold, .cancel_types = AA_CANCEL_ALL},
+    {.name = "Hold",
+     .start = h_hold,
+     .compensate = compensate,
+     .cancel_types = AA_CANCEL_ALL},
     {.name = "Echo", .start = h_echo, .cancel_types = AA_CANCEL_ALL},
     {.name = "Tree", .start = h_echo, .cancel_types = AA_CANCEL_ALL},
 };
@@ -659,7 +670,16 @@ Test(service, already_complete_crossing)
 	seen_init(&s);
 	env_up("inproc");
 	aa_op *op = call_hold(4, &s);
-	gate_wait(&S.started);
+	// A second call, answered on the same receive thread after the
+	// first's Start was fully handled: the server has set the Hold op's
+	// handler, so the finisher below (not the receive thread) runs it.
+	static seen p;
+	order_buf b;
+	seen_init(&p);
+	sample_order(&b);
+	aa_op *probe = call("Place", &b.o.base, &p);
+	gate_wait(&p.done);
+	aa_op_unref(probe);
 	arm(&hp_reply);
 	// A thread completes the real op with a typed reply and is held at
 	// server.before_reply while the client cancels.
@@ -671,14 +691,23 @@ Test(service, already_complete_crossing)
 	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
 	cr_assert_eq(s.state, AA_CANCELED);
 	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_IN_FLIGHT);
+	// Let the Cancel reach the server (its receive thread is free; the
+	// finisher is the held thread) before the reply goes out.
+	aa_server_stats ss;
+	do {
+		sched_yield();
+		aa_server_stats_get(E.srv, &ss);
+	} while (ss.cancels_received == 0);
 	gate_open(&hp_reply.release);
 	thr_join(&t);
 	gate_wait(&s.settled);
 	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_COMPLETED,
 	             "the server completed anyway");
-	aa_server_stats ss;
 	aa_server_stats_get(E.srv, &ss);
-	cr_assert_eq(ss.completed, 1);
+	cr_assert_eq(ss.completed, 2);
+	cr_assert_eq(ss.wasted, 1);
+	cr_assert_eq(atomic_load(&S.compensated), 1,
+	             "the typed method's compensation hook ran");
 	aa_op_unref(op);
 }
 
