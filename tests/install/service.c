@@ -12,18 +12,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "check.h"
 #include "greeter.pb-c.h"
-
-static int failures;
-
-static void
-check(int ok, const char *what)
-{
-	printf("%s: %s\n", ok ? "ok  " : "FAIL", what);
-	if (!ok) {
-		failures++;
-	}
-}
 
 // ---- serve ----
 

@@ -1,5 +1,6 @@
 // svc_v2_client: a client of the test service built from a changed .proto
-// (tests/proto/v2/svc_test.proto: Item.quantity is a string there), run by
+// (tests/CMakeLists.txt derives it from tests/proto/svc_test.proto:
+// Item.quantity is a string there), run by
 // tests/test_service.c as its own process, since the two generated files
 // define the same C names. Usage: svc_v2_client URL. It checks that the
 // server (built from tests/proto/svc_test.proto) refuses Place and Echo
@@ -11,9 +12,9 @@
 
 #include <aa/service.h>
 
+#include "check.h" // tests/install/check.h
 #include "svc_test.pb-c.h"
 
-static int failures;
 static pthread_mutex_t mtx = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static int done;
@@ -25,15 +26,6 @@ on_done(aa_op *op, void *arg)
 	done = 1;
 	pthread_cond_broadcast(&cv);
 	pthread_mutex_unlock(&mtx);
-}
-
-static void
-check(int ok, const char *what)
-{
-	printf("%s: %s\n", ok ? "ok  " : "FAIL", what);
-	if (!ok) {
-		failures++;
-	}
 }
 
 int
