@@ -11,16 +11,27 @@
 // that another implementation can compute it. FNV-1a is written here
 // (ten lines) rather than taken from a library: protobuf-c has no hash and
 // the project adds no dependency for one.
+//
+// Computing it walks the descriptors (a few microseconds for a message
+// with nested types), so a client keeps each method's fingerprint in a
+// small process-wide cache keyed by the method descriptor, filled lock
+// free: a slot's key is claimed with a compare-and-swap, then its value
+// is published; a reader that finds the key with no value yet (0: a
+// fingerprint is never 0) computes it itself. Descriptors are static
+// data of the program, so a key never dangles. A full cache computes.
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "aai.h"
 #include "svc.h"
 
-#define FNV_OFFSET 0xcbf29ce484222325ull
-#define FNV_PRIME  0x100000001b3ull
-#define SEEN_MAX   256 // distinct message types expanded per method
-#define DEPTH_MAX  64  // nesting expanded; deeper types hash as refs
+#define FNV_OFFSET  0xcbf29ce484222325ull
+#define FNV_PRIME   0x100000001b3ull
+#define SEEN_MAX    256 // distinct message types expanded per method
+#define DEPTH_MAX   64  // nesting expanded; deeper types hash as refs
+#define CACHE_SLOTS 256 // methods whose fingerprints are kept
 
 typedef struct hasher {
 	uint64_t h;
@@ -132,6 +143,36 @@ aa_service_fingerprint(const ProtobufCMethodDescriptor *m)
 	message(&x, m->output, 0);
 	// 0 means "untyped" on the wire.
 	return x.h != 0 ? x.h : 1;
+}
+
+static _Atomic(const ProtobufCMethodDescriptor *) cache_keys[CACHE_SLOTS];
+static _Atomic uint64_t cache_values[CACHE_SLOTS];
+
+uint64_t
+aai_svc_fingerprint_cached(const ProtobufCMethodDescriptor *m)
+{
+	size_t h = ((uintptr_t)m >> 4) * 0x9e3779b97f4a7c15ull;
+	for (size_t i = 0; i < CACHE_SLOTS; i++) {
+		size_t k = (h + i) % CACHE_SLOTS;
+		const ProtobufCMethodDescriptor *key =
+		    atomic_load(&cache_keys[k]);
+		if (key == NULL) {
+			const ProtobufCMethodDescriptor *none = NULL;
+			if (!atomic_compare_exchange_strong(&cache_keys[k],
+			                                    &none, m)) {
+				key = none; // another thread took the slot
+			} else {
+				uint64_t fp = aa_service_fingerprint(m);
+				atomic_store(&cache_values[k], fp);
+				return fp;
+			}
+		}
+		if (key == m) {
+			uint64_t fp = atomic_load(&cache_values[k]);
+			return fp != 0 ? fp : aa_service_fingerprint(m);
+		}
+	}
+	return aa_service_fingerprint(m);
 }
 
 bool

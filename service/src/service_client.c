@@ -32,7 +32,7 @@ server_has(aa_client *c, const char *name, const ProtobufCMethodDescriptor *md)
 	if (rv != 0) {
 		return rv;
 	}
-	if (fp != 0 && fp != aa_service_fingerprint(md)) {
+	if (fp != 0 && fp != aai_svc_fingerprint_cached(md)) {
 		return AA_ENOTSUP;
 	}
 	return 0;

@@ -11,6 +11,10 @@
 // needs one, so every block carries its size in a 16-byte header.
 void aai_svc_allocator(ProtobufCAllocator *pa, const aa_allocator *a);
 
+// aai_svc_fingerprint_cached returns aa_service_fingerprint(m), computed
+// once per method and process.
+uint64_t aai_svc_fingerprint_cached(const ProtobufCMethodDescriptor *m);
+
 // aai_svc_service_ok and aai_svc_message_ok check a descriptor's magic.
 bool aai_svc_service_ok(const ProtobufCServiceDescriptor *d);
 bool aai_svc_message_ok(const ProtobufCMessageDescriptor *d);
