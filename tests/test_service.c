@@ -894,3 +894,39 @@ Test(service, recursive_types_round_trip)
 	aa_service_result_free(op, out);
 	aa_op_unref(op);
 }
+
+// ---- The fingerprint cache, filled by threads at once ----
+
+typedef struct checker {
+	thr t;
+	gate *go;
+	int rv;
+} checker;
+
+static void *
+check_main(void *arg)
+{
+	checker *k = arg;
+	gate_wait(k->go);
+	k->rv = aa_service_check(E.cli, SHOP, NULL);
+	return NULL;
+}
+
+Test(service, first_checks_race_to_fill_the_fingerprint_cache)
+{
+	gate go;
+	checker ks[4];
+	env_up("inproc");
+	gate_init(&go);
+	for (int i = 0; i < 4; i++) {
+		ks[i].go = &go;
+		thr_start(&ks[i].t, check_main, &ks[i]);
+	}
+	gate_open(&go);
+	for (int i = 0; i < 4; i++) {
+		thr_join(&ks[i].t);
+		cr_assert_eq(ks[i].rv, 0);
+	}
+	gate_fini(&go);
+	cr_assert_eq(aa_service_check(E.cli, SHOP, NULL), 0, "from the cache");
+}
