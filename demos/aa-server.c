@@ -639,7 +639,14 @@ typed_child_done(aa_op *child, void *arg)
 		aa_op_canceled(self);
 		break;
 	default:
-		aa_op_fail(self, aa_op_error(child), aa_op_error_msg(child));
+		if (aa_op_error(child) == AA_EAPP) {
+			int32_t app = 0;
+			aa_op_app_code(child, &app);
+			aa_op_fail_app(self, app, aa_op_error_msg(child));
+		} else {
+			aa_op_fail(self, aa_op_error(child),
+			           aa_op_error_msg(child));
+		}
 		break;
 	}
 	typed_child(t, true);

@@ -164,13 +164,16 @@ call(const char *url)
 		aa_service_result_free(gop, out);
 	}
 
+	// The settle handler runs after the completion handler, which runs
+	// inside the cancel: events 2 and 3.
+	aa_op_set_handler(wop, on_event, NULL);
 	aa_op_set_settle_handler(wop, on_event, NULL);
 	check(aa_op_cancel(wop, AA_CANCEL_TERMINAL) == 0 &&
 	          aa_op_status(wop) == AA_CANCELED,
 	      "cancel: CANCELED at once");
 	check(aa_client_timeline(wop) == AA_TIMELINE_IN_FLIGHT,
 	      "the in-flight timeline");
-	wait_events(2);
+	wait_events(3);
 	check(aa_op_settlement(wop) == AA_SETTLE_CANCELED,
 	      "the server cancelled the real op");
 	aa_op_unref(wop);
