@@ -690,19 +690,23 @@ Test(service, already_complete_crossing)
 	gate_wait(&hp_reply.reached);
 	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
 	cr_assert_eq(s.state, AA_CANCELED);
-	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_IN_FLIGHT);
+	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_IN_FLIGHT,
+	             "the client cannot know yet");
 	// Let the Cancel reach the server (its receive thread is free; the
-	// finisher is the held thread) before the reply goes out.
+	// finisher is the held thread) before the reply goes out: the op
+	// had finished, so the Cancel is late.
 	aa_server_stats ss;
 	do {
 		sched_yield();
 		aa_server_stats_get(E.srv, &ss);
-	} while (ss.cancels_received == 0);
+	} while (ss.cancels_late == 0);
 	gate_open(&hp_reply.release);
 	thr_join(&t);
 	gate_wait(&s.settled);
 	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_COMPLETED,
 	             "the server completed anyway");
+	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_ALREADY_COMPLETE,
+	             "refined by the late Complete");
 	aa_server_stats_get(E.srv, &ss);
 	cr_assert_eq(ss.completed, 2);
 	cr_assert_eq(ss.wasted, 1);
