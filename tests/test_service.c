@@ -164,6 +164,22 @@ m_plain(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
 	return rv;
 }
 
+// "picky": a byte method that refuses an odd length with its own text,
+// and a length of 2 with none.
+static int
+m_picky(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
+        size_t len, const aa_assoc *assoc)
+{
+	if (len % 2 == 1) {
+		aa_server_reject_reason("picky wants an even length");
+		return AA_EINVAL;
+	}
+	if (len == 2) {
+		return AA_EINVAL;
+	}
+	return m_plain(opp, arg, call, payload, len, assoc);
+}
+
 static const aa_service_method shop_methods[] = {
     {.name = "Place", .start = h_place, .cancel_types = AA_CANCEL_ALL},
     {.name = "Hold",
@@ -194,6 +210,9 @@ server_up(const char *kind, const aa_service_method *ms, size_t n)
 	aa_method_def plain = {
 	    .name = "plain", .start = m_plain, .cancel_types = AA_CANCEL_ALL};
 	cr_assert_eq(aa_server_register(E.srv, &plain), 0);
+	aa_method_def picky = {
+	    .name = "picky", .start = m_picky, .cancel_types = AA_CANCEL_ALL};
+	cr_assert_eq(aa_server_register(E.srv, &picky), 0);
 	if (strcmp(kind, "inproc") == 0) {
 		snprintf(E.url, sizeof(E.url), "inproc://aa-svc-%d",
 		         (int)getpid());
@@ -524,9 +543,15 @@ Test(service, wrong_type_payload_is_refused_before_the_handler)
 		cr_assert_eq(aa_op_error(op), AA_EINVAL);
 		cr_assert_str_eq(aa_op_error_msg(op),
 		                 "payload is not a valid aa.test.Order");
+		cr_assert_eq(aa_op_settlement(op), AA_SETTLE_NEVER_STARTED,
+		             "rejected: nothing ran");
 		aa_op_unref(op);
 	}
 	cr_assert_eq(atomic_load(&S.handler_calls), 0);
+	aa_server_stats ss;
+	aa_server_stats_get(E.srv, &ss);
+	cr_assert_eq(ss.rejected, 2);
+	cr_assert_eq(ss.started, 0);
 	// The connection is fine: a good call works.
 	static seen g;
 	seen_init(&g);
@@ -537,6 +562,37 @@ Test(service, wrong_type_payload_is_refused_before_the_handler)
 	cr_assert_eq(g.state, AA_COMPLETED);
 	cr_assert_eq(atomic_load(&S.handler_calls), 1);
 	aa_op_unref(op);
+}
+
+// The rejection text a method gives (aa_server_reject_reason) is its own
+// call's only: the next rejection without one says aa_strerror's.
+Test(service, a_method_gives_its_rejection_a_text)
+{
+	static const struct {
+		const char *payload;
+		int state;
+		const char *msg;
+	} cases[] = {
+	    {"x", AA_ERROR, "picky wants an even length"},
+	    {"xy", AA_ERROR, "invalid argument"},
+	    {"wxyz", AA_COMPLETED, ""},
+	};
+	env_up("inproc");
+	aa_server_reject_reason("outside any method: ignored");
+	for (size_t i = 0; i < 3; i++) {
+		static seen s;
+		seen_init(&s);
+		aa_op *op = NULL;
+		cr_assert_eq(
+		    aa_client_call(&op, E.cli, "picky", cases[i].payload,
+		                   strlen(cases[i].payload), NULL, NULL),
+		    0);
+		cr_assert_eq(aa_op_set_handler(op, on_done, &s), 0);
+		gate_wait(&s.done);
+		cr_assert_eq(s.state, cases[i].state, "%s", cases[i].payload);
+		cr_assert_str_eq(aa_op_error_msg(op), cases[i].msg);
+		aa_op_unref(op);
+	}
 }
 
 // ---- A client built from a changed .proto ----

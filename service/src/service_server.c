@@ -7,9 +7,10 @@
 // input type (with the server's allocator, the recycler it passes in
 // assoc), calls the user's handler with the message, and frees the
 // message when the handler returns. A payload that does not decode never
-// reaches the handler: the shim makes an op that has already failed
-// (AA_EINVAL, "payload is not a valid <type>"), so the client reads a
-// clear message; the server counts and logs it as a failed op.
+// reaches the handler: the shim refuses the Start with AA_EINVAL and the
+// text "payload is not a valid <type>" (aa_server_reject_reason), as a
+// byte method refuses a bad payload (docs/protocol.md § 5.2): the client
+// reads REJECTED, settlement never_started, and that text.
 //
 // State: an aa_service holds, per method, what the shim needs (the method
 // descriptor, the handler and its argument, the wire name). It is written
@@ -39,21 +40,15 @@ struct aa_service {
 	svc_method methods[];
 };
 
-// refuse makes an op that failed at once: the payload did not decode.
+// refuse rejects a Start whose payload does not decode.
 static int
-refuse(aa_op **opp, const svc_method *m, const aa_assoc *assoc)
+refuse(const svc_method *m)
 {
-	aa_op_provider pv = {.policy = AA_POLICY_IMMEDIATE,
-	                     .cancel_types = AA_CANCEL_ALL};
-	char msg[NAME_MAX_WIRE + 48];
-	int rv = aa_op_alloc(opp, &pv, assoc);
-	if (rv != 0) {
-		return rv;
-	}
-	snprintf(msg, sizeof(msg), "payload is not a valid %s",
+	char why[NAME_MAX_WIRE + 48];
+	snprintf(why, sizeof(why), "payload is not a valid %s",
 	         m->md->input->name);
-	aa_op_fail(*opp, AA_EINVAL, msg);
-	return 0;
+	aa_server_reject_reason(why);
+	return AA_EINVAL;
 }
 
 static int
@@ -66,7 +61,7 @@ shim_start(aa_op **opp, void *arg, const aa_call_info *call,
 	ProtobufCMessage *in =
 	    protobuf_c_message_unpack(m->md->input, &pa, len, payload);
 	if (in == NULL) {
-		return refuse(opp, m, assoc);
+		return refuse(m);
 	}
 	int rv = m->start(opp, m->arg, call, in, assoc);
 	protobuf_c_message_free_unpacked(in, &pa);

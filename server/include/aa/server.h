@@ -51,6 +51,11 @@ typedef int (*aa_method_fn)(aa_op **opp, void *arg, const aa_call_info *call,
                             const void *payload, size_t len,
                             const aa_assoc *assoc);
 
+// aa_server_reject_reason, called by a method about to return an error,
+// gives the rejection this text (copied; at most 1024 bytes are sent)
+// instead of aa_strerror's. Outside a method it does nothing.
+void aa_server_reject_reason(const char *text);
+
 // A compensation hook runs when the real op COMPLETED but its result will
 // not be used: the client had cancelled it, or the Complete could not be
 // sent (client gone, server closing). Undo the result here. It runs on

@@ -11,9 +11,9 @@
 // its input and output messages. The server's Hello carries, per method, a
 // fingerprint of those two message types; a client built from different
 // message definitions is refused locally (AA_ENOTSUP) before anything is
-// sent. A Start whose payload does not decode as the input type fails
-// (AA_EINVAL, "payload is not a valid <type>") and never reaches the
-// handler.
+// sent. A Start whose payload does not decode as the input type is
+// rejected (AA_EINVAL, "payload is not a valid <type>") and never reaches
+// the handler.
 //
 // This is the one public header of aaproxy that names protobuf-c types:
 // the service API is protobuf-c's own descriptors and messages, so it
