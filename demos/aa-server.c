@@ -728,19 +728,16 @@ t_fail(aa_op **opp, void *arg, const aa_call_info *call,
 {
 	const Aa__Demo__FailRequest *in = (const Aa__Demo__FailRequest *)input;
 	char text[TEXT_MAX];
-	if (in->code < 1 || in->code > 65535) {
-		return AA_EINVAL;
-	}
 	if (in->message == NULL || in->message[0] == '\0') {
-		// The byte method's default text.
-		int n = snprintf(text, sizeof(text), "%u", (unsigned)in->code);
+		// The byte method, with its default text.
+		int n = snprintf(text, sizeof(text), "%d", (int)in->code);
 		return m_fail(opp, arg, call, text, (size_t)n, assoc);
 	}
 	aa_op_provider pv = {.policy = AA_POLICY_IMMEDIATE,
 	                     .cancel_types = AA_CANCEL_ALL};
 	int rv = aa_op_alloc(opp, &pv, assoc);
 	if (rv == 0) {
-		aa_op_fail(*opp, (int)in->code, in->message);
+		aa_op_fail_app(*opp, in->code, in->message);
 	}
 	return rv;
 }

@@ -682,10 +682,12 @@ Test(demo, typed_service_by_full_name_with_json)
 	    0);
 	expect_str(out, "result", "{\\\"counted\\\":3}");
 	cr_assert_eq(CLIENT(&out, "--json", "call", "aa.demo.Demo/Fail",
-	                    "{\"code\": 22, \"message\": \"no\"}"),
+	                    "{\"code\": -7, \"message\": \"out of stock\"}"),
 	             1);
 	expect_str(out, "status", "error");
-	cr_assert_eq(json_num(out, "error_code"), 22);
+	cr_assert_eq(json_num(out, "error_code"), AA_EAPP);
+	cr_assert_eq(json_num(out, "app_code"), -7);
+	cr_assert_not_null(strstr(out, "out of stock"), "%s", out);
 	cr_assert_eq(CLIENT(&out, "--json", "call", "aa.demo.Demo/Sleep",
 	                    "{\"ms\": 1000}", "--cancel-after-ms", "50"),
 	             0);
