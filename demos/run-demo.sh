@@ -155,6 +155,10 @@ line=$("$client_bin" --dial "$slow_url" --json call sleep 50 \
 echo "$line"
 server_lines "$line" wait "$slow_log"
 
+heading "a typed call: aa.demo.Demo/Echo of demos/demo.proto, JSON in and out"
+echo "\$ aa-client call aa.demo.Demo/Echo '{\"text\": \"typed\"}'"
+client call aa.demo.Demo/Echo '{"text": "typed"}'
+
 heading "a failure and a deadline (exit status 1 each)"
 echo "\$ aa-client call fail 7"
 client call fail 7 || echo "${dim}(exit status $?)${off}"

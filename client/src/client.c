@@ -214,6 +214,18 @@ aa_client_method_cancel_types(aa_client *c, const char *name, unsigned *types)
 	return m != NULL ? 0 : AA_ENOENT;
 }
 
+int
+aa_client_method_fingerprint(aa_client *c, const char *name, uint64_t *fp)
+{
+	aai_mtx_lock(&c->mtx);
+	const method *m = aai_client_find_method(c, name);
+	if (m != NULL && fp != NULL) {
+		*fp = m->fingerprint;
+	}
+	aai_mtx_unlock(&c->mtx);
+	return m != NULL ? 0 : AA_ENOENT;
+}
+
 void
 aa_client_stats_get(aa_client *c, aa_client_stats *st)
 {

@@ -440,6 +440,21 @@ reject(session *ss, uint64_t op_id, const char *name, int err, const char *why)
 	}
 }
 
+// The text a running method gave its rejection (aa_server_reject_reason):
+// per thread, since a method runs on the receive thread that calls it.
+static _Thread_local bool in_method;
+static _Thread_local bool reject_text_set;
+static _Thread_local char reject_text[AAI_WIRE_TEXT_MAX + 1];
+
+void
+aa_server_reject_reason(const char *text)
+{
+	if (in_method && text != NULL) {
+		snprintf(reject_text, sizeof(reject_text), "%s", text);
+		reject_text_set = true;
+	}
+}
+
 void
 aai_call_start(session *ss, const aai_wire_msg *m, uint64_t t0_us)
 {
@@ -512,8 +527,11 @@ aai_call_start(session *ss, const aai_wire_msg *m, uint64_t t0_us)
 
 	AAI_CHECKPOINT("server.before_start", &e->call);
 	aa_op *op = NULL;
+	in_method = true;
+	reject_text_set = false;
 	int rv = mt->def.start(&op, mt->def.arg, &e->call, m->start.payload,
 	                       m->start.payload_len, &s->assoc);
+	in_method = false;
 	if (rv != 0 || op == NULL) {
 		if (rv <= 0 || rv > AAI_WIRE_ERROR_MAX) {
 			rv = AA_EINTERNAL;
@@ -523,7 +541,8 @@ aai_call_start(session *ss, const aai_wire_msg *m, uint64_t t0_us)
 		e->phase = E_REFUSED;
 		aai_mtx_unlock(&ss->mtx);
 		atomic_fetch_sub(&ss->inst->pending, 1);
-		reject(ss, id, mt->name, rv, aa_strerror(rv));
+		reject(ss, id, mt->name, rv,
+		       reject_text_set ? reject_text : aa_strerror(rv));
 		entry_unref(e);
 		return;
 	}

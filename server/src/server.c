@@ -263,6 +263,8 @@ freeze(aa_server *s)
 		s->wire_methods[i].name = s->methods[i].name;
 		s->wire_methods[i].cancel_types =
 		    s->methods[i].def.cancel_types;
+		s->wire_methods[i].fingerprint =
+		    s->methods[i].def.type_fingerprint;
 	}
 	s->frozen = true;
 	return 0;

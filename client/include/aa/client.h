@@ -134,6 +134,12 @@ uint64_t aa_client_conn_id(aa_client *c);
 int aa_client_method_cancel_types(aa_client *c, const char *method,
                                   unsigned *types);
 
+// aa_client_method_fingerprint gives the type fingerprint the server
+// declared for method (0: an untyped method; aa/service.h): 0 or
+// AA_ENOENT.
+int aa_client_method_fingerprint(aa_client *c, const char *method,
+                                 uint64_t *fp);
+
 // aa_client_cork holds Start messages back; aa_client_uncork sends every
 // held one in one write. Calls made while corked are pre-submit until the
 // uncork. Corks nest.

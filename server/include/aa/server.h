@@ -51,6 +51,11 @@ typedef int (*aa_method_fn)(aa_op **opp, void *arg, const aa_call_info *call,
                             const void *payload, size_t len,
                             const aa_assoc *assoc);
 
+// aa_server_reject_reason, called by a method about to return an error,
+// gives the rejection this text (copied; at most 1024 bytes are sent)
+// instead of aa_strerror's. Outside a method it does nothing.
+void aa_server_reject_reason(const char *text);
+
 // A compensation hook runs when the real op COMPLETED but its result will
 // not be used: the client had cancelled it, or the Complete could not be
 // sent (client gone, server closing). Undo the result here. It runs on
@@ -64,6 +69,9 @@ typedef struct aa_method_def {
 	aa_compensate_fn compensate; // may be NULL
 	void *arg;
 	unsigned cancel_types; // the aa_cancel_type mask it honours
+	// Typed methods (aa/service.h sets it): a hash of the input and
+	// output message types, sent in the Hello; 0 = untyped.
+	uint64_t type_fingerprint;
 } aa_method_def;
 
 // Server-side events, reported to the log function.
