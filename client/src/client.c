@@ -446,6 +446,13 @@ cop_cancel(aa_op *op, aa_cancel_type type, void *arg)
 	if (retire) {
 		cop_retire(p);
 	}
+#ifdef AA_REPLAY_INJECT_BUG
+	// The injected bug: a result already in hand wins over the cancel,
+	// so the op ends COMPLETED although cancel said it cancelled it.
+	if (p->timeline != AA_TIMELINE_ALREADY_COMPLETE) {
+		aa_op_canceled(op);
+	}
+#endif
 	return (int)p->timeline;
 }
 
@@ -582,7 +589,13 @@ aa_client_call(aa_op **opp, aa_client *c, const char *method_name,
 	aa_op_provider pv = {
 	    .cancel = cop_cancel,
 	    .arg = c,
+#ifdef AA_REPLAY_INJECT_BUG
+	    // Test-only bug, compiled into aa-replay-bug alone (see
+	    // cop_cancel): the client decides its cancels itself.
+	    .policy = AA_POLICY_COOPERATIVE,
+#else
 	    .policy = AA_POLICY_IMMEDIATE,
+#endif
 	    .cancel_types = m->types,
 	    .extra = sizeof(cop),
 	};
