@@ -153,7 +153,8 @@ ctype_arg(const tok *t, aa_cancel_type *ct, perr *e)
 		*ct = AA_CANCEL_TOTAL;
 	} else {
 		return fail(e, t->col,
-		            "cancel type is terminal, partial or total", t->s);
+		            "cancel type is terminal, partial or total, not",
+		            t->s);
 	}
 	return 0;
 }
