@@ -412,7 +412,7 @@ on_checkpoint(void *arg, const char *name, void *subject)
 			bind = e;
 		}
 		col = COL_CLAYER;
-		what = "Start(%s) → wire";
+		what = "about to send Start(%s)";
 	} else if (strcmp(name, "client.before_deliver") == 0) {
 		e = op_by_client(subject);
 		col = COL_CLAYER;
