@@ -413,17 +413,27 @@ parse_step(const tok *t, int n, rp_step *st, perr *e)
 	return fail(e, t[0].col, "unknown step", w);
 }
 
+int
+rp_grow(void **arr, int *cap, int n, size_t elem)
+{
+	if (n < *cap) {
+		return 0;
+	}
+	int nc = *cap ? *cap * 2 : 32;
+	void *na = realloc(*arr, (size_t)nc * elem);
+	if (na == NULL) {
+		return -1;
+	}
+	*arr = na;
+	*cap = nc;
+	return 0;
+}
+
 static int
 add_step(rp_scenario *sc, int *cap, const rp_step *st)
 {
-	if (sc->n_steps == *cap) {
-		int nc = *cap ? *cap * 2 : 32;
-		rp_step *ns = realloc(sc->steps, (size_t)nc * sizeof(*ns));
-		if (ns == NULL) {
-			return -1;
-		}
-		sc->steps = ns;
-		*cap = nc;
+	if (rp_grow((void **)&sc->steps, cap, sc->n_steps, sizeof(*st)) != 0) {
+		return -1;
 	}
 	sc->steps[sc->n_steps++] = *st;
 	return 0;
@@ -432,14 +442,8 @@ add_step(rp_scenario *sc, int *cap, const rp_step *st)
 static int
 add_unit(rp_scenario *sc, int *cap, const rp_unit *u)
 {
-	if (sc->n_units == *cap) {
-		int nc = *cap ? *cap * 2 : 32;
-		rp_unit *nu = realloc(sc->units, (size_t)nc * sizeof(*nu));
-		if (nu == NULL) {
-			return -1;
-		}
-		sc->units = nu;
-		*cap = nc;
+	if (rp_grow((void **)&sc->units, cap, sc->n_units, sizeof(*u)) != 0) {
+		return -1;
 	}
 	sc->units[sc->n_units++] = *u;
 	return 0;

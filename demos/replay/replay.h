@@ -105,6 +105,10 @@ typedef struct rp_scenario {
 int rp_parse(rp_scenario *sc, const char *file, FILE *err);
 void rp_scenario_free(rp_scenario *sc);
 
+// rp_grow makes room in *arr (*cap elements of elem bytes) for element n:
+// 0, or -1 without memory.
+int rp_grow(void **arr, int *cap, int n, size_t elem);
+
 // ---- A run ----
 
 enum { COL_CLIENT, COL_CLAYER, COL_SLAYER, COL_SERVER, N_COLS };

@@ -80,7 +80,6 @@ typedef struct actor {
 	pthread_t t;
 	bool busy; // a step is handed over and has not returned
 	bool held; // its thread waits at a hold
-	bool quit;
 	const rp_step *st;
 } actor;
 
@@ -113,14 +112,9 @@ static int
 ev_addv(int at, int col, const char *fmt, va_list ap)
 {
 	rp_result *r = R.res;
-	if (r->n_events == r->cap_events) {
-		int nc = r->cap_events ? r->cap_events * 2 : 64;
-		rp_event *ne = realloc(r->events, (size_t)nc * sizeof(*ne));
-		if (ne == NULL) {
-			return -1;
-		}
-		r->events = ne;
-		r->cap_events = nc;
+	if (rp_grow((void **)&r->events, &r->cap_events, r->n_events,
+	            sizeof(rp_event)) != 0) {
+		return -1;
 	}
 	if (at < 0 || at > r->n_events) {
 		at = r->n_events;
@@ -176,14 +170,9 @@ static void
 add_check(int line, const char *what, const char *observed, bool pass)
 {
 	rp_result *r = R.res;
-	if (r->n_checks == r->cap_checks) {
-		int nc = r->cap_checks ? r->cap_checks * 2 : 16;
-		rp_check *ncs = realloc(r->checks, (size_t)nc * sizeof(*ncs));
-		if (ncs == NULL) {
-			return;
-		}
-		r->checks = ncs;
-		r->cap_checks = nc;
+	if (rp_grow((void **)&r->checks, &r->cap_checks, r->n_checks,
+	            sizeof(rp_check)) != 0) {
+		return;
 	}
 	rp_check *c = &r->checks[r->n_checks++];
 	c->line = line;
@@ -272,11 +261,13 @@ op_get(const char *name)
 	return e;
 }
 
+// op_by_ptr finds the op whose client op (or, real, whose server op) is
+// op.
 static opent *
-op_by_client(const void *op)
+op_by_ptr(const void *op, bool real)
 {
-	for (int i = 0; i < R.n_ops; i++) {
-		if (R.ops[i].op == op && op != NULL) {
+	for (int i = 0; i < R.n_ops && op != NULL; i++) {
+		if ((real ? R.ops[i].real : R.ops[i].op) == op) {
 			return &R.ops[i];
 		}
 	}
@@ -289,17 +280,6 @@ op_by_wire(uint64_t id)
 	for (int i = 0; i < R.n_ops; i++) {
 		if (R.ops[i].op != NULL &&
 		    aa_client_op_id(R.ops[i].op) == id) {
-			return &R.ops[i];
-		}
-	}
-	return NULL;
-}
-
-static opent *
-op_by_real(const void *op)
-{
-	for (int i = 0; i < R.n_ops; i++) {
-		if (R.ops[i].real == op && op != NULL) {
 			return &R.ops[i];
 		}
 	}
@@ -403,7 +383,7 @@ on_checkpoint(void *arg, const char *name, void *subject)
 	int col;
 	const char *what;
 	if (strcmp(name, "client.before_submit") == 0) {
-		e = op_by_client(subject);
+		e = op_by_ptr(subject, false);
 		if (e == NULL && calling != NULL && calling->op == NULL) {
 			// Inside aa_client_call: the op is the one this thread
 			// is making (the call has not returned it yet).
@@ -414,7 +394,7 @@ on_checkpoint(void *arg, const char *name, void *subject)
 		col = COL_CLAYER;
 		what = "about to send Start(%s)";
 	} else if (strcmp(name, "client.before_deliver") == 0) {
-		e = op_by_client(subject);
+		e = op_by_ptr(subject, false);
 		col = COL_CLAYER;
 		what = "Complete(%s) arrived, not handed over yet";
 	} else if (strcmp(name, "server.before_start") == 0) {
@@ -422,7 +402,7 @@ on_checkpoint(void *arg, const char *name, void *subject)
 		col = COL_SLAYER;
 		what = "Start(%s) arrived";
 	} else if (strcmp(name, "server.before_reply") == 0) {
-		e = op_by_real(subject);
+		e = op_by_ptr(subject, true);
 		col = COL_SLAYER;
 		what = "real op(%s) final: Complete about to be sent";
 	} else {
@@ -529,7 +509,7 @@ static int
 work_cancel(aa_op *op, aa_cancel_type type, void *arg)
 {
 	pthread_mutex_lock(&R.mtx);
-	opent *e = op_by_real(op);
+	opent *e = op_by_ptr(op, true);
 	bool ignore = e != NULL && e->ignore_cancel;
 	ev_add(COL_SERVER, "work(%s) asked to cancel (%s): %s", nm(e),
 	       ctype_name(type), ignore ? "ignores it" : "stops");
@@ -572,7 +552,7 @@ work_compensate(void *arg, const aa_call_info *call, aa_op *op)
 {
 	pthread_mutex_lock(&R.mtx);
 	ev_add(COL_SERVER, "compensation hook(%s): undo the result",
-	       nm(op_by_real(op)));
+	       nm(op_by_ptr(op, true)));
 	pthread_mutex_unlock(&R.mtx);
 }
 
@@ -805,11 +785,8 @@ actor_main(void *arg)
 	self_actor = a;
 	pthread_mutex_lock(&R.mtx);
 	for (;;) {
-		while (!a->quit && (!a->busy || a->st == NULL)) {
+		while (!a->busy || a->st == NULL) {
 			pthread_cond_wait(&R.cv, &R.mtx);
-		}
-		if (a->quit) {
-			break;
 		}
 		const rp_step *st = a->st;
 		a->st = NULL;
@@ -819,8 +796,7 @@ actor_main(void *arg)
 		a->busy = false;
 		pthread_cond_broadcast(&R.cv);
 	}
-	pthread_mutex_unlock(&R.mtx);
-	return NULL;
+	return NULL; // never: actors live as long as the process
 }
 
 // ---- The driver ----
@@ -1218,12 +1194,18 @@ static int run_counter;
 static int
 setup(const rp_scenario *sc)
 {
-	// The real ops' handlers (where server.before_reply fires) run on a
-	// pool, never on the connection's receive thread: a hold there must
-	// not stop the server from reading the client's Cancel, whichever
-	// thread finished the op (the method's, or the scenario's).
-	if (aa_pool_alloc(&R.pool, 4) != 0) {
-		return -1;
+	// When the scenario holds server.before_reply, the real ops'
+	// handlers (where it fires) run on a pool, never on the connection's
+	// receive thread: a hold there must not stop the server from reading
+	// the client's Cancel, whichever thread finished the op (the
+	// method's, or the scenario's). Otherwise they run inline, as in
+	// production.
+	for (int i = 0; i < sc->n_steps; i++) {
+		if (sc->steps[i].kind == K_HOLD && R.pool == NULL &&
+		    strcmp(sc->steps[i].what, "server.before_reply") == 0 &&
+		    aa_pool_alloc(&R.pool, 4) != 0) {
+			return -1;
+		}
 	}
 	aa_server_opts so = {.log = srv_log, .executor = R.pool};
 	if (aa_server_alloc(&R.srv, &so) != 0) {
@@ -1348,16 +1330,28 @@ teardown(int64_t live_before)
 		aa_server_close(R.srv);
 		// Real ops the scenario left running (or whose cancel it
 		// ignored) end now, so that the server can stop.
+		// A method may still run on the server's receive thread (a
+		// Start in flight): read the table under the lock.
+		aa_op *left[MAX_OPS];
+		int n_left = 0;
+		pthread_mutex_lock(&R.mtx);
 		for (int i = 0; i < R.n_ops; i++) {
-			if (R.ops[i].real != NULL &&
-			    aa_op_status(R.ops[i].real) == AA_STARTED) {
-				aa_op_canceled(R.ops[i].real);
+			if (R.ops[i].real != NULL) {
+				aa_op_ref(R.ops[i].real);
+				left[n_left++] = R.ops[i].real;
 			}
+		}
+		pthread_mutex_unlock(&R.mtx);
+		for (int i = 0; i < n_left; i++) {
+			if (aa_op_status(left[i]) == AA_STARTED) {
+				aa_op_canceled(left[i]);
+			}
+			aa_op_unref(left[i]);
 		}
 		aa_server_free(R.srv);
 	}
 	if (R.pool != NULL) {
-		aa_executor_free(R.pool);
+		aa_executor_free(R.pool); // waits for its threads
 	}
 	pthread_mutex_lock(&R.mtx);
 	check_invariants();
@@ -1383,19 +1377,37 @@ teardown(int64_t live_before)
 	          live == live_before);
 }
 
+// The actor threads and the run's lock live as long as the process: an
+// exploration makes thousands of runs. (The server's pool does not: it is
+// freed, and so waited for, before the live-object count is read.)
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static void
+start_once(void)
+{
+	pthread_mutex_init(&R.mtx, NULL);
+	pthread_cond_init(&R.cv, NULL);
+	for (int i = 0; i < N_ACTORS; i++) {
+		pthread_create(&R.actors[i].t, NULL, actor_main, &R.actors[i]);
+	}
+}
+
 int
 rp_run(const rp_scenario *sc, const int *order, int n_order, rp_result *res)
 {
 	memset(res, 0, sizeof(*res));
-	memset(&R, 0, sizeof(R));
-	pthread_mutex_init(&R.mtx, NULL);
-	pthread_cond_init(&R.cv, NULL);
+	pthread_once(&once, start_once);
+	pthread_mutex_lock(&R.mtx);
 	R.sc = sc;
 	R.res = res;
+	R.recording = R.aborting = false;
+	R.n_ops = R.n_holds = R.n_sigs = 0;
+	R.srv = NULL;
+	R.cli = NULL;
+	R.pool = NULL;
+	R.url[0] = '\0';
+	pthread_mutex_unlock(&R.mtx);
 	int64_t live_before = aa_live_total();
-	for (int i = 0; i < N_ACTORS; i++) {
-		pthread_create(&R.actors[i].t, NULL, actor_main, &R.actors[i]);
-	}
 	aa_checkpoint_set(on_checkpoint, NULL);
 	if (setup(sc) != 0) {
 		setup_error(NULL, "cannot start the server and client on %s",
@@ -1414,17 +1426,6 @@ rp_run(const rp_scenario *sc, const int *order, int n_order, rp_result *res)
 	}
 	teardown(live_before);
 	aa_checkpoint_set(NULL, NULL);
-	pthread_mutex_lock(&R.mtx);
-	for (int i = 0; i < N_ACTORS; i++) {
-		R.actors[i].quit = true;
-	}
-	pthread_cond_broadcast(&R.cv);
-	pthread_mutex_unlock(&R.mtx);
-	for (int i = 0; i < N_ACTORS; i++) {
-		pthread_join(R.actors[i].t, NULL);
-	}
-	pthread_cond_destroy(&R.cv);
-	pthread_mutex_destroy(&R.mtx);
 	if (res->setup_error) {
 		return RP_BAD;
 	}
