@@ -342,6 +342,46 @@ Test(replay, injected_bug_found_by_pct_shrunk_and_replayed)
 	found_and_replayed("pct");
 }
 
+Test(replay, injected_bug_found_over_ipc_with_the_server_in_a_process)
+{
+	char found[128];
+	snprintf(found, sizeof(found), "%s/found-ipc.aa", dir);
+	const char *argv[] = {AA_REPLAY_BUG_BIN,
+	                      "--transport",
+	                      "ipc",
+	                      "--explore",
+	                      "200",
+	                      "--strategy",
+	                      "pct",
+	                      "--out",
+	                      found,
+	                      AA_SOURCE_DIR "/tests/replay/bug_window.aa",
+	                      NULL};
+	ran r = run(argv);
+	cr_assert_eq(r.status, 1, "%s%s", r.out, r.err);
+	test_note("ipc: %ld run(s)",
+	          number_after(r.out, "first failure at run "));
+	cr_assert_not_null(strstr(r.out, "(ipc)"), "%s", r.out);
+	ran_free(&r);
+	const char *again[] = {AA_REPLAY_BUG_BIN, found, NULL};
+	r = run(again);
+	cr_assert_eq(r.status, 1, "%s%s", r.out, r.err);
+	ran_free(&r);
+}
+
+Test(replay, a_server_kill_needs_the_server_in_its_own_process)
+{
+	const char *argv[] = {AA_REPLAY_BIN, "--transport", "inproc",
+	                      SCENARIOS "cancel_vs_connection_loss.aa", NULL};
+	ran r = run(argv);
+	cr_assert_eq(r.status, 2, "%s%s", r.out, r.err);
+	cr_assert_not_null(strstr(r.err, "cancel_vs_connection_loss.aa:11:1: "
+	                                 "step 'server kill': needs the "
+	                                 "server in its own process"),
+	                   "%s", r.err);
+	ran_free(&r);
+}
+
 Test(replay, the_bug_window_passes_every_order_without_the_bug)
 {
 	const char *argv[] = {

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "replay.h"
+#include "run.h"
 
 static void
 usage(FILE *f)
@@ -46,6 +46,12 @@ main(int argc, char **argv)
 	    .seed = 1, .strategy = ST_PCT, .depth = 2, .shrink = true};
 	const char *transport = NULL;
 	int first = argc;
+	// The server's process of an ipc run (remote.c), started by the tool
+	// itself.
+	if (argc == 5 && strcmp(argv[1], "--serve") == 0) {
+		return rp_serve(argv[2], strcmp(argv[3], "pool") == 0,
+		                atoi(argv[4]));
+	}
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;

@@ -312,8 +312,8 @@ parse_server(const tok *t, int n, rp_step *st, perr *e)
 		return argc_is(t, n, 2, 2, e);
 	}
 	const char *w = t[1].s;
-	if (strcmp(w, "stop") == 0) {
-		st->kind = K_SRV_STOP;
+	if (strcmp(w, "stop") == 0 || strcmp(w, "kill") == 0) {
+		st->kind = w[0] == 's' ? K_SRV_STOP : K_SRV_KILL;
 		return argc_is(t, n, 2, 2, e);
 	}
 	if (strcmp(w, "complete") == 0) {
@@ -351,7 +351,7 @@ parse_server(const tok *t, int n, rp_step *st, perr *e)
 	} else {
 		return fail(e, t[1].col,
 		            "server does complete, fail, progress, "
-		            "ignore-cancel or stop, not",
+		            "ignore-cancel, stop or kill, not",
 		            w);
 	}
 	return name_arg(&t[2], st->op, e);

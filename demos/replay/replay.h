@@ -36,6 +36,7 @@ typedef enum rp_kind {
 	K_SRV_PROGRESS,
 	K_SRV_IGNORE,
 	K_SRV_STOP,
+	K_SRV_KILL,
 	K_EXPECT,
 } rp_kind;
 

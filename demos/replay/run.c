@@ -41,67 +41,9 @@
 
 #include "replay.h"
 
-#define MAX_OPS   64
-#define MAX_HOLDS 32
-#define MAX_SIGS  8
-#define N_ACTORS  6
+#include "run.h"
 
-typedef struct opent {
-	char name[RP_NAME];
-	aa_op *op;   // the client op (our reference once the call returned)
-	aa_op *real; // the server's real op (our reference)
-	bool handlers_set;
-	bool ignore_cancel;
-	bool cancel_in_handler;
-	bool cancelled_ok; // one of the user's cancels returned 0
-	int call_rv;
-	int handler_runs;
-	aa_state handler_saw;
-	int settles;
-	int progress;
-	int cancel_rv;
-	int inside_rv;
-	char slog[RP_TEXT]; // the server's log events for it, comma-joined
-	unsigned slog_mask; // 1 << aa_server_event
-} opent;
-
-typedef struct hold {
-	char cp[RP_NAME];
-	char op[RP_NAME];
-	bool armed, reached, released;
-} hold;
-
-typedef struct sigent {
-	char name[RP_NAME];
-	aa_cancel_signal *sig;
-} sigent;
-
-typedef struct actor {
-	pthread_t t;
-	bool busy; // a step is handed over and has not returned
-	bool held; // its thread waits at a hold
-	const rp_step *st;
-} actor;
-
-static struct {
-	pthread_mutex_t mtx;
-	pthread_cond_t cv;
-	const rp_scenario *sc;
-	rp_result *res;
-	bool recording;
-	bool aborting;
-	opent ops[MAX_OPS];
-	int n_ops;
-	hold holds[MAX_HOLDS];
-	int n_holds;
-	sigent sigs[MAX_SIGS];
-	int n_sigs;
-	actor actors[N_ACTORS];
-	aa_server *srv;
-	aa_client *cli;
-	aa_executor *pool; // where the real ops' handlers run
-	char url[160];
-} R;
+struct run_state R;
 
 static _Thread_local opent *calling; // the op a call on this thread makes
 static _Thread_local actor *self_actor;
@@ -112,6 +54,13 @@ static int
 ev_addv(int at, int col, const char *fmt, va_list ap)
 {
 	rp_result *r = R.res;
+	if (R.child) {
+		// The server's process: its rows go to the tool's.
+		char text[RP_TEXT];
+		vsnprintf(text, sizeof(text), fmt, ap);
+		remote_row(col, text);
+		return -1;
+	}
 	if (rp_grow((void **)&r->events, &r->cap_events, r->n_events,
 	            sizeof(rp_event)) != 0) {
 		return -1;
@@ -127,7 +76,7 @@ ev_addv(int at, int col, const char *fmt, va_list ap)
 	return at;
 }
 
-static int
+int
 ev_add(int col, const char *fmt, ...)
 {
 	if (!R.recording) {
@@ -166,7 +115,7 @@ ev_append(int at, const char *fmt, ...)
 	va_end(ap);
 }
 
-static void
+void
 add_check(int line, const char *what, const char *observed, bool pass)
 {
 	rp_result *r = R.res;
@@ -188,7 +137,7 @@ add_check(int line, const char *what, const char *observed, bool pass)
 	}
 }
 
-static void
+void
 setup_error(const rp_step *st, const char *fmt, ...)
 {
 	rp_result *r = R.res;
@@ -236,7 +185,7 @@ ctype_name(aa_cancel_type t)
 	                                : "terminal";
 }
 
-static opent *
+opent *
 op_find(const char *name)
 {
 	for (int i = 0; i < R.n_ops; i++) {
@@ -247,7 +196,7 @@ op_find(const char *name)
 	return NULL;
 }
 
-static opent *
+opent *
 op_get(const char *name)
 {
 	opent *e = op_find(name);
@@ -277,13 +226,27 @@ op_by_ptr(const void *op, bool real)
 static opent *
 op_by_wire(uint64_t id)
 {
-	for (int i = 0; i < R.n_ops; i++) {
-		if (R.ops[i].op != NULL &&
-		    aa_client_op_id(R.ops[i].op) == id) {
-			return &R.ops[i];
+	struct timespec ts;
+	bool timed = false;
+	for (;;) {
+		for (int i = 0; i < R.n_ops; i++) {
+			if (R.ops[i].wire_id == id && id != 0) {
+				return &R.ops[i];
+			}
+		}
+		// In the server's process a Start may come before the tool
+		// said the op's name (another channel): wait for it.
+		if (!R.child) {
+			return NULL;
+		}
+		if (!timed) {
+			deadline_after(&ts, 1000);
+			timed = true;
+		}
+		if (!timed_wait(&ts)) {
+			return NULL;
 		}
 	}
-	return NULL;
 }
 
 static const char *
@@ -362,7 +325,7 @@ set_handlers(opent *e)
 
 // ---- Checkpoints ----
 
-static void
+void
 on_checkpoint(void *arg, const char *name, void *subject)
 {
 	(void)arg;
@@ -389,7 +352,11 @@ on_checkpoint(void *arg, const char *name, void *subject)
 			// is making (the call has not returned it yet).
 			e = calling;
 			e->op = subject;
+			e->wire_id = aa_client_op_id(subject);
 			bind = e;
+			if (R.server_pid != 0) {
+				remote_name(e);
+			}
 		}
 		col = COL_CLAYER;
 		what = "about to send Start(%s)";
@@ -418,11 +385,18 @@ on_checkpoint(void *arg, const char *name, void *subject)
 			break;
 		}
 	}
-	int at = ev_add(col, what, nm(e));
-	if (h != NULL) {
-		ev_append(at, " — held at %s", name);
+	char text[RP_TEXT];
+	snprintf(text, sizeof(text), what, nm(e));
+	if (h == NULL) {
+		ev_add(col, "%s", text);
+	} else {
+		ev_add(col, "%s — held at %s", text, name);
 		h->armed = false;
 		h->reached = true;
+		if (R.child) {
+			remote_event("REACHED %s %s\n", name,
+			             h->op[0] ? h->op : "-");
+		}
 		if (self_actor != NULL) {
 			self_actor->held = true;
 		}
@@ -451,6 +425,23 @@ on_checkpoint(void *arg, const char *name, void *subject)
 
 // ---- The server's methods and log ----
 
+// server_log_event records ev in e's server log. The log is kept to the
+// end (the invariants read it after the server stopped). In the server's
+// process it goes to the tool's.
+void
+server_log_event(aa_server_event ev, opent *e)
+{
+	const char *name = aa_server_event_name(ev);
+	size_t len = strlen(e->slog);
+	snprintf(e->slog + len, sizeof(e->slog) - len, "%s%s", len ? "," : "",
+	         name);
+	e->slog_mask |= 1u << ev;
+	if (R.child) {
+		remote_event("LOG %s %s\n", name, e->name);
+	}
+	pthread_cond_broadcast(&R.cv);
+}
+
 static void
 srv_log(void *arg, const aa_server_log_rec *rec)
 {
@@ -462,20 +453,17 @@ srv_log(void *arg, const aa_server_log_rec *rec)
 	pthread_mutex_lock(&R.mtx);
 	opent *e = rec->op_id != 0 ? op_by_wire(rec->op_id) : NULL;
 	const char *ev = aa_server_event_name(rec->event);
-	// The op's log is kept to the end (the invariants read it after the
-	// server stopped); rows only while the scenario runs.
-	if (e != NULL) {
-		size_t len = strlen(e->slog);
-		snprintf(e->slog + len, sizeof(e->slog) - len, "%s%s",
-		         len ? "," : "", ev);
-		e->slog_mask |= 1u << rec->event;
-	}
 	char b[16];
 	if (rec->error != 0) {
 		ev_add(COL_SLAYER, "log %s(%s) %s", ev, nm(e),
 		       err_name(rec->error, b, sizeof(b)));
 	} else {
 		ev_add(COL_SLAYER, "log %s(%s)", ev, nm(e));
+	}
+	// After the row: in the server's process both go to the tool, and
+	// a step waiting for the event must find its row recorded.
+	if (e != NULL) {
+		server_log_event(rec->event, e);
 	}
 	pthread_cond_broadcast(&R.cv);
 	pthread_mutex_unlock(&R.mtx);
@@ -617,6 +605,13 @@ do_call(const rp_step *st)
 		ev_append(at, " → %s", err_name(rv, b, sizeof(b)));
 	} else {
 		e->op = op;
+		if (e->wire_id == 0) {
+			// Not submitted yet (corked): its id is known already.
+			e->wire_id = aa_client_op_id(op);
+			if (R.server_pid != 0) {
+				remote_name(e);
+			}
+		}
 	}
 	pthread_mutex_unlock(&R.mtx);
 	if (rv == 0) {
@@ -628,7 +623,7 @@ static opent *
 need_op(const rp_step *st, bool real)
 {
 	opent *e = op_find(st->op);
-	if (e == NULL || e->op == NULL) {
+	if (e == NULL || (e->op == NULL && !R.child)) {
 		setup_error(st, "no op '%s' (no call made it)", st->op);
 		return NULL;
 	}
@@ -801,7 +796,7 @@ actor_main(void *arg)
 
 // ---- The driver ----
 
-static void
+void
 deadline_after(struct timespec *ts, int ms)
 {
 	clock_gettime(CLOCK_REALTIME, ts);
@@ -814,7 +809,7 @@ deadline_after(struct timespec *ts, int ms)
 }
 
 // timed_wait waits on R.cv (R.mtx held) until ts: false once it passed.
-static bool
+bool
 timed_wait(const struct timespec *ts)
 {
 	return pthread_cond_timedwait(&R.cv, &R.mtx, ts) != ETIMEDOUT;
@@ -833,7 +828,7 @@ all_idle(void)
 
 // dispatch hands st to an idle actor and waits until it returned or is
 // held at a checkpoint (R.mtx held).
-static void
+void
 dispatch(const rp_step *st)
 {
 	struct timespec ts;
@@ -866,17 +861,39 @@ dispatch(const rp_step *st)
 	}
 }
 
-static hold *
-find_hold(const rp_step *st)
+hold *
+hold_arm(const char *cp, const char *op)
+{
+	if (R.n_holds == MAX_HOLDS) {
+		return NULL;
+	}
+	hold *h = &R.holds[R.n_holds++];
+	memset(h, 0, sizeof(*h));
+	snprintf(h->cp, sizeof(h->cp), "%s", cp);
+	snprintf(h->op, sizeof(h->op), "%s", op);
+	h->armed = true;
+	return h;
+}
+
+// hold_find: the last hold at cp for op ("" any) not released yet; with
+// armed, only one that is armed.
+hold *
+hold_find(const char *cp, const char *op, bool armed)
 {
 	for (int i = R.n_holds - 1; i >= 0; i--) {
 		hold *h = &R.holds[i];
-		if (strcmp(h->cp, st->what) == 0 &&
-		    strcmp(h->op, st->op) == 0 && !h->released) {
+		if (strcmp(h->cp, cp) == 0 && strcmp(h->op, op) == 0 &&
+		    !h->released && (!armed || h->armed)) {
 			return h;
 		}
 	}
 	return NULL;
+}
+
+static hold *
+find_hold(const rp_step *st)
+{
+	return hold_find(st->what, st->op, false);
 }
 
 // wait_done says whether what st waits for happened (R.mtx held).
@@ -1024,7 +1041,13 @@ counter_value(const char *name, uint64_t *v)
 	aa_client_stats cs;
 	aa_server_stats ss;
 	aa_client_stats_get(R.cli, &cs);
-	aa_server_stats_get(R.srv, &ss);
+	if (R.server_pid != 0) {
+		if (!remote_stats(&ss)) {
+			return false;
+		}
+	} else {
+		aa_server_stats_get(R.srv, &ss);
+	}
 	for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
 		if (strcmp(counters[i].name, name) == 0) {
 			const char *base = counters[i].server
@@ -1134,17 +1157,36 @@ do_expect(const rp_step *st)
 static void
 exec_step(const rp_step *st)
 {
+	// With the server in a second process, its holds are mirrored here
+	// (reached when it says so) and its steps are sent to it.
+	bool remote = R.server_pid != 0 &&
+	              (strncmp(st->what, "server.", 7) == 0 ||
+	               st->kind == K_SRV_COMPLETE || st->kind == K_SRV_FAIL ||
+	               st->kind == K_SRV_PROGRESS || st->kind == K_SRV_STOP ||
+	               st->kind == K_SRV_IGNORE || st->kind == K_SRV_KILL);
+	if (remote && st->kind != K_WAIT) {
+		if (st->kind == K_HOLD && R.n_holds < MAX_HOLDS) {
+			hold_arm(st->what, st->op);
+		} else if (st->kind == K_RELEASE) {
+			do_release(st);
+		}
+		if (!R.res->setup_error) {
+			remote_step(st);
+		}
+		return;
+	}
+	if (st->kind == K_SRV_KILL) {
+		setup_error(st, "needs the server in its own process "
+		                "(--transport ipc)");
+		return;
+	}
 	switch (st->kind) {
 	case K_HOLD:
 		if (R.n_holds == MAX_HOLDS) {
 			setup_error(st, "too many holds");
 			return;
 		}
-		hold *h = &R.holds[R.n_holds++];
-		memset(h, 0, sizeof(*h));
-		snprintf(h->cp, sizeof(h->cp), "%s", st->what);
-		snprintf(h->op, sizeof(h->op), "%s", st->op);
-		h->armed = true;
+		hold_arm(st->what, st->op);
 		break;
 	case K_RELEASE:
 		do_release(st);
@@ -1189,23 +1231,29 @@ exec_step(const rp_step *st)
 
 // ---- Setup, teardown, invariants ----
 
-static int run_counter;
-
-static int
-setup(const rp_scenario *sc)
+// needs_pool: when the scenario holds server.before_reply, the real ops'
+// handlers (where it fires) run on a pool, never on the connection's
+// receive thread: a hold there must not stop the server from reading the
+// client's Cancel, whichever thread finished the op (the method's, or the
+// scenario's). Otherwise they run inline, as in production.
+bool
+needs_pool(const rp_scenario *sc)
 {
-	// When the scenario holds server.before_reply, the real ops'
-	// handlers (where it fires) run on a pool, never on the connection's
-	// receive thread: a hold there must not stop the server from reading
-	// the client's Cancel, whichever thread finished the op (the
-	// method's, or the scenario's). Otherwise they run inline, as in
-	// production.
 	for (int i = 0; i < sc->n_steps; i++) {
-		if (sc->steps[i].kind == K_HOLD && R.pool == NULL &&
-		    strcmp(sc->steps[i].what, "server.before_reply") == 0 &&
-		    aa_pool_alloc(&R.pool, 4) != 0) {
-			return -1;
+		if (sc->steps[i].kind == K_HOLD &&
+		    strcmp(sc->steps[i].what, "server.before_reply") == 0) {
+			return true;
 		}
+	}
+	return false;
+}
+
+// server_up starts the tool's server, listening on url.
+int
+server_up(const char *url, bool pool)
+{
+	if (pool && aa_pool_alloc(&R.pool, 4) != 0) {
+		return -1;
 	}
 	aa_server_opts so = {.log = srv_log, .executor = R.pool};
 	if (aa_server_alloc(&R.srv, &so) != 0) {
@@ -1223,6 +1271,14 @@ setup(const rp_scenario *sc)
 			return -1;
 		}
 	}
+	return aa_server_listen(R.srv, url) == 0 ? 0 : -1;
+}
+
+static int run_counter;
+
+static int
+setup(const rp_scenario *sc)
+{
 	run_counter++;
 	if (strcmp(sc->transport, "ipc") == 0) {
 		const char *tmp = getenv("TMPDIR");
@@ -1233,11 +1289,69 @@ setup(const rp_scenario *sc)
 		snprintf(R.url, sizeof(R.url), "inproc://aa-replay-%d-%d",
 		         (int)getpid(), run_counter);
 	}
-	if (aa_server_listen(R.srv, R.url) != 0) {
+	// Over ipc the server runs in a second process (remote.c).
+	int rv = strcmp(sc->transport, "ipc") == 0
+	             ? remote_start(sc)
+	             : server_up(R.url, needs_pool(sc));
+	if (rv != 0) {
 		return -1;
 	}
 	aa_client_opts co = {.url = R.url};
 	return aa_client_open(&R.cli, &co) == 0 ? 0 : -1;
+}
+
+// actors_idle_or_exit waits until no actor runs a step. A step that
+// never returns still uses the layers, which cannot be freed under it:
+// the process gives up.
+void
+actors_idle_or_exit(void)
+{
+	pthread_mutex_lock(&R.mtx);
+	struct timespec ts;
+	deadline_after(&ts, R.sc->timeout_ms);
+	bool stuck = false;
+	while (!all_idle() && !stuck) {
+		stuck = !timed_wait(&ts) && !all_idle();
+	}
+	pthread_mutex_unlock(&R.mtx);
+	if (stuck) {
+		fprintf(stderr, "%s: a step never returned; giving up\n",
+		        R.sc->file);
+		_exit(RP_BAD);
+	}
+}
+
+// server_down closes the server, ends the real ops the scenario left
+// running (or whose cancel they ignored), so that it can stop, and frees
+// it.
+void
+server_down(void)
+{
+	if (R.srv != NULL) {
+		aa_server_close(R.srv);
+		// A method may still run on the server's receive thread (a
+		// Start in flight): read the table under the lock.
+		aa_op *left[MAX_OPS];
+		int n_left = 0;
+		pthread_mutex_lock(&R.mtx);
+		for (int i = 0; i < R.n_ops; i++) {
+			if (R.ops[i].real != NULL) {
+				aa_op_ref(R.ops[i].real);
+				left[n_left++] = R.ops[i].real;
+			}
+		}
+		pthread_mutex_unlock(&R.mtx);
+		for (int i = 0; i < n_left; i++) {
+			if (aa_op_status(left[i]) == AA_STARTED) {
+				aa_op_canceled(left[i]);
+			}
+			aa_op_unref(left[i]);
+		}
+		aa_server_free(R.srv);
+	}
+	if (R.pool != NULL) {
+		aa_executor_free(R.pool); // waits for its threads
+	}
 }
 
 static void
@@ -1306,52 +1420,15 @@ teardown(int64_t live_before)
 	R.recording = false;
 	R.aborting = true; // every hold lets go
 	pthread_cond_broadcast(&R.cv);
-	struct timespec ts;
-	deadline_after(&ts, R.sc->timeout_ms);
-	bool stuck = false;
-	while (!all_idle()) {
-		if (!timed_wait(&ts)) {
-			stuck = true;
-			break;
-		}
-	}
 	pthread_mutex_unlock(&R.mtx);
-	if (stuck) {
-		// A step never returned: its thread still uses the layers,
-		// which cannot be freed under it.
-		fprintf(stderr, "%s: a step never returned; giving up\n",
-		        R.sc->file);
-		_exit(RP_BAD);
-	}
+	actors_idle_or_exit();
 	if (R.cli != NULL) {
 		aa_client_free(R.cli); // cancels what is still pending
 	}
-	if (R.srv != NULL) {
-		aa_server_close(R.srv);
-		// Real ops the scenario left running (or whose cancel it
-		// ignored) end now, so that the server can stop.
-		// A method may still run on the server's receive thread (a
-		// Start in flight): read the table under the lock.
-		aa_op *left[MAX_OPS];
-		int n_left = 0;
-		pthread_mutex_lock(&R.mtx);
-		for (int i = 0; i < R.n_ops; i++) {
-			if (R.ops[i].real != NULL) {
-				aa_op_ref(R.ops[i].real);
-				left[n_left++] = R.ops[i].real;
-			}
-		}
-		pthread_mutex_unlock(&R.mtx);
-		for (int i = 0; i < n_left; i++) {
-			if (aa_op_status(left[i]) == AA_STARTED) {
-				aa_op_canceled(left[i]);
-			}
-			aa_op_unref(left[i]);
-		}
-		aa_server_free(R.srv);
-	}
-	if (R.pool != NULL) {
-		aa_executor_free(R.pool); // waits for its threads
+	if (R.server_pid != 0) {
+		remote_stop();
+	} else {
+		server_down();
 	}
 	pthread_mutex_lock(&R.mtx);
 	check_invariants();
@@ -1380,9 +1457,9 @@ teardown(int64_t live_before)
 // The actor threads and the run's lock live as long as the process: an
 // exploration makes thousands of runs. (The server's pool does not: it is
 // freed, and so waited for, before the live-object count is read.)
-static pthread_once_t once = PTHREAD_ONCE_INIT;
+pthread_once_t once = PTHREAD_ONCE_INIT;
 
-static void
+void
 start_once(void)
 {
 	pthread_mutex_init(&R.mtx, NULL);
@@ -1405,6 +1482,8 @@ rp_run(const rp_scenario *sc, const int *order, int n_order, rp_result *res)
 	R.srv = NULL;
 	R.cli = NULL;
 	R.pool = NULL;
+	R.server_pid = 0;
+	R.server_dead = false;
 	R.url[0] = '\0';
 	pthread_mutex_unlock(&R.mtx);
 	int64_t live_before = aa_live_total();
