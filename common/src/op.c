@@ -106,6 +106,7 @@ struct aa_op {
 	size_t result_len;
 	aa_free_fn release;
 	int err;
+	int32_t app_code; // with err == AA_EAPP
 	char *errmsg;
 
 	max_align_t extra[];
@@ -304,6 +305,18 @@ aa_op_error(const aa_op *op)
 	}
 }
 
+int
+aa_op_app_code(const aa_op *op, int32_t *code)
+{
+	if (load_state(op) != AA_ERROR || op->err != AA_EAPP) {
+		return AA_ESTATE;
+	}
+	if (code != NULL) {
+		*code = op->app_code;
+	}
+	return 0;
+}
+
 const char *
 aa_op_error_msg(const aa_op *op)
 {
@@ -398,14 +411,15 @@ deliver(aa_op *op)
 }
 
 // maybe_settle runs the settle handler once the op is final, its
-// settlement known and its completion handler not in progress.
+// settlement known and its completion handler returned (D_DONE: also not
+// before a completion handler that is set late, after the op became
+// final). Every path that can make those three true calls it.
 static void
 maybe_settle(aa_op *op)
 {
 	aai_mtx_lock(&op->mtx);
 	if (!op->scb_set || op->scb_done || op->settle == AA_SETTLE_PENDING ||
-	    op->dstate == D_NONE || op->dstate == D_RUNNING ||
-	    op->dstate == D_POSTED) {
+	    op->dstate != D_DONE) {
 		aai_mtx_unlock(&op->mtx);
 		return;
 	}
@@ -599,7 +613,7 @@ settlement_of(aa_state s)
 // Takes ownership of data (released when absorbed) and of msg.
 static int
 finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
-       int err, char *msg)
+       int err, int32_t app_code, char *msg, bool settles)
 {
 	bool run;
 
@@ -608,7 +622,7 @@ finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
 		// Absorbed. The first finish after an immediate cancel is what
 		// the provider really did: the settlement.
 		bool settled = false;
-		if (op->settle == AA_SETTLE_PENDING) {
+		if (settles && op->settle == AA_SETTLE_PENDING) {
 			op->settle = settlement_of(to);
 			settled = true;
 		}
@@ -626,8 +640,9 @@ finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
 	op->result_len = len;
 	op->release = release;
 	op->err = err;
+	op->app_code = app_code;
 	op->errmsg = msg;
-	if (op->settle == AA_SETTLE_PENDING) {
+	if (settles && op->settle == AA_SETTLE_PENDING) {
 		op->settle = settlement_of(to);
 	}
 	// This locked step decides the race with cancel.
@@ -644,27 +659,44 @@ finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
 int
 aa_op_complete(aa_op *op, void *data, size_t len, aa_free_fn release)
 {
-	return finish(op, AA_COMPLETED, data, len, release, 0, NULL);
+	return finish(op, AA_COMPLETED, data, len, release, 0, 0, NULL, true);
+}
+
+static char *
+copy_msg(const char *msg)
+{
+	// NULL on ENOMEM: the code still counts.
+	return msg != NULL && msg[0] != '\0' ? aai_strdup(msg) : NULL;
 }
 
 int
 aa_op_fail(aa_op *op, int err, const char *msg)
 {
-	char *copy = NULL;
 	if (err <= 0) {
 		return AA_EINVAL;
 	}
-	if (msg != NULL && msg[0] != '\0') {
-		copy =
-		    aai_strdup(msg); // NULL on ENOMEM: the code still counts
-	}
-	return finish(op, AA_ERROR, NULL, 0, NULL, err, copy);
+	return finish(op, AA_ERROR, NULL, 0, NULL, err, 0, copy_msg(msg),
+	              true);
+}
+
+int
+aai_op_fail_unsettled(aa_op *op, int err, const char *msg)
+{
+	return finish(op, AA_ERROR, NULL, 0, NULL, err, 0, copy_msg(msg),
+	              false);
+}
+
+int
+aa_op_fail_app(aa_op *op, int32_t code, const char *msg)
+{
+	return finish(op, AA_ERROR, NULL, 0, NULL, AA_EAPP, code,
+	              copy_msg(msg), true);
 }
 
 int
 aa_op_canceled(aa_op *op)
 {
-	return finish(op, AA_CANCELED, NULL, 0, NULL, 0, NULL);
+	return finish(op, AA_CANCELED, NULL, 0, NULL, 0, 0, NULL, true);
 }
 
 int

@@ -10,6 +10,7 @@
 // Every error names the file, the line and the column of the offending
 // token; nothing half-parsed is kept.
 #include <ctype.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -181,6 +182,7 @@ static const struct {
     {"handler", E_HANDLER},     {"result", E_RESULT},
     {"progress", E_PROGRESS},   {"cancel-rv", E_CANCEL_RV},
     {"inside-rv", E_INSIDE_RV}, {"server-log", E_SERVER_LOG},
+    {"app-code", E_APP_CODE},
 };
 
 // parse_expect: "expect OP WHAT VALUE", "expect wire KIND N" or
@@ -326,14 +328,19 @@ parse_server(const tok *t, int n, rp_step *st, perr *e)
 		}
 	} else if (strcmp(w, "fail") == 0) {
 		st->kind = K_SRV_FAIL;
-		if (argc_is(t, n, 4, 5, e) != 0 ||
-		    int_arg(&t[3], &st->num, e) != 0) {
+		// An application's code: any int32 (its own error space).
+		char *end;
+		long long code = strtoll(t[3].s, &end, 10);
+		if (argc_is(t, n, 4, 5, e) != 0) {
 			return -1;
 		}
-		if (st->num == 0) {
-			return fail(e, t[3].col, "a failure code is > 0",
+		if (t[3].s[0] == '\0' || *end != '\0' || code < INT32_MIN ||
+		    code > INT32_MAX) {
+			return fail(e, t[3].col,
+			            "an application code is an int32, not",
 			            t[3].s);
 		}
+		st->num = (int)code;
 		if (n == 5) {
 			snprintf(st->data, sizeof(st->data), "%s", t[4].s);
 		}

@@ -61,6 +61,7 @@ typedef enum rp_expect {
 	E_PROGRESS,
 	E_CANCEL_RV,
 	E_INSIDE_RV,
+	E_APP_CODE,
 	E_SERVER_LOG,
 	E_WIRE,
 	E_COUNTER,

@@ -162,10 +162,11 @@ setup_error(const rp_step *st, const char *fmt, ...)
 // ---- Names ----
 
 static const char *const err_names[] = {
-    "0",        "ECANCELED", "EALREADY", "ENOTSUP",   "ESTATE",    "EINVAL",
-    "ENOMEM",   "ECLOSED",   "EBUSY",    "ETIMEDOUT", "ECONNLOST", "EUNAVAIL",
-    "EPROTO",   "EMSGSIZE",  "ENOENT",   "EDEADLK",   "ELIMIT",    "EEXIST",
-    "ECONNREF", "ECRYPTO",   "ESYSTEM",  "EINTERNAL", "EAPP"};
+    "0",         "ECANCELED", "EALREADY", "ENOTSUP",   "ESTATE",
+    "EINVAL",    "ENOMEM",    "ECLOSED",  "EBUSY",     "ETIMEDOUT",
+    "ECONNLOST", "EUNAVAIL",  "EPROTO",   "EMSGSIZE",  "ENOENT",
+    "EDEADLK",   "ELIMIT",    "EEXIST",   "ECONNREF",  "ECRYPTO",
+    "ESYSTEM",   "EINTERNAL", "EAPP",     "ESRVCANCEL"};
 
 static const char *
 err_name(int e, char *buf, size_t n)
@@ -289,9 +290,18 @@ on_settle(aa_op *op, void *arg)
 {
 	opent *e = arg;
 	aa_settlement s = aa_op_settlement(op);
+	aa_timeline t = aa_client_timeline(op);
 	pthread_mutex_lock(&R.mtx);
 	e->settles++;
-	ev_add(COL_CLIENT, "settled(%s): %s", e->name, aa_settlement_name(s));
+	// A cancelled op's timeline is final once it settled (in-flight may
+	// have been refined to already-complete).
+	if (t != AA_TIMELINE_NONE) {
+		ev_add(COL_CLIENT, "settled(%s): %s; timeline %s", e->name,
+		       aa_settlement_name(s), aa_timeline_name(t));
+	} else {
+		ev_add(COL_CLIENT, "settled(%s): %s", e->name,
+		       aa_settlement_name(s));
+	}
 	pthread_cond_broadcast(&R.cv);
 	pthread_mutex_unlock(&R.mtx);
 }
@@ -330,11 +340,13 @@ on_checkpoint(void *arg, const char *name, void *subject)
 {
 	(void)arg;
 	opent *bind = NULL;
-	// Only the layers' checkpoints are recorded. The others may fire
+	// Only the four layer checkpoints are recorded. Others may fire
 	// with a library lock held, which the driver may be waiting for
 	// while it holds R.mtx: they must not take it.
-	if (strncmp(name, "client.", 7) != 0 &&
-	    strncmp(name, "server.", 7) != 0) {
+	if (strcmp(name, "client.before_submit") != 0 &&
+	    strcmp(name, "client.before_deliver") != 0 &&
+	    strcmp(name, "server.before_start") != 0 &&
+	    strcmp(name, "server.before_reply") != 0) {
 		return;
 	}
 	pthread_mutex_lock(&R.mtx);
@@ -544,14 +556,12 @@ work_compensate(void *arg, const aa_call_info *call, aa_op *op)
 	pthread_mutex_unlock(&R.mtx);
 }
 
-// srv_fail finishes a real op with an application's failure code. Today
-// the library carries the code as the op's error; once application codes
-// have their own domain (AA_EAPP plus a code) this is the one place to
-// change.
+// srv_fail finishes a real op with an application's failure code (its
+// own error space: the client reads AA_EAPP and the code apart).
 static int
 srv_fail(aa_op *real, int code, const char *msg)
 {
-	return aa_op_fail(real, code, msg[0] ? msg : "application failure");
+	return aa_op_fail_app(real, code, msg[0] ? msg : NULL);
 }
 
 // ---- Actors ----
@@ -1093,6 +1103,15 @@ observe(const rp_step *st, opent *e, char *obs, size_t n)
 		             ? "none"
 		             : err_name(e->cancel_rv, b, sizeof(b)));
 		break;
+	case E_APP_CODE: {
+		int32_t code;
+		if (aa_op_app_code(op, &code) == 0) {
+			snprintf(obs, n, "%d", (int)code);
+		} else {
+			snprintf(obs, n, "none");
+		}
+		break;
+	}
 	case E_INSIDE_RV:
 		snprintf(obs, n, "%s",
 		         e->inside_rv < 0

@@ -89,7 +89,8 @@ typedef struct aa_client_stats {
 } aa_client_stats;
 
 // aa_client_open connects to o->url and performs the handshake, blocking up
-// to connect_timeout_ms. AA_ECONNREF, AA_ETIMEDOUT, AA_EPROTO (version),
+// to connect_timeout_ms. AA_ECONNREF, AA_ETIMEDOUT, AA_ENOTSUP (the server
+// speaks another protocol version), AA_EPROTO,
 // AA_ECRYPTO, AA_EINVAL.
 int aa_client_open(aa_client **cp, const aa_client_opts *o);
 
