@@ -82,6 +82,13 @@ extern struct run_state R;
 
 // In run.c (R.mtx held unless said otherwise).
 int ev_add(int col, const char *fmt, ...);
+void ev_insert(int at, int col, const char *fmt, ...);
+void ev_append(int at, const char *fmt, ...);
+const char *err_name(int e, char *buf, size_t n); // any lock
+const char *ctype_name(aa_cancel_type t);         // any lock
+opent *op_by_ptr(const void *op, bool real);
+opent *op_by_wire(uint64_t id);
+const char *nm(const opent *e);
 void setup_error(const rp_step *st, const char *fmt, ...);
 void add_check(int line, const char *what, const char *observed, bool pass);
 opent *op_find(const char *name);
@@ -91,14 +98,19 @@ hold *hold_find(const char *cp, const char *op, bool armed);
 void deadline_after(struct timespec *ts, int ms);
 bool timed_wait(const struct timespec *ts);
 void dispatch(const rp_step *st);
+extern pthread_once_t once;
+void start_once(void);          // the actors and the lock, once
+void actors_idle_or_exit(void); // R.mtx not held
+
+// In layers.c (R.mtx held unless said otherwise).
 void server_log_event(aa_server_event ev, opent *e);
-bool needs_pool(const rp_scenario *sc);
+void *actor_main(void *arg);
+opent *need_op(const rp_step *st, bool real);
+aa_cancel_signal *find_sig(const char *name);
+void on_checkpoint(void *arg, const char *name, void *subject); // any
+bool needs_pool(const rp_scenario *sc);                         // any
 int server_up(const char *url, bool pool); // R.mtx not held
 void server_down(void);                    // R.mtx not held
-void start_once(void);
-extern pthread_once_t once;
-void on_checkpoint(void *arg, const char *name, void *subject);
-void actors_idle_or_exit(void); // R.mtx not held
 
 // In remote.c. The tool's side (R.mtx held unless said otherwise):
 int remote_start(const rp_scenario *sc); // spawns the server; not held
