@@ -284,11 +284,13 @@ Test(replay, the_same_seed_gives_the_same_interleavings)
 // bug, writes a shrunk scenario, and that file replays the failure every
 // time with the bug and passes without it.
 static void
-found_and_replayed(const char *strategy)
+found_and_replayed(const char *strategy, const char *transport)
 {
 	char found[128];
 	snprintf(found, sizeof(found), "%s/found.aa", dir);
 	const char *argv[] = {AA_REPLAY_BUG_BIN,
+	                      "--transport",
+	                      transport,
 	                      "--explore",
 	                      "1000",
 	                      "--seed",
@@ -308,12 +310,10 @@ found_and_replayed(const char *strategy)
 	    "%s", r.out);
 	long from = number_after(r.out, "shrunk from ");
 	long to = number_after(r.out, "preemption(s) to ");
-	long pre = number_after(r.out, "units / ");
-	test_note("%s found the bug at run %ld; shrunk from %ld to %ld "
-	          "units",
-	          strategy, at, from, to);
+	test_note("%s over %s found the bug at run %ld; shrunk from %ld "
+	          "to %ld units",
+	          strategy, transport, at, from, to);
 	cr_assert_lt(to, from, "shrinking removed units");
-	(void)pre;
 	ran_free(&r);
 
 	// The written scenario replays the failure deterministically.
@@ -334,39 +334,17 @@ found_and_replayed(const char *strategy)
 
 Test(replay, injected_bug_found_by_random_shrunk_and_replayed)
 {
-	found_and_replayed("random");
+	found_and_replayed("random", "inproc");
 }
 
 Test(replay, injected_bug_found_by_pct_shrunk_and_replayed)
 {
-	found_and_replayed("pct");
+	found_and_replayed("pct", "inproc");
 }
 
 Test(replay, injected_bug_found_over_ipc_with_the_server_in_a_process)
 {
-	char found[128];
-	snprintf(found, sizeof(found), "%s/found-ipc.aa", dir);
-	const char *argv[] = {AA_REPLAY_BUG_BIN,
-	                      "--transport",
-	                      "ipc",
-	                      "--explore",
-	                      "200",
-	                      "--strategy",
-	                      "pct",
-	                      "--out",
-	                      found,
-	                      AA_SOURCE_DIR "/tests/replay/bug_window.aa",
-	                      NULL};
-	ran r = run(argv);
-	cr_assert_eq(r.status, 1, "%s%s", r.out, r.err);
-	test_note("ipc: %ld run(s)",
-	          number_after(r.out, "first failure at run "));
-	cr_assert_not_null(strstr(r.out, "(ipc)"), "%s", r.out);
-	ran_free(&r);
-	const char *again[] = {AA_REPLAY_BUG_BIN, found, NULL};
-	r = run(again);
-	cr_assert_eq(r.status, 1, "%s%s", r.out, r.err);
-	ran_free(&r);
+	found_and_replayed("pct", "ipc");
 }
 
 Test(replay, a_server_kill_needs_the_server_in_its_own_process)
