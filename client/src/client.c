@@ -141,6 +141,7 @@ aa_client_open(aa_client **cp, const aa_client_opts *o)
 	    .heartbeat_len = hb_len,
 	    .silence_ms = opts.dead_after_ms,
 	    .connect_timeout_ms = opts.connect_timeout_ms,
+	    .send_max = opts.send_queue_max,
 	    .tls_cert_file = opts.tls_cert_file,
 	    .tls_key_file = opts.tls_key_file,
 	    .tls_ca_file = opts.tls_ca_file,
@@ -323,7 +324,7 @@ aa_client_stop(aa_client *c)
 	// The link's down callback runs on its own thread; flushers finish
 	// their loop; a close running on another thread finishes with c.
 	while (c->link != NULL || c->live_links > 0 || c->flushing ||
-	       c->closers > 0) {
+	       c->closers > 0 || c->reconnectors > 0) {
 		aai_cv_wait(&c->cv, &c->mtx);
 	}
 	aai_mtx_unlock(&c->mtx);

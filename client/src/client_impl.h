@@ -92,6 +92,10 @@ struct aa_client {
 	int down_err;     // why the last link went down
 	bool closed;
 	int closers; // threads inside aa_client_close: stop waits for them
+	// A reconnect runs on a thread of its own (aai_link_reconnect) while
+	// calls queue, pre-submit: nothing blocks a caller.
+	bool reconnecting;
+	int reconnectors;    // reconnect threads not finished: stop waits
 	bool dead_after_set; // opts.dead_after_ms was given, not derived
 	method *methods;
 	size_t n_methods;
@@ -160,6 +164,11 @@ void aai_submit_flush(aa_client *c);
 // aai_link_connect dials, says Hello and waits for the server's (blocking
 // up to connect_timeout_ms), then publishes the link: 0 or an error.
 int aai_link_connect(aa_client *c);
+
+// aai_link_reconnect starts a reconnect on a thread of its own unless one
+// runs; calls queue meanwhile and go out after its handshake, or fail
+// with its error. Expects c->mtx; returns 0 or an error (no thread).
+int aai_link_reconnect(aa_client *c);
 
 // aai_link_free_dead frees links that went down. Never from a link's
 // callback.

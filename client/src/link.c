@@ -21,6 +21,13 @@
 // end with EPROTO or EMSGSIZE. The server's Goodbye: its reason and
 // message end the link's ops (0 and ECLOSED read as EUNAVAIL).
 //
+// Reconnect (opts.reconnect): a call that finds no link starts one
+// reconnect thread (aai_link_reconnect) and queues; the flusher leaves
+// queued ops alone while `reconnecting`, and the reconnect flushes when
+// its handshake is done, or fails them with its error (down_err). No
+// caller ever waits for a dial; stop waits for the reconnect thread
+// (`reconnectors`), which may take up to connect_timeout_ms.
+//
 // Loss (down): every op in the map that was sent on this link ends ERROR
 // (the Goodbye's reason, a protocol error's, or ECONNLOST) with settlement
 // unknown; queued ones are left to a flusher, which finds the link gone.
@@ -229,7 +236,8 @@ clink_down(void *arg, aai_conn *conn, int err)
 	why = l->goodbye != 0 ? l->goodbye
 	      : c->down_err == AA_EPROTO || c->down_err == AA_EMSGSIZE
 	          ? c->down_err
-	          : AA_ECONNLOST;
+	      : err == AA_ELIMIT ? AA_ELIMIT // the server did not read
+	                         : AA_ECONNLOST;
 	const char *why_msg = l->goodbye_msg[0] != '\0' ? l->goodbye_msg
 	                      : why == AA_EUNAVAIL      ? "server shut down"
 	                                                : "connection lost";
@@ -390,4 +398,48 @@ aai_link_connect(aa_client *c)
 	l->pins--;
 	aai_mtx_unlock(&c->mtx);
 	return rv;
+}
+
+// reconnect_main connects again on a thread of its own, then sends what
+// queued meanwhile (or fails it with the connect's error).
+static void *
+reconnect_main(void *arg)
+{
+	aa_client *c = arg;
+	AAI_CHECKPOINT("client.reconnect", c);
+	int rv = aai_link_connect(c);
+	aai_mtx_lock(&c->mtx);
+	c->reconnecting = false;
+	if (rv != 0) {
+		c->down_err = rv; // the queued calls fail with it
+	}
+	aai_mtx_unlock(&c->mtx);
+	aai_submit_flush(c);
+	aai_mtx_lock(&c->mtx);
+	c->reconnectors--;
+	aai_cv_broadcast(&c->cv);
+	aai_mtx_unlock(&c->mtx); // the last touch of c
+	return NULL;
+}
+
+int
+aai_link_reconnect(aa_client *c)
+{
+	if (c->reconnecting) {
+		return 0;
+	}
+	pthread_t t;
+	pthread_attr_t attr;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	c->reconnecting = true;
+	c->reconnectors++;
+	int rv = pthread_create(&t, &attr, reconnect_main, c);
+	pthread_attr_destroy(&attr);
+	if (rv != 0) {
+		c->reconnecting = false;
+		c->reconnectors--;
+		return AA_ESYSTEM;
+	}
+	return 0;
 }

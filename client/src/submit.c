@@ -39,6 +39,20 @@ queue_push(aa_client *c, cop *p)
 	c->qtail = p;
 }
 
+// queue_push_front puts p back at the head (a flusher that took it).
+static void
+queue_push_front(aa_client *c, cop *p)
+{
+	p->qprev = NULL;
+	p->qnext = c->qhead;
+	if (c->qhead != NULL) {
+		c->qhead->qprev = p;
+	} else {
+		c->qtail = p;
+	}
+	c->qhead = p;
+}
+
 void
 aai_submit_unlink(aa_client *c, cop *p)
 {
@@ -91,16 +105,16 @@ aa_client_call(aa_op **opp, aa_client *c, const char *method_name,
 		return AA_ECLOSED;
 	}
 	if (c->link == NULL) {
-		if (!c->opts.reconnect) {
-			rv = c->down_err != 0 ? c->down_err : AA_ECONNLOST;
+		// Never block the caller (it may be a handler on a library
+		// thread): a reconnect runs on its own thread, and this call
+		// queues meanwhile.
+		rv = !c->opts.reconnect
+		         ? (c->down_err != 0 ? c->down_err : AA_ECONNLOST)
+		         : aai_link_reconnect(c);
+		if (rv != 0) {
 			aai_mtx_unlock(&c->mtx);
 			return rv;
 		}
-		aai_mtx_unlock(&c->mtx);
-		if ((rv = aai_link_connect(c)) != 0) {
-			return rv;
-		}
-		aai_mtx_lock(&c->mtx);
 	}
 	if ((m = aai_client_find_method(c, method_name)) == NULL) {
 		aai_mtx_unlock(&c->mtx);
@@ -166,8 +180,10 @@ aa_client_call(aa_op **opp, aa_client *c, const char *method_name,
 		*opp = op;
 		return 0;
 	}
-	if (c->closed || c->link == NULL) {
-		rv = c->closed ? AA_ECLOSED : AA_ECONNLOST;
+	if (c->closed || (c->link == NULL && !c->reconnecting)) {
+		rv = c->closed          ? AA_ECLOSED
+		     : c->down_err != 0 ? c->down_err
+		                        : AA_ECONNLOST;
 		aai_mtx_unlock(&c->mtx);
 		return call_failed(op, rv);
 	}
@@ -219,8 +235,10 @@ aai_submit_flush(aa_client *c)
 	}
 	c->flushing = true;
 	// A lost link ends every queued op, corked or not: nothing may
-	// wait for a connection that is gone.
-	while (c->qhead != NULL && (c->cork == 0 || c->link == NULL)) {
+	// wait for a connection that is gone; while a reconnect runs they
+	// wait for it (it flushes when it is done).
+	while (c->qhead != NULL && !(c->link == NULL && c->reconnecting) &&
+	       (c->cork == 0 || c->link == NULL)) {
 		cop *p = c->qhead;
 		aai_submit_unlink(c, p);
 		p->in_flusher = true;
@@ -232,6 +250,13 @@ aai_submit_flush(aa_client *c)
 		uint32_t left = deadline_left(p);
 		aai_mtx_lock(&c->mtx);
 		p->in_flusher = false;
+		if (p->state == COP_QUEUED && c->link == NULL &&
+		    c->reconnecting) {
+			// Lost while we held it, and a reconnect runs: back
+			// to the head of the queue, for the reconnect.
+			queue_push_front(c, p);
+			break;
+		}
 		if (p->state != COP_QUEUED || c->link == NULL ||
 		    (p->deadline_ms != 0 && left == 0)) {
 			// Cancelled (or timed out) in its pre-submit window,
@@ -243,14 +268,16 @@ aai_submit_flush(aa_client *c)
 				aai_idmap_remove(&c->ops, &p->node);
 			}
 			bool expired = c->link != NULL;
+			int why = expired            ? AA_ETIMEDOUT
+			          : c->down_err != 0 ? c->down_err
+			                             : AA_ECONNLOST;
 			aai_mtx_unlock(&c->mtx);
 			if (lost) {
 				aai_cop_fail(
-				    p, expired ? AA_ETIMEDOUT : AA_ECONNLOST,
-				    AA_SETTLE_NEVER_STARTED,
+				    p, why, AA_SETTLE_NEVER_STARTED,
 				    expired ? "deadline passed before the "
 				              "call was sent"
-				            : "connection lost");
+				            : "no connection");
 			}
 			aai_cop_retire(p);
 			aai_mtx_lock(&c->mtx);

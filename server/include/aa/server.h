@@ -108,6 +108,16 @@ typedef struct aa_server_opts {
 	aa_server_log_fn log; // may be NULL
 	void *log_arg;
 	aa_executor *executor; // passed to methods in assoc; may be NULL
+	// Flow control (docs/protocol.md § 17): when more than
+	// send_queue_pause bytes wait to be written to a client, the server
+	// stops reading that client (its Starts wait; others are served) until
+	// they drop to half; a client whose queue would pass send_queue_max is
+	// dropped (AA_ELIMIT). send_budget bounds the bytes queued to all
+	// clients together: past it, every client with bytes queued stops
+	// reading too. 0: 1 MiB, 32 MiB and 256 MiB.
+	size_t send_queue_pause;
+	size_t send_queue_max;
+	size_t send_budget;
 	// A demo and test knob, not for production: hold every Complete this
 	// many milliseconds before sending it, as a slow link would, so that
 	// a client's Cancel and the Complete cross on the wire (the
@@ -141,6 +151,9 @@ typedef struct aa_server_stats {
 	uint64_t cancels_late; // of cancels_ignored: for an op the server
 	                       // had already finished (logged
 	                       // cancel_received, "after completion")
+	uint64_t send_queued;  // bytes waiting to be written to clients now
+	uint64_t reads_paused; // times a client's reading was paused because
+	                       // it did not read (or the budget was over)
 } aa_server_stats;
 
 // aa_server_alloc makes a server with no methods and no listeners.
