@@ -219,6 +219,13 @@ aai_cop_cancel(aa_op *op, aa_cancel_type type, void *arg)
 	if (retire) {
 		aai_cop_retire(p);
 	}
+#ifdef AA_REPLAY_INJECT_BUG
+	// The injected bug: a result already in hand wins over the cancel,
+	// so the op ends COMPLETED although cancel said it cancelled it.
+	if (t != AA_TIMELINE_ALREADY_COMPLETE) {
+		aa_op_canceled(op);
+	}
+#endif
 	return (int)t;
 }
 
