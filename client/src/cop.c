@@ -12,7 +12,8 @@
 //   SENT      Start handed to the transport: a cancel now is in-flight and
 //             a Cancel follows (always after the Start: both are handed to
 //             the transport under the client's mutex);
-//   RECEIVED  the server's Complete arrived and is being handed over: a
+//   RECEIVED  the server's Complete arrived and is being handed over (the
+//             op is still in the map, so that cancel-all finds it): a
 //             cancel now is already-complete, nothing more is sent;
 //   DONE      off the map (taken out by a flush, a deadline, a loss or
 //             the answer); the client's reference is gone or going.
@@ -297,7 +298,8 @@ aai_cop_on_complete(aa_client *c, const aai_wire_msg *m)
 		aai_mtx_unlock(&c->mtx);
 		return;
 	}
-	aai_idmap_remove(&c->ops, &p->node);
+	// It stays in the map until DONE: a cancel-all meanwhile finds it
+	// (already-complete), as a single cancel would.
 	p->state = COP_RECEIVED;
 	// An in-flight cancel whose Cancel the server had not received when
 	// its op finished: the Complete and the Cancel crossed, so it was
@@ -364,6 +366,7 @@ aai_cop_on_complete(aa_client *c, const aai_wire_msg *m)
 	}
 	aai_mtx_lock(&c->mtx);
 	p->state = COP_DONE;
+	aai_idmap_remove(&c->ops, &p->node);
 	if (rv == AA_EALREADY && !late) {
 		c->st.late_dropped++; // cancelled during the finish
 	}
