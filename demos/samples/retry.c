@@ -1,0 +1,238 @@
+// retry.c: the middle-level sample with retries (c-util's retry module).
+//
+// Design notes.
+//
+// States of a call: ATTEMPT (a child op of the lower layer is pending)
+// -> on failure, WAIT (the backoff timer is armed) -> ATTEMPT again, or
+// ENDED. Our op uses the cooperative policy; its cancel function records
+// the request in the call's link (which passes it to the pending child
+// through the child's slot) and then tries to disarm the backoff timer.
+// The call lives in its op's extra memory.
+//
+// Who ends the call (finishes our op and releases the call), exactly
+// once:
+// * the child's handler, when the child completed or was cancelled, or
+//   failed with no attempt left, or failed after a cancel was requested;
+// * the disarmer of the backoff timer (aa_timer_cancel returned 0: only
+//   one caller ever gets that, and never once the timer fired): a cancel,
+//   or the child's handler itself when it sees a cancel that came while
+//   it armed the timer;
+// * the timer function, when it fired after a cancel was requested.
+//
+// Races, and who wins.
+// * cancel vs an attempt finishing: the child's lock (its own race); a
+//   failure that loses to nothing while a cancel is recorded ends the
+//   call CANCELED: no retry after cancel.
+// * cancel vs arming the wait: the handler arms, then re-reads the
+//   request; the cancel records, then disarms. Whichever disarms first
+//   ends the call; if neither did before the timer fired, the timer
+//   function sees the request and ends it. No attempt starts.
+// * cancel vs the timer starting the next attempt: the timer function
+//   reads the request before the attempt; a request after that reaches
+//   the new child through the slot, or through smp_link_started when the
+//   child was still connecting.
+#include <stdlib.h>
+#include <string.h>
+
+#include "retry.h"
+
+struct retry {
+	smp_layer lower;
+	retry_policy policy;
+	aa_timer_queue *timers;
+	smp_tracker tracker;
+};
+
+typedef struct call {
+	smp_node node; // first: the tracker's
+	retry *m;
+	aa_op *op;
+	smp_link link;
+	aa_timer backoff;
+	atomic_bool bound;       // backoff was started once (has its queue)
+	atomic_bool cancel_seen; // with bound: the store-load pair below
+	atomic_int attempts;
+	atomic_bool ended; // a broken "exactly once" aborts
+	size_t len;
+	unsigned char in[];
+} call;
+
+int
+retry_alloc(retry **mp, smp_layer lower, retry_policy policy)
+{
+	retry *m;
+	int rv;
+	if (mp == NULL || lower.call == NULL || policy.max_attempts < 1) {
+		return AA_EINVAL;
+	}
+	if ((m = calloc(1, sizeof(*m))) == NULL) {
+		return AA_ENOMEM;
+	}
+	if ((rv = aa_timer_queue_alloc(&m->timers)) != 0) {
+		free(m);
+		return rv;
+	}
+	m->lower = lower;
+	m->policy = policy;
+	smp_tracker_init(&m->tracker);
+	*mp = m;
+	return 0;
+}
+
+void
+retry_free(retry *m)
+{
+	if (m == NULL) {
+		return;
+	}
+	smp_tracker_shutdown(&m->tracker, AA_CANCEL_TERMINAL);
+	aa_timer_queue_free(m->timers);
+	smp_tracker_fini(&m->tracker);
+	free(m);
+}
+
+int
+retry_attempts(aa_op *op)
+{
+	return atomic_load(&((call *)aa_op_extra(op))->attempts);
+}
+
+// call_end releases the call after its op was finished.
+static void
+call_end(call *c)
+{
+	if (atomic_exchange(&c->ended, true)) {
+		abort(); // two paths ended the call: a bug in this file
+	}
+	smp_link_close(&c->link);
+	smp_tracker_remove(&c->m->tracker, &c->node);
+}
+
+static void
+end_canceled(call *c)
+{
+	(void)aa_op_canceled(c->op);
+	call_end(c);
+}
+
+static void attempt(call *c);
+
+static void
+backoff_fired(void *arg)
+{
+	attempt(arg);
+}
+
+static void
+child_done(aa_op *child, void *arg)
+{
+	call *c = arg;
+	int n = atomic_load(&c->attempts);
+	uint64_t wait;
+	if (aa_op_status(child) != AA_ERROR ||
+	    n >= c->m->policy.max_attempts ||
+	    smp_link_cancelled(&c->link, NULL)) {
+		if (aa_op_status(child) == AA_ERROR &&
+		    smp_link_cancelled(&c->link, NULL)) {
+			(void)aa_op_canceled(c->op); // no retry after cancel
+		} else {
+			smp_finish_like(c->op, child);
+		}
+		aa_op_unref(child);
+		call_end(c);
+		return;
+	}
+	aa_op_unref(child);
+	wait = c->m->policy.backoff_ms << (n - 1 < 16 ? n - 1 : 16);
+	if (aa_timer_start(&c->backoff, c->m->timers, wait) != 0) {
+		(void)aa_op_fail(c->op, AA_ECLOSED, "the module is closing");
+		call_end(c);
+		return;
+	}
+	// Store `bound`, then load `cancel_seen`; the cancel function
+	// stores cancel_seen, then loads bound (both sequentially
+	// consistent): at least one of us sees the other and disarms.
+	atomic_store(&c->bound, true);
+	if (atomic_load(&c->cancel_seen) &&
+	    aa_timer_cancel(&c->backoff) == 0) {
+		end_canceled(c);
+	}
+}
+
+static void
+attempt(call *c)
+{
+	aa_assoc child_assoc;
+	aa_op *child;
+	int rv;
+	if (smp_link_cancelled(&c->link, NULL)) {
+		end_canceled(c); // no attempt starts after a cancel
+		return;
+	}
+	atomic_fetch_add(&c->attempts, 1);
+	smp_link_child_assoc(&c->link, aa_op_assoc(c->op), &child_assoc);
+	rv = c->m->lower.call(c->m->lower.handle, c->in, c->len, &child_assoc,
+	                      child_done, c, &child);
+	if (rv != 0) {
+		(void)aa_op_fail(c->op, rv,
+		                 "the lower layer refused the call");
+		call_end(c);
+		return;
+	}
+	smp_link_started(&c->link);
+}
+
+static int
+call_cancel(aa_op *op, aa_cancel_type type, void *arg)
+{
+	call *c = aa_op_extra(op);
+	(void)arg;
+	smp_link_cancel(&c->link, type);
+	atomic_store(&c->cancel_seen, true);
+	// Only when the call waits for its backoff (the timer is armed)
+	// does this disarm it; otherwise the pending child's handler, or
+	// the timer function, sees the request. A timer never started has
+	// no queue yet (and may still be zeroed memory): leave it alone.
+	if (atomic_load(&c->bound) && aa_timer_cancel(&c->backoff) == 0) {
+		end_canceled(c);
+	}
+	return atomic_load(&c->attempts);
+}
+
+int
+retry_call(void *handle, const void *in, size_t len, const aa_assoc *assoc,
+           aa_op_cb cb, void *arg, aa_op **opp)
+{
+	retry *m = handle;
+	aa_op_provider prov = {
+	    .policy = AA_POLICY_COOPERATIVE,
+	    .cancel = call_cancel,
+	    .cancel_types = AA_CANCEL_ALL, // the child refuses what it must
+	};
+	aa_op *op;
+	call *c;
+	int rv;
+	if (m == NULL || cb == NULL || opp == NULL ||
+	    (len > 0 && in == NULL)) {
+		return AA_EINVAL;
+	}
+	prov.extra = sizeof(*c) + len;
+	if ((rv = smp_start_op(&op, &prov, assoc)) != 0) {
+		return rv;
+	}
+	c = aa_op_extra(op);
+	c->op = op;
+	c->len = len;
+	if (len > 0) {
+		memcpy(c->in, in, len);
+	}
+	aa_timer_init(&c->backoff, backoff_fired, c);
+	if ((rv = smp_track_composed(op, &m->tracker, &c->node, &c->link)) !=
+	    0) {
+		return rv;
+	}
+	c->m = m;
+	attempt(c);
+	smp_hand_over(op, cb, arg, opp);
+	return 0;
+}
