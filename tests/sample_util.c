@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lowfake.h"
 #include "sample_util.h"
 
 void
@@ -91,6 +92,29 @@ echo_blocking(void *ctx, const void *in, size_t len, void **out,
 }
 
 void
+lowfx_init(lowfx *f, int threads, const char *suffix)
+{
+	cr_assert_eq(aa_pool_alloc(&f->pool, threads), 0);
+	echo_init(&f->e, suffix);
+	gate_init(&f->held);
+	gate_init(&f->release);
+	f->e.held = &f->held;
+	f->e.release = &f->release;
+	cr_assert_eq(lowfake_alloc(&f->m, f->pool, echo_blocking, &f->e), 0);
+	f->layer = (smp_layer){lowfake_call, f->m};
+}
+
+void
+lowfx_fini(lowfx *f)
+{
+	lowfake_free(f->m);
+	aa_executor_free(f->pool);
+	gate_fini(&f->held);
+	gate_fini(&f->release);
+	echo_fini(&f->e);
+}
+
+void
 seen_init(seen *s, tally *done)
 {
 	memset(s, 0, sizeof(*s));
@@ -115,7 +139,9 @@ seen_cb(aa_op *op, void *arg)
 	if (s->done != NULL) {
 		tally_add(s->done);
 	}
-	aa_op_unref(op);
+	if (!s->keep) {
+		aa_op_unref(op);
+	}
 }
 
 typedef struct spy_child {
@@ -178,6 +204,8 @@ typedef struct racer {
 	pthread_barrier_t round_end;
 	aa_op *_Atomic op;
 	aa_cancel_type type;
+	race_cancel_fn cancel;
+	void *ctx;
 	atomic_bool stop;
 	atomic_int cancel_rv;
 } racer;
@@ -192,18 +220,25 @@ racer_main(void *arg)
 			return NULL;
 		}
 		pthread_barrier_wait(r->go); // lined up with the work
-		atomic_store(&r->cancel_rv,
-		             aa_op_cancel(atomic_load(&r->op), r->type));
+		if (r->cancel != NULL) {
+			(void)r->cancel(r->ctx, atomic_load(&r->op), r->type);
+			atomic_store(&r->cancel_rv, 0);
+		} else {
+			atomic_store(
+			    &r->cancel_rv,
+			    aa_op_cancel(atomic_load(&r->op), r->type));
+		}
 		pthread_barrier_wait(&r->round_end);
 	}
 }
 
 void
 race_cancel_completion(int rounds, echo *e, smp_layer layer,
-                       aa_cancel_type type, const char *want)
+                       aa_cancel_type type, const char *want,
+                       race_cancel_fn cancel, void *ctx)
 {
 	pthread_barrier_t go;
-	racer r = {.go = &go, .type = type};
+	racer r = {.go = &go, .type = type, .cancel = cancel, .ctx = ctx};
 	thr t;
 	int won[2] = {0, 0}; // cancel, work
 	pthread_barrier_init(&r.start, NULL, 2);

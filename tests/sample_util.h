@@ -44,6 +44,19 @@ void echo_fini(echo *e);
 int echo_blocking(void *ctx, const void *in, size_t len, void **out,
                   size_t *outlen);
 
+// A lowfake module on its own pool, calling an echo (held at gates).
+typedef struct lowfx {
+	aa_executor *pool;
+	echo e;
+	gate held;
+	gate release;
+	struct lowfake *m;
+	smp_layer layer;
+} lowfx;
+
+void lowfx_init(lowfx *f, int threads, const char *suffix);
+void lowfx_fini(lowfx *f); // frees the module, then the rest
+
 // A completion handler's record.
 typedef struct seen {
 	atomic_int runs;
@@ -52,10 +65,14 @@ typedef struct seen {
 	char result[64];
 	int err;
 	tally *done; // counted when the handler ran (may be NULL)
+	bool keep;   // the test keeps the caller's reference and drops it
 } seen;
 
 void seen_init(seen *s, tally *done);
-void seen_cb(aa_op *op, void *arg); // records, drops the caller's ref
+// seen_cb records, then drops the caller's reference unless keep is set
+// (a test that uses the op after the call returned must set keep: the
+// handler may run before the call returns).
+void seen_cb(aa_op *op, void *arg);
 
 // A spy layer: forwards each call to lower, counts the calls, runs
 // before_cb(ctx, child) in the child's handler before the real handler,
@@ -76,8 +93,12 @@ void spy_fini(spy *s);
 // work lines up on the echo's barrier; the helper thread, lined up on the
 // same barrier, cancels the op with type; then the round's outcome is
 // checked: the handler ran exactly once, and the op is CANCELED, or
-// COMPLETED with want as result (the work won). Notes the split.
+// COMPLETED with want as result (the work won). Notes the split. With
+// cancel set, the helper calls cancel(ctx, op, type) instead of
+// aa_op_cancel (e.g. a cancel-all).
+typedef int (*race_cancel_fn)(void *ctx, aa_op *op, aa_cancel_type type);
 void race_cancel_completion(int rounds, echo *e, smp_layer layer,
-                            aa_cancel_type type, const char *want);
+                            aa_cancel_type type, const char *want,
+                            race_cancel_fn cancel, void *ctx);
 
 #endif // AA_SAMPLE_UTIL_H

@@ -10,45 +10,13 @@
 
 TestSuite(sample_lowfake, .timeout = 120, .fini = aa_test_check_live);
 
-typedef struct fixture {
-	aa_executor *pool;
-	echo e;
-	gate held;
-	gate release;
-	lowfake *m;
-	smp_layer layer;
-} fixture;
-
-static void
-fx_init(fixture *f, int threads)
-{
-	cr_assert_eq(aa_pool_alloc(&f->pool, threads), 0);
-	echo_init(&f->e, "!");
-	gate_init(&f->held);
-	gate_init(&f->release);
-	f->e.held = &f->held;
-	f->e.release = &f->release;
-	cr_assert_eq(lowfake_alloc(&f->m, f->pool, echo_blocking, &f->e), 0);
-	f->layer = (smp_layer){lowfake_call, f->m};
-}
-
-static void
-fx_fini(fixture *f)
-{
-	lowfake_free(f->m);
-	aa_executor_free(f->pool);
-	gate_fini(&f->held);
-	gate_fini(&f->release);
-	echo_fini(&f->e);
-}
-
 Test(sample_lowfake, success)
 {
-	fixture f;
+	lowfx f;
 	tally done;
 	seen s;
 	aa_op *op;
-	fx_init(&f, 1);
+	lowfx_init(&f, 1, "!");
 	tally_init(&done);
 	seen_init(&s, &done);
 	cr_assert_eq(lowfake_call(f.m, "hi", 2, NULL, seen_cb, &s, &op), 0);
@@ -57,16 +25,16 @@ Test(sample_lowfake, success)
 	cr_assert_str_eq(s.result, "hi!");
 	cr_assert_eq(lowfake_call(f.m, "x", 1, NULL, NULL, &s, &op),
 	             AA_EINVAL);
-	fx_fini(&f);
+	lowfx_fini(&f);
 	tally_fini(&done);
 }
 
 Test(sample_lowfake, cancel_during_the_blocking_call_is_immediate)
 {
-	fixture f;
+	lowfx f;
 	seen s;
 	aa_op *op;
-	fx_init(&f, 1);
+	lowfx_init(&f, 1, "!");
 	seen_init(&s, NULL);
 	atomic_store(&f.e.hold, true);
 	cr_assert_eq(lowfake_call(f.m, "a", 1, NULL, seen_cb, &s, &op), 0);
@@ -82,7 +50,7 @@ Test(sample_lowfake, cancel_during_the_blocking_call_is_immediate)
 	cr_assert(pthread_equal(s.thread, pthread_self()));
 	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_PENDING);
 	gate_open(&f.release);
-	fx_fini(&f); // waits for the blocking call
+	lowfx_fini(&f); // waits for the blocking call
 	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_COMPLETED,
 	             "the module cleaned up after the real call");
 	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), AA_EALREADY);
@@ -92,13 +60,13 @@ Test(sample_lowfake, cancel_during_the_blocking_call_is_immediate)
 
 Test(sample_lowfake, cancel_before_the_blocking_call_starts)
 {
-	fixture f;
+	lowfx f;
 	tally done;
 	seen first;
 	seen second;
 	aa_op *op1;
 	aa_op *op2;
-	fx_init(&f, 1);
+	lowfx_init(&f, 1, "!");
 	tally_init(&done);
 	seen_init(&first, &done);
 	seen_init(&second, NULL);
@@ -113,7 +81,7 @@ Test(sample_lowfake, cancel_before_the_blocking_call_starts)
 	cr_assert_eq(atomic_load(&second.state), AA_CANCELED);
 	gate_open(&f.release);
 	tally_wait(&done, 1);
-	fx_fini(&f);
+	lowfx_fini(&f);
 	tally_fini(&done);
 	cr_assert_eq(tally_get(&f.e.calls), 1, "op2's call never ran");
 	cr_assert_eq(aa_op_settlement(op2), AA_SETTLE_NEVER_STARTED);
@@ -123,30 +91,31 @@ Test(sample_lowfake, cancel_before_the_blocking_call_starts)
 
 Test(sample_lowfake, cancel_after_completion_does_nothing)
 {
-	fixture f;
+	lowfx f;
 	tally done;
 	seen s;
 	aa_op *op;
-	fx_init(&f, 1);
+	lowfx_init(&f, 1, "!");
 	tally_init(&done);
 	seen_init(&s, &done);
+	s.keep = true;
 	cr_assert_eq(lowfake_call(f.m, "z", 1, NULL, seen_cb, &s, &op), 0);
-	aa_op_ref(op);
 	tally_wait(&done, 1);
 	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), AA_EALREADY);
 	cr_assert_eq(aa_op_status(op), AA_COMPLETED);
 	cr_assert_eq(atomic_load(&s.runs), 1);
 	aa_op_unref(op);
-	fx_fini(&f);
+	lowfx_fini(&f);
 	tally_fini(&done);
 }
 
 Test(sample_lowfake, cancel_races_completion_10000_times)
 {
-	fixture f;
-	fx_init(&f, 2);
-	race_cancel_completion(10000, &f.e, f.layer, AA_CANCEL_TERMINAL, "r!");
-	fx_fini(&f);
+	lowfx f;
+	lowfx_init(&f, 2, "!");
+	race_cancel_completion(10000, &f.e, f.layer, AA_CANCEL_TERMINAL, "r!",
+	                       NULL, NULL);
+	lowfx_fini(&f);
 }
 
 typedef struct freer {
@@ -165,13 +134,13 @@ free_module(void *arg)
 
 Test(sample_lowfake, destroy_with_calls_pending)
 {
-	fixture f;
+	lowfx f;
 	tally done;
 	seen s[3];
 	freer fr;
 	thr t;
 	aa_op *op;
-	fx_init(&f, 1);
+	lowfx_init(&f, 1, "!");
 	tally_init(&done);
 	atomic_store(&f.e.hold, true);
 	for (int i = 0; i < 3; i++) {
