@@ -545,8 +545,13 @@ cancel(aa_op *op, aa_cancel_type type, bool may_wait)
 		// The provider decides; a repeated request is not passed on.
 		aai_mtx_unlock(&op->mtx);
 		if (call_fn) {
+			// A cancel through a parent's slot holds no reference
+			// of its own, and the provider may finish the op
+			// inside its cancel function (which drops the slot's).
+			aa_op_ref(op);
 			atomic_store(&op->detail,
 			             op->cancel_fn(op, type, op->prov_arg));
+			aa_op_unref(op);
 		}
 		return 0;
 	}
