@@ -54,19 +54,32 @@ echo_init(echo *e, const char *suffix)
 	memset(e, 0, sizeof(*e));
 	e->suffix = suffix;
 	tally_init(&e->calls);
+	tally_init(&e->returned);
 }
 
 void
 echo_fini(echo *e)
 {
 	tally_fini(&e->calls);
+	tally_fini(&e->returned);
 }
+
+static int echo_call(echo *e, const void *in, size_t len, void **out,
+                     size_t *outlen);
 
 int
 echo_blocking(void *ctx, const void *in, size_t len, void **out,
               size_t *outlen)
 {
 	echo *e = ctx;
+	int rv = echo_call(e, in, len, out, outlen);
+	tally_add(&e->returned);
+	return rv;
+}
+
+static int
+echo_call(echo *e, const void *in, size_t len, void **out, size_t *outlen)
+{
 	size_t sl = strlen(e->suffix);
 	char *buf;
 	tally_add(&e->calls);

@@ -25,13 +25,14 @@ int tally_get(tally *t);
 void tally_wait(tally *t, int n); // until at least n
 
 // The blocking call of a lowfake module: answers with the input and its
-// suffix. Each call: counted in `calls`; if hold is set, opens `held`
-// and waits for `release`; if fail_first > 0, fails (AA_EAPP) and
-// decrements it; if race is set, waits on the barrier (lined up with the
-// canceller) before returning.
+// suffix. Each call: counted in `calls` (and in `returned` at its end); if
+// hold is set, opens `held` and waits for `release`; if fail_first > 0, fails
+// (AA_EAPP) and decrements it; if race is set, waits on the barrier (lined up
+// with the canceller) before returning.
 typedef struct echo {
 	const char *suffix;
 	tally calls;
+	tally returned; // calls that returned
 	atomic_bool hold;
 	gate *held;
 	gate *release;

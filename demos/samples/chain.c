@@ -88,15 +88,18 @@ start_step(call *c, int n, const void *in, size_t len)
 	}
 	atomic_store(&c->step, n);
 	smp_link_child_assoc(&c->link, aa_op_assoc(c->op), &a);
+	// The step may end at once, and the call with it: hold the op.
+	aa_op_ref(c->op);
 	rv = c->m->steps[n - 1].call(c->m->steps[n - 1].handle, in, len, &a,
 	                             step_done, c, &child);
 	if (rv != 0) {
 		(void)aa_op_fail(c->op, rv, "a step refused the call");
 		call_end(c);
-		return false;
+	} else {
+		smp_link_started(&c->link);
 	}
-	smp_link_started(&c->link);
-	return true;
+	aa_op_unref(c->op);
+	return rv == 0;
 }
 
 static void
@@ -123,7 +126,7 @@ call_cancel(aa_op *op, aa_cancel_type type, void *arg)
 {
 	call *c = aa_op_extra(op);
 	(void)arg;
-	smp_link_cancel(&c->link, type);
+	smp_link_cancel(op, &c->link, type);
 	return atomic_load(&c->step);
 }
 

@@ -74,7 +74,7 @@ static int
 call_cancel(aa_op *op, aa_cancel_type type, void *arg)
 {
 	(void)arg;
-	smp_link_cancel(&((call *)aa_op_extra(op))->link, type);
+	smp_link_cancel(op, &((call *)aa_op_extra(op))->link, type);
 	return 0;
 }
 

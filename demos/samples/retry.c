@@ -171,23 +171,28 @@ attempt(call *c)
 	}
 	atomic_fetch_add(&c->attempts, 1);
 	smp_link_child_assoc(&c->link, aa_op_assoc(c->op), &child_assoc);
+	// The attempt may end at once, and the call with it: hold the op.
+	aa_op_ref(c->op);
 	rv = c->m->lower.call(c->m->lower.handle, c->in, c->len, &child_assoc,
 	                      child_done, c, &child);
 	if (rv != 0) {
 		(void)aa_op_fail(c->op, rv,
 		                 "the lower layer refused the call");
 		call_end(c);
-		return;
+	} else {
+		smp_link_started(&c->link);
 	}
-	smp_link_started(&c->link);
+	aa_op_unref(c->op);
 }
 
 static int
 call_cancel(aa_op *op, aa_cancel_type type, void *arg)
 {
 	call *c = aa_op_extra(op);
+	int attempts;
 	(void)arg;
-	smp_link_cancel(&c->link, type);
+	aa_op_ref(op); // see smp_link_cancel
+	smp_link_cancel(op, &c->link, type);
 	atomic_store(&c->cancel_seen, true);
 	// Only when the call waits for its backoff (the timer is armed)
 	// does this disarm it; otherwise the pending child's handler, or
@@ -196,7 +201,9 @@ call_cancel(aa_op *op, aa_cancel_type type, void *arg)
 	if (atomic_load(&c->bound) && aa_timer_cancel(&c->backoff) == 0) {
 		end_canceled(c);
 	}
-	return atomic_load(&c->attempts);
+	attempts = atomic_load(&c->attempts);
+	aa_op_unref(op);
+	return attempts;
 }
 
 int

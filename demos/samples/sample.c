@@ -197,8 +197,9 @@ emit(smp_link *l)
 }
 
 void
-smp_link_cancel(smp_link *l, aa_cancel_type type)
+smp_link_cancel(aa_op *op, smp_link *l, aa_cancel_type type)
 {
+	aa_op_ref(op);
 	link_lock(l);
 	if (!l->cancel_req) {
 		l->cancel_req = true;
@@ -206,6 +207,7 @@ smp_link_cancel(smp_link *l, aa_cancel_type type)
 	}
 	link_unlock(l);
 	emit(l);
+	aa_op_unref(op);
 }
 
 bool

@@ -98,8 +98,10 @@ int smp_link_open(smp_link *l);
 void smp_link_child_assoc(smp_link *l, const aa_assoc *parent, aa_assoc *a);
 
 // smp_link_cancel records the cancel request and passes it to whichever
-// child is connected (the parent's cancel function calls it).
-void smp_link_cancel(smp_link *l, aa_cancel_type type);
+// child is connected (the parent's cancel function calls it with the
+// parent op, which it holds meanwhile: a cancel that came through a slot
+// has no reference of its own, and the child's end may end the parent).
+void smp_link_cancel(aa_op *op, smp_link *l, aa_cancel_type type);
 
 // smp_link_cancelled says whether a cancel was requested (and its type).
 bool smp_link_cancelled(smp_link *l, aa_cancel_type *type);
