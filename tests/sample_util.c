@@ -118,10 +118,20 @@ lowfx_init(lowfx *f, int threads, const char *suffix)
 }
 
 void
-lowfx_fini(lowfx *f)
+lowfx_stop(lowfx *f)
 {
 	lowfake_free(f->m);
 	aa_executor_free(f->pool);
+	f->m = NULL;
+	f->pool = NULL;
+}
+
+void
+lowfx_fini(lowfx *f)
+{
+	if (f->m != NULL) {
+		lowfx_stop(f);
+	}
 	gate_fini(&f->held);
 	gate_fini(&f->release);
 	echo_fini(&f->e);
@@ -149,11 +159,12 @@ seen_cb(aa_op *op, void *arg)
 	}
 	atomic_store(&s->state, aa_op_status(op));
 	atomic_fetch_add(&s->runs, 1);
-	if (s->done != NULL) {
-		tally_add(s->done);
-	}
+	// Last: the waiter may reuse s as soon as the tally moves.
 	if (!s->keep) {
 		aa_op_unref(op);
+	}
+	if (s->done != NULL) {
+		tally_add(s->done);
 	}
 }
 
@@ -266,11 +277,14 @@ race_cancel_completion(int rounds, echo *e, smp_layer layer,
 		aa_op *keep;
 		tally_init(&done);
 		seen_init(&s, &done);
+		s.keep = true; // the work waits for `go`, but be safe
 		cr_assert_eq(
 		    layer.call(layer.handle, "r", 1, NULL, seen_cb, &s, &op),
 		    0);
+		cr_assert_eq(atomic_load(&s.runs), 0, "round %d: %s %s", i,
+		             aa_op_state_name(aa_op_status(op)),
+		             aa_strerror(aa_op_error(op)));
 		keep = op;
-		aa_op_ref(keep); // the handler drops the caller's
 		atomic_store(&r.op, keep);
 		pthread_barrier_wait(&r.start);
 		// The work waits on `go` with the racer: both go at once.
@@ -296,6 +310,8 @@ race_cancel_completion(int rounds, echo *e, smp_layer layer,
 	atomic_store(&r.stop, true);
 	pthread_barrier_wait(&r.start);
 	thr_join(&t);
+	// Every work has left the barrier before it goes away.
+	tally_wait(&e->returned, tally_get(&e->calls));
 	e->race = NULL;
 	pthread_barrier_destroy(&go);
 	pthread_barrier_destroy(&r.start);

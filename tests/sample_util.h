@@ -56,7 +56,10 @@ typedef struct lowfx {
 } lowfx;
 
 void lowfx_init(lowfx *f, int threads, const char *suffix);
-void lowfx_fini(lowfx *f); // frees the module, then the rest
+// lowfx_stop frees the module and the pool (every call has ended): the
+// counters can be read until lowfx_fini.
+void lowfx_stop(lowfx *f);
+void lowfx_fini(lowfx *f); // stops if not stopped, then frees the rest
 
 // A completion handler's record.
 typedef struct seen {

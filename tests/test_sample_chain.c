@@ -83,8 +83,12 @@ cancel_in_step(int n)
 	cr_assert_eq(aa_op_cancel_detail(op), n);
 	gate_open(&low->release);
 	aa_op_unref(op);
-	fx_fini(&f);
+	chain_free(f.m);
+	f.m = NULL;
+	lowfx_stop(&f.one);
+	lowfx_stop(&f.two);
 	cr_assert_eq(tally_get(&f.two.e.calls), n == 1 ? 0 : 1);
+	fx_fini(&f);
 }
 
 Test(sample_chain, cancel_during_step_one)

@@ -79,8 +79,11 @@ Test(sample_high, cancel_all_in_every_state)
 	}
 	cr_assert_eq(high_cancel_all(f.h, AA_CANCEL_TERMINAL), 0);
 	gate_open(&f.low.release);
-	fx_fini(&f);
+	high_free(f.h);
+	f.h = NULL;
+	lowfx_stop(&f.low);
 	cr_assert_eq(tally_get(&f.low.e.calls), 2, "the queued never ran");
+	fx_fini(&f);
 	tally_fini(&done);
 }
 

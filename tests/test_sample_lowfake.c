@@ -81,12 +81,13 @@ Test(sample_lowfake, cancel_before_the_blocking_call_starts)
 	cr_assert_eq(atomic_load(&second.state), AA_CANCELED);
 	gate_open(&f.release);
 	tally_wait(&done, 1);
-	lowfx_fini(&f);
-	tally_fini(&done);
+	lowfx_stop(&f);
 	cr_assert_eq(tally_get(&f.e.calls), 1, "op2's call never ran");
 	cr_assert_eq(aa_op_settlement(op2), AA_SETTLE_NEVER_STARTED);
 	cr_assert_eq(atomic_load(&first.state), AA_COMPLETED);
 	aa_op_unref(op2);
+	lowfx_fini(&f);
+	tally_fini(&done);
 }
 
 Test(sample_lowfake, cancel_after_completion_does_nothing)

@@ -94,8 +94,11 @@ Test(sample_retry, cancel_during_an_attempt_stops_it)
 	atomic_store(&f.low.e.fail_first, 1); // the attempt fails late
 	gate_open(&f.low.release);
 	aa_op_unref(op);
-	fx_fini(&f);
+	retry_free(f.m);
+	f.m = NULL;
+	lowfx_stop(&f.low);
 	cr_assert_eq(tally_get(&f.spy.calls), 1, "no attempt after cancel");
+	fx_fini(&f);
 }
 
 Test(sample_retry, cancel_during_the_backoff_wait)
@@ -116,8 +119,11 @@ Test(sample_retry, cancel_during_the_backoff_wait)
 	cr_assert_eq(atomic_load(&s.runs), 1);
 	cr_assert_eq(atomic_load(&s.state), AA_CANCELED);
 	aa_op_unref(op);
-	fx_fini(&f);
+	retry_free(f.m);
+	f.m = NULL;
+	lowfx_stop(&f.low);
 	cr_assert_eq(tally_get(&f.spy.calls), 1, "no attempt after cancel");
+	fx_fini(&f);
 }
 
 // A cancel that arrives inside the failed attempt's handler, before the
@@ -152,8 +158,11 @@ Test(sample_retry, cancel_in_the_failed_attempts_handler_starts_no_retry)
 	cr_assert_eq(atomic_load(&s.runs), 1, "no hour-long wait");
 	cr_assert_eq(atomic_load(&s.state), AA_CANCELED);
 	aa_op_unref(c.op);
-	fx_fini(&f);
+	retry_free(f.m);
+	f.m = NULL;
+	lowfx_stop(&f.low);
 	cr_assert_eq(tally_get(&f.spy.calls), 1);
+	fx_fini(&f);
 }
 
 Test(sample_retry, cancel_after_completion_does_nothing)

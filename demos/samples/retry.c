@@ -12,7 +12,8 @@
 // Who ends the call (finishes our op and releases the call), exactly
 // once:
 // * the child's handler, when the child completed or was cancelled, or
-//   failed with no attempt left, or failed after a cancel was requested;
+//   failed with no attempt left, or failed after a cancel was requested
+//   (a call the lower layer refused counts as a failed attempt);
 // * the disarmer of the backoff timer (aa_timer_cancel returned 0: only
 //   one caller ever gets that, and never once the timer fired): a cancel,
 //   or the child's handler itself when it sees a cancel that came while
@@ -123,26 +124,23 @@ backoff_fired(void *arg)
 	attempt(arg);
 }
 
+// wait_or_end decides after a failed attempt (its error err, msg): end
+// the call CANCELED after a cancel, in ERROR when no attempt is left,
+// else wait for the backoff.
 static void
-child_done(aa_op *child, void *arg)
+wait_or_end(call *c, int err, const char *msg)
 {
-	call *c = arg;
 	int n = atomic_load(&c->attempts);
 	uint64_t wait;
-	if (aa_op_status(child) != AA_ERROR ||
-	    n >= c->m->policy.max_attempts ||
-	    smp_link_cancelled(&c->link, NULL)) {
-		if (aa_op_status(child) == AA_ERROR &&
-		    smp_link_cancelled(&c->link, NULL)) {
-			(void)aa_op_canceled(c->op); // no retry after cancel
-		} else {
-			smp_finish_like(c->op, child);
-		}
-		aa_op_unref(child);
+	if (smp_link_cancelled(&c->link, NULL)) {
+		end_canceled(c); // no retry after cancel
+		return;
+	}
+	if (n >= c->m->policy.max_attempts) {
+		(void)aa_op_fail(c->op, err, msg);
 		call_end(c);
 		return;
 	}
-	aa_op_unref(child);
 	wait = c->m->policy.backoff_ms << (n - 1 < 16 ? n - 1 : 16);
 	if (aa_timer_start(&c->backoff, c->m->timers, wait) != 0) {
 		(void)aa_op_fail(c->op, AA_ECLOSED, "the module is closing");
@@ -157,6 +155,19 @@ child_done(aa_op *child, void *arg)
 	    aa_timer_cancel(&c->backoff) == 0) {
 		end_canceled(c);
 	}
+}
+
+static void
+child_done(aa_op *child, void *arg)
+{
+	call *c = arg;
+	if (aa_op_status(child) == AA_ERROR) {
+		wait_or_end(c, aa_op_error(child), aa_op_error_msg(child));
+	} else {
+		smp_finish_like(c->op, child);
+		call_end(c);
+	}
+	aa_op_unref(child);
 }
 
 static void
@@ -176,9 +187,9 @@ attempt(call *c)
 	rv = c->m->lower.call(c->m->lower.handle, c->in, c->len, &child_assoc,
 	                      child_done, c, &child);
 	if (rv != 0) {
-		(void)aa_op_fail(c->op, rv,
-		                 "the lower layer refused the call");
-		call_end(c);
+		// A refused attempt (e.g. a remote peer that cannot be
+		// reached yet) counts as a failed one.
+		wait_or_end(c, rv, "the lower layer refused the call");
 	} else {
 		smp_link_started(&c->link);
 	}
