@@ -645,20 +645,31 @@ strand_drain_done(void *arg, int rv)
 	}
 }
 
+// queue_item queues w on ex (a strand or an external executor) unless ex
+// is closed: false then. Expects ex->mtx.
+static bool
+queue_item(aa_executor *ex, aa_work *w)
+{
+	if (ex->closed) {
+		return false;
+	}
+	__atomic_store_n(&w->ex_, ex, __ATOMIC_RELEASE);
+	w->aborted_ = false;
+	w_set_state(w, W_QUEUED);
+	q_push(ex, w);
+	return true;
+}
+
 static int
 strand_submit(aa_work *w, aa_executor *s)
 {
 	bool schedule;
 	bool do_free = false;
 	aai_mtx_lock(&s->mtx);
-	if (s->closed) {
+	if (!queue_item(s, w)) {
 		aai_mtx_unlock(&s->mtx);
 		return AA_ECLOSED;
 	}
-	__atomic_store_n(&w->ex_, s, __ATOMIC_RELEASE);
-	w->aborted_ = false;
-	w_set_state(w, W_QUEUED);
-	q_push(s, w);
 	schedule = !s->scheduled;
 	s->scheduled = true;
 	aai_mtx_unlock(&s->mtx);
@@ -895,14 +906,10 @@ ext_submit(aa_work *w, aa_executor *ex)
 	const aai_ext_hooks *h = ex->hooks;
 	void *ctx = ex->hooks_ctx;
 	aai_mtx_lock(&ex->mtx);
-	if (ex->closed) {
+	if (!queue_item(ex, w)) {
 		aai_mtx_unlock(&ex->mtx);
 		return AA_ECLOSED;
 	}
-	__atomic_store_n(&w->ex_, ex, __ATOMIC_RELEASE);
-	w->aborted_ = false;
-	w_set_state(w, W_QUEUED);
-	q_push(ex, w);
 	if (h->submitted != NULL) {
 		ex->pins++; // released by the run call submitted() asks for
 	}

@@ -25,8 +25,8 @@
 #include "chain.h"
 
 struct chain {
+	smp_module base; // first
 	smp_layer steps[2];
-	smp_tracker tracker;
 };
 
 typedef struct call {
@@ -41,15 +41,15 @@ int
 chain_alloc(chain **mp, smp_layer step1, smp_layer step2)
 {
 	chain *m;
+	int rv;
 	if (mp == NULL || step1.call == NULL || step2.call == NULL) {
 		return AA_EINVAL;
 	}
-	if ((m = calloc(1, sizeof(*m))) == NULL) {
-		return AA_ENOMEM;
+	if ((rv = smp_module_alloc((void **)&m, sizeof(*m), false)) != 0) {
+		return rv;
 	}
 	m->steps[0] = step1;
 	m->steps[1] = step2;
-	smp_tracker_init(&m->tracker);
 	*mp = m;
 	return 0;
 }
@@ -57,19 +57,14 @@ chain_alloc(chain **mp, smp_layer step1, smp_layer step2)
 void
 chain_free(chain *m)
 {
-	if (m == NULL) {
-		return;
-	}
-	smp_tracker_shutdown(&m->tracker, AA_CANCEL_TERMINAL);
-	smp_tracker_fini(&m->tracker);
-	free(m);
+	smp_module_free(m, AA_CANCEL_TERMINAL);
 }
 
 static void
 call_end(call *c)
 {
 	smp_link_close(&c->link);
-	smp_tracker_remove(&c->m->tracker, &c->node);
+	smp_tracker_remove(&c->m->base.tracker, &c->node);
 }
 
 static void step_done(aa_op *child, void *arg);
@@ -144,7 +139,7 @@ chain_call(void *handle, const void *in, size_t len, const aa_assoc *assoc,
 	aa_op *op;
 	call *c;
 	int rv;
-	if (m == NULL || cb == NULL || opp == NULL) {
+	if (smp_bad_call(m, in, len, cb, opp)) {
 		return AA_EINVAL;
 	}
 	if ((rv = smp_start_op(&op, &prov, assoc)) != 0) {
@@ -152,8 +147,8 @@ chain_call(void *handle, const void *in, size_t len, const aa_assoc *assoc,
 	}
 	c = aa_op_extra(op);
 	c->op = op;
-	if ((rv = smp_track_composed(op, &m->tracker, &c->node, &c->link)) !=
-	    0) {
+	if ((rv = smp_track_composed(op, &m->base.tracker, &c->node,
+	                             &c->link)) != 0) {
 		return rv;
 	}
 	c->m = m;

@@ -25,16 +25,17 @@
 // * destroy vs everything: the tracker closes (new calls fail with
 //   AA_ECLOSED), cancels every pending op, and waits until every done
 //   callback has run.
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "lowfake.h"
 
 struct lowfake {
+	smp_module base; // first
 	aa_executor *pool;
 	lowfake_blocking_fn fn;
 	void *ctx;
-	smp_tracker tracker;
 };
 
 typedef struct call {
@@ -51,16 +52,16 @@ lowfake_alloc(lowfake **mp, aa_executor *pool, lowfake_blocking_fn fn,
               void *ctx)
 {
 	lowfake *m;
+	int rv;
 	if (mp == NULL || pool == NULL || fn == NULL) {
 		return AA_EINVAL;
 	}
-	if ((m = calloc(1, sizeof(*m))) == NULL) {
-		return AA_ENOMEM;
+	if ((rv = smp_module_alloc((void **)&m, sizeof(*m), false)) != 0) {
+		return rv;
 	}
 	m->pool = pool;
 	m->fn = fn;
 	m->ctx = ctx;
-	smp_tracker_init(&m->tracker);
 	*mp = m;
 	return 0;
 }
@@ -68,12 +69,7 @@ lowfake_alloc(lowfake **mp, aa_executor *pool, lowfake_blocking_fn fn,
 void
 lowfake_free(lowfake *m)
 {
-	if (m == NULL) {
-		return;
-	}
-	smp_tracker_shutdown(&m->tracker, AA_CANCEL_TERMINAL);
-	smp_tracker_fini(&m->tracker);
-	free(m);
+	smp_module_free(m, AA_CANCEL_TERMINAL);
 }
 
 static void
@@ -103,7 +99,7 @@ call_done(void *arg, int rv)
 	if (rv != 0) {
 		(void)aa_op_fail(c->op, rv, "the pool closed");
 	}
-	smp_tracker_remove(&c->m->tracker, &c->node);
+	smp_tracker_remove(&c->m->base.tracker, &c->node);
 }
 
 int
@@ -118,28 +114,24 @@ lowfake_call(void *handle, const void *in, size_t len, const aa_assoc *assoc,
 	aa_op *op;
 	call *c;
 	int rv;
-	if (m == NULL || cb == NULL || opp == NULL ||
-	    (len > 0 && in == NULL)) {
+	if (smp_bad_call(m, in, len, cb, opp)) {
 		return AA_EINVAL;
 	}
-	prov.extra = sizeof(*c) + len;
-	if ((rv = smp_start_op(&op, &prov, assoc)) != 0) {
+	if ((rv = smp_start_with_input(&op, &prov, assoc, offsetof(call, in),
+	                               in, len)) != 0) {
 		return rv;
 	}
 	c = aa_op_extra(op);
 	c->m = m;
 	c->op = op;
 	c->len = len;
-	if (len > 0) {
-		memcpy(c->in, in, len);
-	}
 	aa_work_init(&c->work, call_run, call_done, c);
-	if ((rv = smp_track(op, &m->tracker, &c->node)) != 0) {
+	if ((rv = smp_track(op, &m->base.tracker, &c->node)) != 0) {
 		return rv;
 	}
 	if ((rv = aa_work_submit(&c->work, m->pool)) != 0) {
-		return smp_untrack_abandon(op, &m->tracker, &c->node, NULL,
-		                           rv);
+		return smp_untrack_abandon(op, &m->base.tracker, &c->node,
+		                           NULL, rv);
 	}
 	smp_hand_over(op, cb, arg, opp);
 	return 0;

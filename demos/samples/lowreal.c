@@ -24,6 +24,7 @@
 //
 // Memory: the call lives in the op's extra memory; the tracker's
 // reference keeps the op until the call ended.
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,9 +33,8 @@
 enum { PHASE_NEW = 0, PHASE_ARMED, PHASE_CANCEL_EARLY };
 
 struct lowreal {
-	aa_timer_queue *timers;
+	smp_module base; // first
 	uint64_t delay_ms;
-	smp_tracker tracker;
 };
 
 typedef struct call {
@@ -55,15 +55,10 @@ lowreal_alloc(lowreal **mp, uint64_t delay_ms)
 	if (mp == NULL) {
 		return AA_EINVAL;
 	}
-	if ((m = calloc(1, sizeof(*m))) == NULL) {
-		return AA_ENOMEM;
-	}
-	if ((rv = aa_timer_queue_alloc(&m->timers)) != 0) {
-		free(m);
+	if ((rv = smp_module_alloc((void **)&m, sizeof(*m), true)) != 0) {
 		return rv;
 	}
 	m->delay_ms = delay_ms;
-	smp_tracker_init(&m->tracker);
 	*mp = m;
 	return 0;
 }
@@ -71,19 +66,13 @@ lowreal_alloc(lowreal **mp, uint64_t delay_ms)
 void
 lowreal_free(lowreal *m)
 {
-	if (m == NULL) {
-		return;
-	}
-	smp_tracker_shutdown(&m->tracker, AA_CANCEL_TOTAL);
-	aa_timer_queue_free(m->timers);
-	smp_tracker_fini(&m->tracker);
-	free(m);
+	smp_module_free(m, AA_CANCEL_TOTAL);
 }
 
 static void
 call_end(call *c)
 {
-	smp_tracker_remove(&c->m->tracker, &c->node);
+	smp_tracker_remove(&c->m->base.tracker, &c->node);
 }
 
 static void
@@ -134,28 +123,25 @@ lowreal_call(void *handle, const void *in, size_t len, const aa_assoc *assoc,
 	aa_op *op;
 	call *c;
 	int rv;
-	if (m == NULL || cb == NULL || opp == NULL ||
-	    (len > 0 && in == NULL)) {
+	if (smp_bad_call(m, in, len, cb, opp)) {
 		return AA_EINVAL;
 	}
-	prov.extra = sizeof(*c) + len;
-	if ((rv = smp_start_op(&op, &prov, assoc)) != 0) {
+	if ((rv = smp_start_with_input(&op, &prov, assoc, offsetof(call, in),
+	                               in, len)) != 0) {
 		return rv;
 	}
 	c = aa_op_extra(op);
 	c->m = m;
 	c->op = op;
 	c->len = len;
-	if (len > 0) {
-		memcpy(c->in, in, len);
-	}
-	if ((rv = smp_track(op, &m->tracker, &c->node)) != 0) {
+	if ((rv = smp_track(op, &m->base.tracker, &c->node)) != 0) {
 		return rv;
 	}
 	aa_timer_init(&c->timer, call_fired, c);
-	if ((rv = aa_timer_start(&c->timer, m->timers, m->delay_ms)) != 0) {
-		return smp_untrack_abandon(op, &m->tracker, &c->node, NULL,
-		                           rv);
+	if ((rv = aa_timer_start(&c->timer, m->base.timers, m->delay_ms)) !=
+	    0) {
+		return smp_untrack_abandon(op, &m->base.tracker, &c->node,
+		                           NULL, rv);
 	}
 	if (!atomic_compare_exchange_strong(&c->phase, &expect, PHASE_ARMED)) {
 		call_disarm(c); // a cancel came before the timer was armed

@@ -27,8 +27,8 @@
 #include "passthru.h"
 
 struct passthru {
+	smp_module base; // first
 	smp_layer lower;
-	smp_tracker tracker;
 };
 
 typedef struct call {
@@ -41,14 +41,14 @@ int
 passthru_alloc(passthru **mp, smp_layer lower)
 {
 	passthru *m;
+	int rv;
 	if (mp == NULL || lower.call == NULL) {
 		return AA_EINVAL;
 	}
-	if ((m = calloc(1, sizeof(*m))) == NULL) {
-		return AA_ENOMEM;
+	if ((rv = smp_module_alloc((void **)&m, sizeof(*m), false)) != 0) {
+		return rv;
 	}
 	m->lower = lower;
-	smp_tracker_init(&m->tracker);
 	*mp = m;
 	return 0;
 }
@@ -56,18 +56,13 @@ passthru_alloc(passthru **mp, smp_layer lower)
 void
 passthru_free(passthru *m)
 {
-	if (m == NULL) {
-		return;
-	}
-	smp_tracker_shutdown(&m->tracker, AA_CANCEL_TERMINAL);
-	smp_tracker_fini(&m->tracker);
-	free(m);
+	smp_module_free(m, AA_CANCEL_TERMINAL);
 }
 
 int
 passthru_cancel_all(passthru *m, aa_cancel_type type)
 {
-	return smp_tracker_cancel_all(&m->tracker, type);
+	return smp_tracker_cancel_all(&m->base.tracker, type);
 }
 
 static int
@@ -86,7 +81,7 @@ child_done(aa_op *child, void *arg)
 	smp_finish_like(op, child);
 	aa_op_unref(child);
 	smp_link_close(&c->link);
-	smp_tracker_remove(&c->m->tracker, &c->node);
+	smp_tracker_remove(&c->m->base.tracker, &c->node);
 }
 
 int
@@ -105,7 +100,7 @@ passthru_call(void *handle, const void *in, size_t len, const aa_assoc *assoc,
 	aa_op *child;
 	call *c;
 	int rv;
-	if (m == NULL || cb == NULL || opp == NULL) {
+	if (smp_bad_call(m, in, len, cb, opp)) {
 		return AA_EINVAL;
 	}
 	if ((rv = smp_start_op(&op, &prov, assoc)) != 0) {
@@ -113,16 +108,16 @@ passthru_call(void *handle, const void *in, size_t len, const aa_assoc *assoc,
 	}
 	c = aa_op_extra(op);
 	c->m = m;
-	if ((rv = smp_track_composed(op, &m->tracker, &c->node, &c->link)) !=
-	    0) {
+	if ((rv = smp_track_composed(op, &m->base.tracker, &c->node,
+	                             &c->link)) != 0) {
 		return rv;
 	}
 	smp_link_child_assoc(&c->link, aa_op_assoc(op), &child_assoc);
 	rv = m->lower.call(m->lower.handle, in, len, &child_assoc, child_done,
 	                   op, &child);
 	if (rv != 0) {
-		return smp_untrack_abandon(op, &m->tracker, &c->node, &c->link,
-		                           rv);
+		return smp_untrack_abandon(op, &m->base.tracker, &c->node,
+		                           &c->link, rv);
 	}
 	smp_link_started(&c->link);
 	smp_hand_over(op, cb, arg, opp);

@@ -32,16 +32,16 @@
 //   reads the request before the attempt; a request after that reaches
 //   the new child through the slot, or through smp_link_started when the
 //   child was still connecting.
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "retry.h"
 
 struct retry {
+	smp_module base; // first
 	smp_layer lower;
 	retry_policy policy;
-	aa_timer_queue *timers;
-	smp_tracker tracker;
 };
 
 typedef struct call {
@@ -66,16 +66,11 @@ retry_alloc(retry **mp, smp_layer lower, retry_policy policy)
 	if (mp == NULL || lower.call == NULL || policy.max_attempts < 1) {
 		return AA_EINVAL;
 	}
-	if ((m = calloc(1, sizeof(*m))) == NULL) {
-		return AA_ENOMEM;
-	}
-	if ((rv = aa_timer_queue_alloc(&m->timers)) != 0) {
-		free(m);
+	if ((rv = smp_module_alloc((void **)&m, sizeof(*m), true)) != 0) {
 		return rv;
 	}
 	m->lower = lower;
 	m->policy = policy;
-	smp_tracker_init(&m->tracker);
 	*mp = m;
 	return 0;
 }
@@ -83,13 +78,7 @@ retry_alloc(retry **mp, smp_layer lower, retry_policy policy)
 void
 retry_free(retry *m)
 {
-	if (m == NULL) {
-		return;
-	}
-	smp_tracker_shutdown(&m->tracker, AA_CANCEL_TERMINAL);
-	aa_timer_queue_free(m->timers);
-	smp_tracker_fini(&m->tracker);
-	free(m);
+	smp_module_free(m, AA_CANCEL_TERMINAL);
 }
 
 int
@@ -106,7 +95,7 @@ call_end(call *c)
 		abort(); // two paths ended the call: a bug in this file
 	}
 	smp_link_close(&c->link);
-	smp_tracker_remove(&c->m->tracker, &c->node);
+	smp_tracker_remove(&c->m->base.tracker, &c->node);
 }
 
 static void
@@ -142,7 +131,7 @@ wait_or_end(call *c, int err, const char *msg)
 		return;
 	}
 	wait = c->m->policy.backoff_ms << (n - 1 < 16 ? n - 1 : 16);
-	if (aa_timer_start(&c->backoff, c->m->timers, wait) != 0) {
+	if (aa_timer_start(&c->backoff, c->m->base.timers, wait) != 0) {
 		(void)aa_op_fail(c->op, AA_ECLOSED, "the module is closing");
 		call_end(c);
 		return;
@@ -230,23 +219,19 @@ retry_call(void *handle, const void *in, size_t len, const aa_assoc *assoc,
 	aa_op *op;
 	call *c;
 	int rv;
-	if (m == NULL || cb == NULL || opp == NULL ||
-	    (len > 0 && in == NULL)) {
+	if (smp_bad_call(m, in, len, cb, opp)) {
 		return AA_EINVAL;
 	}
-	prov.extra = sizeof(*c) + len;
-	if ((rv = smp_start_op(&op, &prov, assoc)) != 0) {
+	if ((rv = smp_start_with_input(&op, &prov, assoc, offsetof(call, in),
+	                               in, len)) != 0) {
 		return rv;
 	}
 	c = aa_op_extra(op);
 	c->op = op;
 	c->len = len;
-	if (len > 0) {
-		memcpy(c->in, in, len);
-	}
 	aa_timer_init(&c->backoff, backoff_fired, c);
-	if ((rv = smp_track_composed(op, &m->tracker, &c->node, &c->link)) !=
-	    0) {
+	if ((rv = smp_track_composed(op, &m->base.tracker, &c->node,
+	                             &c->link)) != 0) {
 		return rv;
 	}
 	c->m = m;

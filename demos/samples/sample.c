@@ -131,6 +131,38 @@ smp_tracker_shutdown(smp_tracker *t, aa_cancel_type type)
 	pthread_mutex_unlock(&t->mtx);
 }
 
+int
+smp_module_alloc(void **mp, size_t size, bool with_timers)
+{
+	smp_module *m = calloc(1, size);
+	int rv;
+	if (m == NULL) {
+		return AA_ENOMEM;
+	}
+	if (with_timers && (rv = aa_timer_queue_alloc(&m->timers)) != 0) {
+		free(m);
+		return rv;
+	}
+	smp_tracker_init(&m->tracker);
+	*mp = m;
+	return 0;
+}
+
+void
+smp_module_free(void *module, aa_cancel_type type)
+{
+	smp_module *m = module;
+	if (m == NULL) {
+		return;
+	}
+	smp_tracker_shutdown(&m->tracker, type);
+	if (m->timers != NULL) {
+		aa_timer_queue_free(m->timers);
+	}
+	smp_tracker_fini(&m->tracker);
+	free(m);
+}
+
 static void
 link_lock(smp_link *l)
 {
@@ -253,6 +285,26 @@ smp_start_op(aa_op **opp, const aa_op_provider *prov, const aa_assoc *assoc)
 	int rv = aa_op_alloc(opp, prov, assoc);
 	if (rv == 0) {
 		aa_op_ref(*opp); // the caller's
+	}
+	return rv;
+}
+
+bool
+smp_bad_call(const void *handle, const void *in, size_t len, aa_op_cb cb,
+             aa_op **opp)
+{
+	return handle == NULL || cb == NULL || opp == NULL ||
+	       (len > 0 && in == NULL);
+}
+
+int
+smp_start_with_input(aa_op **opp, aa_op_provider *prov, const aa_assoc *assoc,
+                     size_t at, const void *in, size_t len)
+{
+	int rv;
+	prov->extra = at + len;
+	if ((rv = smp_start_op(opp, prov, assoc)) == 0 && len > 0) {
+		memcpy((unsigned char *)aa_op_extra(*opp) + at, in, len);
 	}
 	return rv;
 }

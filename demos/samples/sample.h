@@ -77,6 +77,24 @@ int smp_tracker_cancel_all(smp_tracker *t, aa_cancel_type type);
 // not run inside a callback of one of the tracked ops.
 void smp_tracker_shutdown(smp_tracker *t, aa_cancel_type type);
 
+// ---- Module base ----
+
+// Every module's struct begins with an smp_module: the tracker of its
+// calls and, for the modules that wait, a timer thread.
+typedef struct smp_module {
+	smp_tracker tracker;
+	aa_timer_queue *timers; // NULL unless asked for
+} smp_module;
+
+// smp_module_alloc allocates a zeroed module of size bytes (its struct
+// begins with an smp_module) into *mp, with a timer thread when
+// with_timers. 0, AA_ENOMEM, or the timer queue's error.
+int smp_module_alloc(void **mp, size_t size, bool with_timers);
+
+// smp_module_free cancels every pending call with type, waits until each
+// has ended, stops the timer thread and frees the module (may be NULL).
+void smp_module_free(void *m, aa_cancel_type type);
+
 // ---- Link to the current child ----
 
 // Lives in the parent op's extra memory, so that it outlives any call of
@@ -120,6 +138,17 @@ void smp_link_close(smp_link *l);
 // caller's reference. assoc may be NULL.
 int smp_start_op(aa_op **opp, const aa_op_provider *prov,
                  const aa_assoc *assoc);
+
+// smp_bad_call says whether a call's arguments are unusable (AA_EINVAL).
+bool smp_bad_call(const void *handle, const void *in, size_t len, aa_op_cb cb,
+                  aa_op **opp);
+
+// smp_start_with_input is smp_start_op for a call that keeps a copy of
+// its input in the op's extra memory, at offset `at` (the offset of the
+// call struct's flexible array).
+int smp_start_with_input(aa_op **opp, aa_op_provider *prov,
+                         const aa_assoc *assoc, size_t at, const void *in,
+                         size_t len);
 
 // smp_hand_over sets the caller's handler and returns the op: the last
 // step of a successful call.
