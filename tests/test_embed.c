@@ -48,12 +48,13 @@ slurp(const char *path)
 	return s;
 }
 
-// run_a runs A with the extra arguments (NULL-terminated) to its exit.
+// run_bin runs A (bin) with the extra arguments (NULL-terminated) to its
+// exit.
 static void
-run_a(run *r, const char *const *extra)
+run_bin(run *r, const char *bin, const char *const *extra)
 {
-	const char *argv[32] = {AA_EMBED_A_BIN, "--url",       r->url,
-	                        "--server",     AA_SERVER_BIN, "--server-log",
+	const char *argv[32] = {bin,        "--url",       r->url,
+	                        "--server", AA_SERVER_BIN, "--server-log",
 	                        r->b_log};
 	int n = 7;
 	pid_t pid;
@@ -81,6 +82,12 @@ run_a(run *r, const char *const *extra)
 	r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 	r->a = slurp(r->a_out);
 	r->b = slurp(r->b_log);
+}
+
+static void
+run_a(run *r, const char *const *extra)
+{
+	run_bin(r, AA_EMBED_A_BIN, extra);
 }
 
 static void
@@ -188,6 +195,32 @@ Test(embed, retries_recover_against_a_restarted_b)
 	cr_assert_eq(count(r.a, "\"done\"", "\"completed\""), 2, "%s", r.a);
 	run_fini(&r);
 }
+
+#ifdef AA_EMBED_A_UV_BIN
+
+// The same application on libuv: cancel-all across the boundary, then a
+// killed and restarted B.
+Test(embed, the_libuv_variant_behaves_the_same)
+{
+	run r = {0};
+	run_bin(&r, AA_EMBED_A_UV_BIN,
+	        (const char *const[]){"--calls", "3", "--sleep-ms", "60000",
+	                              "--cancel-all-after-ms", "200", NULL});
+	cr_assert_eq(r.status, 0, "%s", r.a);
+	cr_assert_eq(count(r.a, "\"done\"", "\"canceled\""), 3, "%s", r.a);
+	cr_assert_eq(count(r.b, "\"completed\"", NULL), 0, "%s", r.b);
+	run_fini(&r);
+	run_bin(&r, AA_EMBED_A_UV_BIN,
+	        (const char *const[]){
+	            "--calls", "2", "--sleep-ms", "300",
+	            "--kill-server-after-ms", "150", "--restart-after-ms",
+	            "100", "--attempts", "8", "--backoff-ms", "100", NULL});
+	cr_assert_eq(r.status, 0, "%s", r.a);
+	cr_assert_eq(count(r.a, "\"done\"", "\"completed\""), 2, "%s", r.a);
+	run_fini(&r);
+}
+
+#endif
 
 #else
 

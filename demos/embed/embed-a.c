@@ -1,5 +1,7 @@
 // embed-a: process A of the embedding demo (docs/samples.md, "Embedding
-// demo"). An application with its own epoll loop: its high-level module
+// demo"). Built twice: embed-a on plain epoll, and embed-a-uv on libuv
+// (AA_EMBED_LIBUV, when libuv is installed): the same application whose
+// loop is the application's own. Its high-level module
 // (top-level ops with cancel-all, over retries) calls a low-level
 // operation that runs in process B, through the proxy. Every completion
 // handler runs on the loop's thread, through a pollable executor.
@@ -22,13 +24,13 @@
 // Exit 0 when every call ended and no handler ran off the loop's thread;
 // the "done" lines say how each ended.
 //
-// Design notes. One thread (main) runs the loop: epoll on the pollable
-// executor's eventfd and on a timerfd for the scripted moments (cancel-all,
-// kill, restart). Library threads (the client's, the retry timers) only
-// ever post handlers to the executor; the loop drains them. Races with B
-// dying are the library's (a lost link ends every pending remote op in
-// ERROR, found by the socket closing or by heartbeats) and the retry
-// sample's (a failed attempt waits, then tries again, dialling B anew).
+// Design notes. One thread (main) runs the loop: epoll (or a uv_poll) on
+// the pollable executor's eventfd, and a timerfd (or a uv_timer) for the
+// scripted moments (cancel-all, kill, restart). Library threads (the client's,
+// the retry timers) only ever post handlers to the executor; the loop drains
+// them. Races with B dying are the library's (a lost link ends every pending
+// remote op in ERROR, found by the socket closing or by heartbeats) and the
+// retry sample's (a failed attempt waits, then tries again, dialling B anew).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
@@ -42,6 +44,9 @@
 
 #include <aa/aa.h>
 #include <aa/client.h>
+#ifdef AA_EMBED_LIBUV
+#include <uv.h>
+#endif
 
 #include "high.h"
 
@@ -213,46 +218,59 @@ call_done(aa_op *op, void *arg)
 
 // ---- The loop ----
 
-static void
-arm(int tfd, long ms)
+// The scripted moments, in order: cancel-all, kill B, restart B. Each is
+// a delay from the start; -1 skips it.
+static long moments[3];
+static int next_moment;
+
+// moment_delay returns the delay until the next moment, or -1.
+static long
+moment_delay(app *a)
 {
-	struct itimerspec its = {0};
-	its.it_value.tv_sec = ms / 1000;
-	its.it_value.tv_nsec = (ms % 1000) * 1000000 + 1;
-	timerfd_settime(tfd, 0, &its, NULL);
+	while (next_moment < 3 && moments[next_moment] < 0) {
+		next_moment++;
+	}
+	if (next_moment == 3) {
+		return -1;
+	}
+	long d = moments[next_moment] - (long)ms_since(a);
+	return d > 0 ? d : 1;
 }
 
+// moment runs the next scripted moment; returns the delay to the next.
+static long
+moment(app *a)
+{
+	if (next_moment == 0) {
+		int c = high_cancel_all(a->h, AA_CANCEL_TERMINAL);
+		printf("{\"side\":\"A\",\"event\":\"cancel_all\","
+		       "\"cancelled\":%d,\"t_ms\":%llu}\n",
+		       c, (unsigned long long)ms_since(a));
+	} else if (next_moment == 1) {
+		stop_server(a, SIGKILL);
+	} else {
+		(void)start_server(a);
+	}
+	next_moment++;
+	return moment_delay(a);
+}
+
+// start_calls starts every top-level call, its handler bound to the
+// loop's executor.
 static int
-run(app *a)
+start_calls(app *a)
 {
 	aa_assoc assoc = {0};
-	struct epoll_event ev = {.events = EPOLLIN};
-	int efd;
-	int tfd;
-	int exfd;
 	char ms[32];
-	// The scripted moments, in order: cancel-all, kill, restart.
-	long at[3] = {a->cancel_all_after_ms, a->kill_after_ms, -1};
-	int next = 0;
-
-	if (a->kill_after_ms >= 0 && a->restart_after_ms >= 0) {
-		at[2] = a->kill_after_ms + a->restart_after_ms;
-	}
-	if (aa_poll_executor_alloc(&a->loop_ex) != 0 ||
-	    aa_poll_executor_fd(a->loop_ex, &exfd) != 0) {
-		return 1;
-	}
+	moments[0] = a->cancel_all_after_ms;
+	moments[1] = a->kill_after_ms;
+	moments[2] = a->kill_after_ms >= 0 && a->restart_after_ms >= 0
+	                 ? a->kill_after_ms + a->restart_after_ms
+	                 : -1;
 	a->loop_thread = pthread_self();
 	if (high_alloc(&a->h, (smp_layer){remote_call, a}, a->policy) != 0) {
 		return 1;
 	}
-	efd = epoll_create1(EPOLL_CLOEXEC);
-	tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
-	ev.data.fd = exfd;
-	epoll_ctl(efd, EPOLL_CTL_ADD, exfd, &ev);
-	ev.data.fd = tfd;
-	epoll_ctl(efd, EPOLL_CTL_ADD, tfd, &ev);
-
 	assoc.executor = a->loop_ex; // every handler on this thread
 	snprintf(ms, sizeof(ms), "%ld", a->sleep_ms);
 	for (int i = 0; i < a->calls; i++) {
@@ -261,50 +279,58 @@ run(app *a)
 		                   (void *)(intptr_t)i, &op);
 		if (rv != 0) {
 			printf("{\"side\":\"A\",\"event\":\"refused\","
-			       "\"call\":%d,"
-			       "\"error\":\"%s\"}\n",
+			       "\"call\":%d,\"error\":\"%s\"}\n",
 			       i, aa_strerror(rv));
 			a->ended++;
 		}
 	}
-	while (next < 3 && at[next] < 0) {
-		next++;
+	return 0;
+}
+
+#ifndef AA_EMBED_LIBUV
+
+static void
+arm(int tfd, long ms)
+{
+	struct itimerspec its = {0};
+	if (ms < 0) {
+		return;
 	}
-	if (next < 3) {
-		long d = at[next] - (long)ms_since(a);
-		arm(tfd, d > 0 ? d : 1);
+	its.it_value.tv_sec = ms / 1000;
+	its.it_value.tv_nsec = (ms % 1000) * 1000000 + 1;
+	timerfd_settime(tfd, 0, &its, NULL);
+}
+
+// run: plain epoll on the executor's descriptor and a timerfd.
+static int
+run(app *a)
+{
+	struct epoll_event ev = {.events = EPOLLIN};
+	int efd;
+	int tfd;
+	int exfd;
+	if (aa_poll_executor_fd(a->loop_ex, &exfd) != 0 || start_calls(a)) {
+		return 1;
 	}
+	efd = epoll_create1(EPOLL_CLOEXEC);
+	tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	ev.data.fd = exfd;
+	epoll_ctl(efd, EPOLL_CTL_ADD, exfd, &ev);
+	ev.data.fd = tfd;
+	epoll_ctl(efd, EPOLL_CTL_ADD, tfd, &ev);
+	arm(tfd, moment_delay(a));
 	while (a->ended < a->calls) {
 		struct epoll_event got[2];
 		int n = epoll_wait(efd, got, 2, -1);
 		for (int k = 0; k < n; k++) {
+			uint64_t x;
 			if (got[k].data.fd == exfd) {
 				(void)aa_poll_executor_drain(a->loop_ex, 0,
 				                             NULL);
 				continue;
 			}
-			uint64_t x;
 			(void)!read(tfd, &x, sizeof(x));
-			if (next == 0) {
-				int c =
-				    high_cancel_all(a->h, AA_CANCEL_TERMINAL);
-				printf(
-				    "{\"side\":\"A\",\"event\":\"cancel_all\","
-				    "\"cancelled\":%d,\"t_ms\":%llu}\n",
-				    c, (unsigned long long)ms_since(a));
-			} else if (next == 1) {
-				stop_server(a, SIGKILL);
-			} else if (next == 2) {
-				(void)start_server(a);
-			}
-			next++;
-			while (next < 3 && at[next] < 0) {
-				next++;
-			}
-			if (next < 3) {
-				long d = at[next] - (long)ms_since(a);
-				arm(tfd, d > 0 ? d : 1);
-			}
+			arm(tfd, moment(a));
 		}
 	}
 	high_free(a->h);
@@ -312,6 +338,65 @@ run(app *a)
 	close(efd);
 	return 0;
 }
+
+#else
+
+// run: libuv, with a uv_poll on the executor's descriptor.
+static uv_poll_t ready_poll;
+static uv_timer_t moment_timer;
+
+static void
+on_ready(uv_poll_t *p, int status, int events)
+{
+	app *a = p->data;
+	(void)status;
+	(void)events;
+	(void)aa_poll_executor_drain(a->loop_ex, 0, NULL);
+	if (a->ended == a->calls) {
+		uv_poll_stop(&ready_poll);
+		uv_timer_stop(&moment_timer);
+	}
+}
+
+static void
+on_moment(uv_timer_t *t)
+{
+	long d = moment(t->data);
+	if (d >= 0) {
+		uv_timer_start(t, on_moment, (uint64_t)d, 0);
+	}
+}
+
+static int
+run(app *a)
+{
+	uv_loop_t loop;
+	int exfd;
+	long d;
+	if (aa_poll_executor_fd(a->loop_ex, &exfd) != 0 || start_calls(a) ||
+	    uv_loop_init(&loop) != 0) {
+		return 1;
+	}
+	uv_poll_init(&loop, &ready_poll, exfd);
+	ready_poll.data = a;
+	uv_poll_start(&ready_poll, UV_READABLE, on_ready);
+	uv_timer_init(&loop, &moment_timer);
+	moment_timer.data = a;
+	if ((d = moment_delay(a)) >= 0) {
+		uv_timer_start(&moment_timer, on_moment, (uint64_t)d, 0);
+	}
+	if (a->ended < a->calls) {
+		uv_run(&loop, UV_RUN_DEFAULT);
+	}
+	uv_close((uv_handle_t *)&ready_poll, NULL);
+	uv_close((uv_handle_t *)&moment_timer, NULL);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	uv_loop_close(&loop);
+	high_free(a->h);
+	return 0;
+}
+
+#endif
 
 static long
 num(const char *s)
@@ -387,6 +472,9 @@ main(int argc, char **argv)
 		fprintf(stderr, "embed-a: cannot reach %s: %s\n", a.url,
 		        aa_strerror(rv));
 		stop_server(&a, SIGTERM);
+		return 1;
+	}
+	if (aa_poll_executor_alloc(&a.loop_ex) != 0) {
 		return 1;
 	}
 	rv = run(&a);
