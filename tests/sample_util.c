@@ -153,7 +153,8 @@ seen_cb(aa_op *op, void *arg)
 	size_t len;
 	s->thread = pthread_self();
 	s->err = aa_op_error(op);
-	if (aa_op_result(op, &data, &len) == 0 && len < sizeof(s->result)) {
+	if (aa_op_result(op, &data, &len) == 0 && len > 0 &&
+	    len < sizeof(s->result)) {
 		memcpy(s->result, data, len);
 		s->result[len] = '\0';
 	}

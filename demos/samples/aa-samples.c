@@ -2,11 +2,14 @@
 // happened (docs/samples.md). Exits non-zero when a story does not
 // behave, or when a library object is left alive at the end.
 #include <ctype.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "afile.h"
 #include "chain.h"
 #include "high.h"
 #include "lowfake.h"
@@ -296,6 +299,70 @@ story_high_level(aa_executor *pool)
 	aa_executor_free(loop);
 }
 
+// The async file handle: write, read back and close, each action started
+// from the previous one's handler, on the file's strand.
+typedef struct file_story {
+	outcome done;
+	afile *f;
+	int step;
+	char back[8];
+} file_story;
+
+static void
+file_step(aa_op *op, void *arg)
+{
+	file_story *fs = arg;
+	const void *data;
+	size_t len;
+	aa_op *next;
+	int rv = 0;
+	if (aa_op_result(op, &data, &len) != 0) {
+		printf("  file: step %d %s\n", fs->step,
+		       aa_op_state_name(aa_op_status(op)));
+		fs->step = 99;
+	}
+	switch (fs->step++) {
+	case 0:
+		fs->f = *(afile *const *)data;
+		rv = afile_write(fs->f, "bytes", 5, 0, NULL, file_step, fs,
+		                 &next);
+		break;
+	case 1:
+		rv = afile_read(fs->f, 5, 0, NULL, file_step, fs, &next);
+		break;
+	case 2:
+		memcpy(fs->back, data, len < 8 ? len : 7);
+		printf("  file: wrote and read back \"%s\"\n", fs->back);
+		rv = afile_close(fs->f, NULL, outcome_cb, &fs->done, &next);
+		break;
+	default:
+		break;
+	}
+	EXPECT(rv == 0);
+	aa_op_unref(op);
+}
+
+static void
+story_file(aa_executor *pool)
+{
+	file_story fs = {.done = OUTCOME("close")};
+	char dir[] = "/tmp/aa-samples-XXXXXX";
+	char path[64];
+	afile_mgr *m;
+	aa_op *op;
+	printf("async file handle: open, write, read, close, chained\n");
+	EXPECT(mkdtemp(dir) != NULL);
+	snprintf(path, sizeof(path), "%s/f", dir);
+	EXPECT(afile_mgr_alloc(&m, pool) == 0);
+	EXPECT(afile_open(m, path, O_RDWR | O_CREAT, NULL, file_step, &fs,
+	                  &op) == 0);
+	EXPECT(outcome_wait(&fs.done) == AA_COMPLETED);
+	EXPECT(strcmp(fs.back, "bytes") == 0);
+	afile_mgr_free(m);
+	unlink(path);
+	rmdir(dir);
+}
+
 int
 main(void)
 {
@@ -307,6 +374,7 @@ main(void)
 	story_low_level(pool);
 	story_middle_level(pool);
 	story_high_level(pool);
+	story_file(pool);
 	aa_executor_free(pool);
 	if (aa_live_total() != 0) {
 		printf("FAILED: %lld library objects still alive\n",
