@@ -203,6 +203,7 @@ spy_call(void *handle, const void *in, size_t len, const aa_assoc *assoc,
 	if (rv != 0) {
 		free(sc);
 	}
+	tally_add(&s->returned);
 	return rv;
 }
 
@@ -212,6 +213,7 @@ spy_init(spy *s, smp_layer lower)
 	memset(s, 0, sizeof(*s));
 	s->lower = lower;
 	tally_init(&s->calls);
+	tally_init(&s->returned);
 	tally_init(&s->ended);
 	s->as_layer = (smp_layer){spy_call, s};
 }
@@ -220,6 +222,7 @@ void
 spy_fini(spy *s)
 {
 	tally_fini(&s->calls);
+	tally_fini(&s->returned);
 	tally_fini(&s->ended);
 }
 

@@ -84,6 +84,7 @@ void seen_cb(aa_op *op, void *arg);
 typedef struct spy {
 	smp_layer lower;
 	tally calls;
+	tally returned; // calls that returned (the child's handler is set)
 	tally ended;
 	void (*before_cb)(void *ctx, aa_op *child);
 	void *ctx;

@@ -77,6 +77,10 @@ cancel_in_step(int n)
 	cr_assert_eq(chain_call(f.m, "c", 1, NULL, seen_cb, &s, &op), 0);
 	aa_op_ref(op);
 	gate_wait(&low->held);
+	// Step two is started from step one's handler on another thread:
+	// wait until its call returned, so that its handler is set and the
+	// cancel ends everything inside the cancel call.
+	tally_wait(n == 1 ? &f.spy_one.returned : &f.spy_two.returned, 1);
 	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
 	cr_assert_eq(atomic_load(&s.runs), 1, "at once");
 	cr_assert_eq(atomic_load(&s.state), AA_CANCELED);

@@ -218,3 +218,68 @@ Test(sample_retry, destroy_with_calls_pending)
 	cr_assert_eq(tally_get(&done), 2, "no callback after destroy");
 	tally_fini(&done);
 }
+
+// Partial vs terminal: the same call, held in its attempt, ends
+// differently. TERMINAL: CANCELED at once (cancel_during_an_attempt_
+// stops_it). PARTIAL: the attempt finishes and its outcome is reported;
+// no retry follows a failure.
+static void
+partial_cancel_in_attempt(bool attempt_fails, aa_state want)
+{
+	fixture f;
+	tally done;
+	seen s;
+	aa_op *op;
+	fx_init(&f, 1, 5, 0);
+	tally_init(&done);
+	seen_init(&s, &done);
+	s.keep = true;
+	atomic_store(&f.low.e.hold, true);
+	cr_assert_eq(retry_call(f.m, "p", 1, NULL, seen_cb, &s, &op), 0);
+	gate_wait(&f.low.held);
+	if (attempt_fails) {
+		atomic_store(&f.low.e.fail_first, 5);
+	}
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_PARTIAL), 0);
+	cr_assert_eq(aa_op_status(op), AA_STARTED, "the attempt goes on");
+	gate_open(&f.low.release);
+	tally_wait(&done, 1);
+	cr_assert_eq(atomic_load(&s.state), want);
+	if (want == AA_COMPLETED) {
+		cr_assert_str_eq(s.result, "p!");
+	}
+	aa_op_unref(op);
+	retry_free(f.m);
+	f.m = NULL;
+	lowfx_stop(&f.low);
+	cr_assert_eq(tally_get(&f.spy.calls), 1, "no retry after it");
+	fx_fini(&f);
+	tally_fini(&done);
+}
+
+Test(sample_retry, partial_cancel_reports_the_attempts_success)
+{
+	partial_cancel_in_attempt(false, AA_COMPLETED);
+}
+
+Test(sample_retry, partial_cancel_of_a_failing_attempt_ends_canceled)
+{
+	partial_cancel_in_attempt(true, AA_CANCELED);
+}
+
+Test(sample_retry, partial_cancel_during_the_wait_ends_at_once)
+{
+	fixture f;
+	seen s;
+	aa_op *op;
+	fx_init(&f, 1, 5, 3600 * 1000);
+	seen_init(&s, NULL);
+	s.keep = true;
+	atomic_store(&f.low.e.fail_first, 1);
+	cr_assert_eq(retry_call(f.m, "x", 1, NULL, seen_cb, &s, &op), 0);
+	tally_wait(&f.spy.ended, 1);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_PARTIAL), 0);
+	cr_assert_eq(atomic_load(&s.state), AA_CANCELED, "nothing in flight");
+	aa_op_unref(op);
+	fx_fini(&f);
+}

@@ -20,6 +20,11 @@
 //   it armed the timer;
 // * the timer function, when it fired after a cancel was requested.
 //
+// Cancellation types: a TERMINAL (or TOTAL) request goes down to the
+// attempt in flight; a PARTIAL one stops the retries and a pending wait
+// but lets the attempt in flight finish: its success ends the call
+// COMPLETED, its failure CANCELED (no retry).
+//
 // Races, and who wins.
 // * cancel vs an attempt finishing: the child's lock (its own race); a
 //   failure that loses to nothing while a cancel is recorded ends the
@@ -192,7 +197,14 @@ call_cancel(aa_op *op, aa_cancel_type type, void *arg)
 	int attempts;
 	(void)arg;
 	aa_op_ref(op); // see smp_link_cancel
-	smp_link_cancel(op, &c->link, type);
+	if (type == AA_CANCEL_PARTIAL) {
+		// Partial: no retry and no further wait, but the attempt in
+		// flight finishes and its outcome is reported (a success is a
+		// side effect the caller must know of).
+		smp_link_stop(&c->link, type);
+	} else {
+		smp_link_cancel(op, &c->link, type);
+	}
 	atomic_store(&c->cancel_seen, true);
 	// Only when the call waits for its backoff (the timer is armed)
 	// does this disarm it; otherwise the pending child's handler, or

@@ -4,7 +4,9 @@
 // (backoff_ms, doubled after each failure) and tries again, at most
 // max_attempts times, then fails with the last attempt's error. Cancel
 // stops whichever is current, the attempt or the wait, and no attempt
-// starts after it.
+// starts after it. A PARTIAL cancel lets an attempt in flight finish and
+// reports its outcome (COMPLETED on success, else CANCELED); TERMINAL
+// cancels the attempt too. A refused attempt counts as a failed one.
 #ifndef AA_SAMPLE_RETRY_H
 #define AA_SAMPLE_RETRY_H
 

@@ -210,7 +210,7 @@ emit(smp_link *l)
 	link_lock(l);
 	sig = l->sig;
 	type = l->type;
-	if (sig == NULL || !l->cancel_req) {
+	if (sig == NULL || !l->cancel_req || l->keep_child) {
 		link_unlock(l);
 		return;
 	}
@@ -240,6 +240,18 @@ smp_link_cancel(aa_op *op, smp_link *l, aa_cancel_type type)
 	link_unlock(l);
 	emit(l);
 	aa_op_unref(op);
+}
+
+void
+smp_link_stop(smp_link *l, aa_cancel_type type)
+{
+	link_lock(l);
+	if (!l->cancel_req) {
+		l->cancel_req = true;
+		l->keep_child = true;
+		l->type = type;
+	}
+	link_unlock(l);
 }
 
 bool

@@ -105,6 +105,7 @@ typedef struct smp_link {
 	int emitting; // cancels emitting on sig right now
 	bool release_pending;
 	bool cancel_req;
+	bool keep_child; // the request stops what comes next only
 	aa_cancel_type type;
 } smp_link;
 
@@ -120,6 +121,10 @@ void smp_link_child_assoc(smp_link *l, const aa_assoc *parent, aa_assoc *a);
 // parent op, which it holds meanwhile: a cancel that came through a slot
 // has no reference of its own, and the child's end may end the parent).
 void smp_link_cancel(aa_op *op, smp_link *l, aa_cancel_type type);
+
+// smp_link_stop records a cancel request without passing it to any child
+// (a partial cancel that lets the current child finish).
+void smp_link_stop(smp_link *l, aa_cancel_type type);
 
 // smp_link_cancelled says whether a cancel was requested (and its type).
 bool smp_link_cancelled(smp_link *l, aa_cancel_type *type);
