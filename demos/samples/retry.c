@@ -155,13 +155,18 @@ static void
 child_done(aa_op *child, void *arg)
 {
 	call *c = arg;
+	aa_op *op = c->op;
+	// Once the wait is armed, a cancel on another thread may end the
+	// call and drop the module's reference: hold the op meanwhile.
+	aa_op_ref(op);
 	if (aa_op_status(child) == AA_ERROR) {
 		wait_or_end(c, aa_op_error(child), aa_op_error_msg(child));
 	} else {
-		smp_finish_like(c->op, child);
+		smp_finish_like(op, child);
 		call_end(c);
 	}
 	aa_op_unref(child);
+	aa_op_unref(op);
 }
 
 static void
