@@ -51,6 +51,17 @@ void aai_checkpoint_call(const char *name, void *subject);
 // recognises its own ops by it before reading their extra memory.
 aa_op_cancel_fn aai_op_cancel_fn(const aa_op *op);
 
+// aai_panic reports a broken invariant and aborts.
+_Noreturn void aai_panic(const char *fmt, ...);
+
+#define AAI_ASSERT(x)                                                         \
+	do {                                                                  \
+		if (!(x)) {                                                   \
+			aai_panic("%s:%d: assertion failed: %s", __FILE__,    \
+			          __LINE__, #x);                              \
+		}                                                             \
+	} while (0)
+
 // External executors (executor_loop.c builds the pollable and the
 // user-defined executor on them): a queue that the application's thread
 // runs with aai_ext_run. `ready` runs under the executor's lock when the
@@ -71,16 +82,5 @@ void *aai_ext_ctx(aa_executor *ex, const aai_ext_hooks *hooks);
 // aai_ext_run runs up to max queued items (0: those queued now) on the
 // calling thread; AA_ECLOSED (running nothing) once ex is closed.
 int aai_ext_run(aa_executor *ex, unsigned max, bool unpin, unsigned *ranp);
-
-// aai_panic reports a broken invariant and aborts.
-_Noreturn void aai_panic(const char *fmt, ...);
-
-#define AAI_ASSERT(x)                                                         \
-	do {                                                                  \
-		if (!(x)) {                                                   \
-			aai_panic("%s:%d: assertion failed: %s", __FILE__,    \
-			          __LINE__, #x);                              \
-		}                                                             \
-	} while (0)
 
 #endif // AA_AAI_H
