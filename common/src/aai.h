@@ -68,4 +68,25 @@ _Noreturn void aai_panic(const char *fmt, ...);
 		}                                                             \
 	} while (0)
 
+// External executors (executor_loop.c builds the pollable and the
+// user-defined executor on them): a queue that the application's thread
+// runs with aai_ext_run. `ready` runs under the executor's lock when the
+// queue turns non-empty (true) or empty (false); `submitted`, if set, runs
+// after each successful submit without the lock, holding a pin that the
+// matching aai_ext_run(unpin = true) releases (the executor's memory stays
+// until then, even past aa_executor_free); `fini` runs when the executor
+// is destroyed.
+typedef struct aai_ext_hooks {
+	void (*ready)(void *ctx, bool ready);
+	void (*submitted)(void *ctx, aa_executor *ex);
+	void (*fini)(void *ctx);
+} aai_ext_hooks;
+
+int aai_ext_alloc(aa_executor **exp, const aai_ext_hooks *hooks, void *ctx);
+// aai_ext_ctx returns ex's context when ex was made with hooks, else NULL.
+void *aai_ext_ctx(aa_executor *ex, const aai_ext_hooks *hooks);
+// aai_ext_run runs up to max queued items (0: those queued now) on the
+// calling thread; AA_ECLOSED (running nothing) once ex is closed.
+int aai_ext_run(aa_executor *ex, unsigned max, bool unpin, unsigned *ranp);
+
 #endif // AA_AAI_H

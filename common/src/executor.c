@@ -61,11 +61,20 @@
 //   AA_ECLOSED, or resubmitting it fails; either way the strand closes
 //   itself and drops its queue, so no done callback is lost and stop does
 //   not wait for a pool that will never run it.
+//
+// External executors (EX_EXTERN, made by executor_loop.c, which has their
+// own notes): a queue that no library thread runs; the application's
+// thread runs it through aai_ext_run. Their `ready` hook runs under the
+// lock whenever the queue turns non-empty or empty, so that what it
+// signals (an eventfd) can never disagree with the queue. A submit may
+// take a `pin`: the executor's memory then stays until the matching
+// aai_ext_run(unpin) has come, even past aa_executor_free (the last unpin
+// frees), because the application holds a function pointing at it.
 #include <stdlib.h>
 
 #include "aai.h"
 
-enum { EX_INLINE, EX_POOL, EX_STRAND };
+enum { EX_INLINE, EX_POOL, EX_STRAND, EX_EXTERN };
 enum { W_IDLE = 0, W_QUEUED, W_RUNNING };
 
 // A record of one fn or done callback running on a thread (on its stack).
@@ -102,6 +111,11 @@ struct aa_executor {
 	aa_executor *target;
 	aa_work drain; // submitted to target while scheduled
 	bool scheduled;
+
+	// External: run by the application (executor_loop.c).
+	const aai_ext_hooks *hooks;
+	void *hooks_ctx;
+	int pins; // submits whose aai_ext_run(unpin) has not come yet
 };
 
 static _Thread_local runrec *tl_top;
@@ -144,6 +158,9 @@ q_push(aa_executor *ex, aa_work *w)
 		ex->tail->next_ = w;
 	} else {
 		ex->head = w;
+		if (ex->hooks != NULL) {
+			ex->hooks->ready(ex->hooks_ctx, true);
+		}
 	}
 	ex->tail = w;
 }
@@ -163,6 +180,9 @@ q_remove(aa_executor *ex, aa_work *w)
 	}
 	w->next_ = NULL;
 	w->prev_ = NULL;
+	if (ex->head == NULL && ex->hooks != NULL) {
+		ex->hooks->ready(ex->hooks_ctx, false);
+	}
 }
 
 static aa_work *
@@ -326,7 +346,7 @@ quiescent(aa_executor *ex)
 static bool
 take_deferred_free(aa_executor *ex)
 {
-	if (ex->free_deferred && quiescent(ex)) {
+	if (ex->free_deferred && quiescent(ex) && ex->pins == 0) {
 		ex->free_deferred = false;
 		return true;
 	}
@@ -347,6 +367,9 @@ destroy(aa_executor *ex)
 		}
 		aai_free(ex->threads);
 		aai_cv_fini(&ex->work_cv);
+	}
+	if (ex->hooks != NULL) {
+		ex->hooks->fini(ex->hooks_ctx);
 	}
 	aai_cv_fini(&ex->idle_cv);
 	aai_mtx_fini(&ex->mtx);
@@ -371,6 +394,8 @@ aa_work_init(aa_work *w, aa_work_fn fn, aa_done_fn done, void *arg)
 
 static int strand_submit(aa_work *w, aa_executor *s);
 
+static int ext_submit(aa_work *w, aa_executor *ex);
+
 int
 aa_work_submit(aa_work *w, aa_executor *ex)
 {
@@ -384,6 +409,9 @@ aa_work_submit(aa_work *w, aa_executor *ex)
 	}
 	if (ex->kind == EX_STRAND) {
 		return strand_submit(w, ex);
+	}
+	if (ex->kind == EX_EXTERN) {
+		return ext_submit(w, ex);
 	}
 	aai_mtx_lock(&ex->mtx);
 	if (ex->closed) {
@@ -617,20 +645,31 @@ strand_drain_done(void *arg, int rv)
 	}
 }
 
+// queue_item queues w on ex (a strand or an external executor) unless ex
+// is closed: false then. Expects ex->mtx.
+static bool
+queue_item(aa_executor *ex, aa_work *w)
+{
+	if (ex->closed) {
+		return false;
+	}
+	__atomic_store_n(&w->ex_, ex, __ATOMIC_RELEASE);
+	w->aborted_ = false;
+	w_set_state(w, W_QUEUED);
+	q_push(ex, w);
+	return true;
+}
+
 static int
 strand_submit(aa_work *w, aa_executor *s)
 {
 	bool schedule;
 	bool do_free = false;
 	aai_mtx_lock(&s->mtx);
-	if (s->closed) {
+	if (!queue_item(s, w)) {
 		aai_mtx_unlock(&s->mtx);
 		return AA_ECLOSED;
 	}
-	__atomic_store_n(&w->ex_, s, __ATOMIC_RELEASE);
-	w->aborted_ = false;
-	w_set_state(w, W_QUEUED);
-	q_push(s, w);
 	schedule = !s->scheduled;
 	s->scheduled = true;
 	aai_mtx_unlock(&s->mtx);
@@ -815,7 +854,15 @@ aa_executor_free(aa_executor *ex)
 		return;
 	}
 	if (aa_executor_stop(ex) == 0) {
-		destroy(ex);
+		// An external executor's pins keep its memory until the
+		// application has made its last run call.
+		aai_mtx_lock(&ex->mtx);
+		do_free = ex->pins == 0;
+		ex->free_deferred = !do_free;
+		aai_mtx_unlock(&ex->mtx);
+		if (do_free) {
+			destroy(ex);
+		}
 		return;
 	}
 	// Called from inside ex's own work: whoever makes ex quiescent
@@ -827,4 +874,86 @@ aa_executor_free(aa_executor *ex)
 	if (do_free) {
 		destroy(ex);
 	}
+}
+
+// ---- External executors (executor_loop.c) ----
+
+int
+aai_ext_alloc(aa_executor **exp, const aai_ext_hooks *hooks, void *ctx)
+{
+	aa_executor *ex = ex_new(EX_EXTERN);
+	if (ex == NULL) {
+		return AA_ENOMEM;
+	}
+	ex->hooks = hooks;
+	ex->hooks_ctx = ctx;
+	*exp = ex;
+	return 0;
+}
+
+void *
+aai_ext_ctx(aa_executor *ex, const aai_ext_hooks *hooks)
+{
+	if (ex == NULL || ex->kind != EX_EXTERN || ex->hooks != hooks) {
+		return NULL;
+	}
+	return ex->hooks_ctx;
+}
+
+static int
+ext_submit(aa_work *w, aa_executor *ex)
+{
+	const aai_ext_hooks *h = ex->hooks;
+	void *ctx = ex->hooks_ctx;
+	aai_mtx_lock(&ex->mtx);
+	if (!queue_item(ex, w)) {
+		aai_mtx_unlock(&ex->mtx);
+		return AA_ECLOSED;
+	}
+	if (h->submitted != NULL) {
+		ex->pins++; // released by the run call submitted() asks for
+	}
+	aai_mtx_unlock(&ex->mtx);
+	// The pin keeps ex alive here even if another thread closes and
+	// frees it meanwhile.
+	if (h->submitted != NULL) {
+		h->submitted(ctx, ex);
+	}
+	return 0;
+}
+
+int
+aai_ext_run(aa_executor *ex, unsigned max, bool unpin, unsigned *ranp)
+{
+	unsigned ran = 0;
+	bool do_free;
+	int rv = 0;
+	aai_mtx_lock(&ex->mtx);
+	if (unpin) {
+		AAI_ASSERT(ex->pins > 0);
+		ex->pins--;
+	}
+	if (max == 0) {
+		// What is queued now, not what its own work queues meanwhile:
+		// one call of the application's loop stays bounded.
+		for (aa_work *w = ex->head; w != NULL; w = w->next_) {
+			max++;
+		}
+	}
+	if (ex->closed) {
+		rv = AA_ECLOSED;
+	}
+	while (!ex->closed && ran < max && ex->head != NULL) {
+		run_item(ex, q_pop(ex));
+		ran++;
+	}
+	do_free = take_deferred_free(ex);
+	aai_mtx_unlock(&ex->mtx);
+	if (do_free) {
+		destroy(ex);
+	}
+	if (ranp != NULL) {
+		*ranp = ran;
+	}
+	return rv;
 }

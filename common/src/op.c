@@ -77,6 +77,7 @@ struct aa_op {
 	unsigned cancel_types;
 	bool cancel_called;
 	bool slot_connected;
+	bool leaving_slot; // final; delivery waits until it left the slot
 	aa_assoc assoc;
 	size_t size; // bytes taken from the allocator
 
@@ -343,6 +344,22 @@ mark_delivery(aa_op *op)
 	return true;
 }
 
+// mark_final_delivery is mark_delivery for the final transition. While
+// the op is still connected to its parent's slot nobody delivers: the
+// finishing thread does, in after_final, once the op has left the slot,
+// so that no handler runs (and starts a successor on the same slot)
+// before then, even one set meanwhile. Expects the op's lock.
+static bool
+mark_final_delivery(aa_op *op)
+{
+	if (op->slot_connected) {
+		op->leaving_slot = true;
+		op->dstate = D_WAITING;
+		return false;
+	}
+	return mark_delivery(op);
+}
+
 // run_handler runs the completion handler on the calling thread and marks
 // it done. The caller holds a reference for the duration.
 static void
@@ -442,6 +459,10 @@ after_final(aa_op *op, bool must_deliver)
 	aai_mtx_unlock(&op->mtx);
 	if (disconnect) {
 		aa_cancel_slot_disconnect(op->assoc.slot, slot_handler, op);
+		aai_mtx_lock(&op->mtx);
+		op->leaving_slot = false;
+		must_deliver = op->dstate == D_WAITING && mark_delivery(op);
+		aai_mtx_unlock(&op->mtx);
 		aa_op_unref(op); // the slot's reference; the caller holds one
 	}
 	if (must_deliver) {
@@ -465,7 +486,8 @@ aa_op_set_handler(aa_op *op, aa_op_cb cb, void *arg)
 	op->cb = cb;
 	op->cb_arg = arg;
 	op->cb_set = true;
-	run = op->dstate == D_WAITING && mark_delivery(op);
+	run =
+	    op->dstate == D_WAITING && !op->leaving_slot && mark_delivery(op);
 	aai_mtx_unlock(&op->mtx);
 	if (run) {
 		deliver(op);
@@ -559,15 +581,20 @@ cancel(aa_op *op, aa_cancel_type type, bool may_wait)
 		// The provider decides; a repeated request is not passed on.
 		aai_mtx_unlock(&op->mtx);
 		if (call_fn) {
+			// A cancel through a parent's slot holds no reference
+			// of its own, and the provider may finish the op
+			// inside its cancel function (which drops the slot's).
+			aa_op_ref(op);
 			atomic_store(&op->detail,
 			             op->cancel_fn(op, type, op->prov_arg));
+			aa_op_unref(op);
 		}
 		return 0;
 	}
 	// Immediate: this locked step is the one that decides the race with
 	// complete / fail / canceled.
 	atomic_store_explicit(&op->state, AA_CANCELED, memory_order_release);
-	run = mark_delivery(op);
+	run = mark_final_delivery(op);
 	aai_mtx_unlock(&op->mtx);
 
 	// The caller's reference keeps op alive; hold one more in case the
@@ -647,7 +674,7 @@ finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
 	}
 	// This locked step decides the race with cancel.
 	atomic_store_explicit(&op->state, to, memory_order_release);
-	run = mark_delivery(op);
+	run = mark_final_delivery(op);
 	aai_mtx_unlock(&op->mtx);
 
 	aa_op_ref(op);

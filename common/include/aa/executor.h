@@ -107,6 +107,43 @@ void aa_executor_free(aa_executor *ex);
 // ex right now (for a strand: work of that strand).
 bool aa_executor_in_thread(aa_executor *ex);
 
+// ---- Executors run by the application's own loop ----
+//
+// For programs that already have an event loop: the library's handlers
+// then run on the loop's thread. Both executors have a queue but no
+// thread; abort, close, stop and free behave as for a pool. Close drops
+// what is queued (done callbacks with AA_ECLOSED on the closing thread).
+
+// A post function of a user-defined executor: it must arrange for
+// run(run_arg) to be called exactly once, later or inside post, on the
+// thread the application chooses, also after the executor was closed or
+// freed (the call then runs nothing; the last one frees its memory).
+typedef void (*aa_post_fn)(void *ctx, aa_work_fn run, void *run_arg);
+
+// aa_user_executor_alloc creates an executor that calls post(ctx, ...)
+// once per submitted item, outside any library lock, on the submitting
+// thread; each run call runs the oldest queued item, so items run in
+// submission order.
+int aa_user_executor_alloc(aa_executor **exp, aa_post_fn post, void *ctx);
+
+// aa_poll_executor_alloc creates a pollable executor: its work runs only
+// inside aa_poll_executor_drain.
+int aa_poll_executor_alloc(aa_executor **exp);
+
+// aa_poll_executor_fd gives the executor's descriptor (an eventfd): it is
+// readable exactly while work is queued. Watch it for reading (epoll,
+// poll, uv_poll, a GLib source); do not read it. aa_executor_free closes
+// it: take it out of the loop before. AA_EINVAL for another executor.
+int aa_poll_executor_fd(aa_executor *ex, int *fdp);
+
+// aa_poll_executor_drain runs up to max queued items (0: every item
+// queued when it was called, not those their work queues meanwhile) on
+// the calling thread, and stores how many ran in *ranp (may be NULL):
+// 0; AA_ECLOSED when the executor is closed (nothing ran); AA_ESTATE when
+// called from inside the executor's own work; AA_EINVAL for an executor
+// that is not pollable.
+int aa_poll_executor_drain(aa_executor *ex, unsigned max, unsigned *ranp);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,233 @@
+// test_embed.c: the embedding demo as two processes (demos/embed/embed-a.c
+// as process A, aa-server as process B): calls across the boundary with
+// logs that correlate by op id, cancel-all across the boundary, B killed
+// mid-operation (A's calls end in ERROR), and B killed then restarted (A's
+// retries recover). Each test runs A to its exit (waitpid, no sleeps) with
+// its stdout and B's log in files under a mkdtemp directory; A starts and
+// stops B itself. Not run under ThreadSanitizer: nng 1.5.2's dialer
+// reports a race inside libnng when a dial is refused (B not listening
+// yet, or killed), which these scenarios do on purpose.
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+#if defined(AA_SERVER_BIN) && defined(AA_EMBED_A_BIN)
+
+TestSuite(embed, .timeout = 120);
+
+typedef struct run {
+	char dir[64];
+	char url[128];
+	char a_out[128];
+	char b_log[128];
+	char *a; // A's stdout
+	char *b; // B's log
+	int status;
+} run;
+
+static char *
+slurp(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char *s;
+	long n;
+	cr_assert_not_null(f, "%s", path);
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	s = calloc(1, (size_t)n + 1);
+	cr_assert_not_null(s);
+	cr_assert_eq(fread(s, 1, (size_t)n, f), (size_t)n);
+	fclose(f);
+	return s;
+}
+
+// run_bin runs A (bin) with the extra arguments (NULL-terminated) to its
+// exit.
+static void
+run_bin(run *r, const char *bin, const char *const *extra)
+{
+	const char *argv[32] = {bin,        "--url",       r->url,
+	                        "--server", AA_SERVER_BIN, "--server-log",
+	                        r->b_log};
+	int n = 7;
+	pid_t pid;
+	int st;
+	snprintf(r->dir, sizeof(r->dir), "/tmp/aa-embed-XXXXXX");
+	cr_assert_not_null(mkdtemp(r->dir));
+	snprintf(r->url, sizeof(r->url), "ipc://%s/b.sock", r->dir);
+	snprintf(r->a_out, sizeof(r->a_out), "%s/a.out", r->dir);
+	snprintf(r->b_log, sizeof(r->b_log), "%s/b.log", r->dir);
+	for (; *extra != NULL; extra++) {
+		argv[n++] = *extra;
+	}
+	argv[n] = NULL;
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		int fd = open(r->a_out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		dup2(fd, STDOUT_FILENO);
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	while (waitpid(pid, &st, 0) < 0) {
+		cr_assert_eq(errno, EINTR);
+	}
+	r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	r->a = slurp(r->a_out);
+	r->b = slurp(r->b_log);
+}
+
+static void
+run_a(run *r, const char *const *extra)
+{
+	run_bin(r, AA_EMBED_A_BIN, extra);
+}
+
+static void
+run_fini(run *r)
+{
+	unlink(r->a_out);
+	unlink(r->b_log);
+	rmdir(r->dir);
+	free(r->a);
+	free(r->b);
+}
+
+// count counts the lines of text that contain every one of the strings.
+static int
+count(const char *text, const char *s1, const char *s2)
+{
+	int n = 0;
+	while (*text != '\0') {
+		const char *end = strchr(text, '\n');
+		size_t len = end != NULL ? (size_t)(end - text) : strlen(text);
+		char line[512];
+		if (len >= sizeof(line)) {
+			len = sizeof(line) - 1;
+		}
+		memcpy(line, text, len);
+		line[len] = '\0';
+		if (strstr(line, s1) != NULL &&
+		    (s2 == NULL || strstr(line, s2) != NULL)) {
+			n++;
+		}
+		text += end != NULL ? len + 1 : len;
+	}
+	return n;
+}
+
+// remote_ids collects the remote op ids of A's remote_start lines.
+static int
+remote_ids(const char *a, unsigned long long *ids, int max)
+{
+	const char *key = "\"remote_start\",\"remote_op\":";
+	int n = 0;
+	for (const char *p = strstr(a, key); p != NULL && n < max;
+	     p = strstr(p + 1, key)) {
+		ids[n++] = strtoull(p + strlen(key), NULL, 10);
+	}
+	return n;
+}
+
+Test(embed, calls_cross_two_processes_with_correlated_logs)
+{
+	run r = {0};
+	unsigned long long ids[16];
+	int n;
+	run_a(&r,
+	      (const char *const[]){"--calls", "3", "--sleep-ms", "20", NULL});
+	cr_assert_eq(r.status, 0, "%s", r.a);
+	cr_assert_eq(count(r.a, "\"done\"", "\"completed\""), 3, "%s", r.a);
+	n = remote_ids(r.a, ids, 16);
+	cr_assert_eq(n, 3);
+	for (int i = 0; i < n; i++) {
+		char op[48];
+		snprintf(op, sizeof(op), "{\"op\":%llu,", ids[i]);
+		cr_assert_eq(count(r.b, op, "\"start\""), 1, "%s", r.b);
+		cr_assert_eq(count(r.b, op, "\"completed\""), 1, "%s", r.b);
+	}
+	run_fini(&r);
+}
+
+Test(embed, cancel_all_crosses_the_boundary)
+{
+	run r = {0};
+	run_a(&r, (const char *const[]){"--calls", "3", "--sleep-ms", "60000",
+	                                "--cancel-all-after-ms", "200", NULL});
+	cr_assert_eq(r.status, 0, "%s", r.a);
+	cr_assert_eq(count(r.a, "\"done\"", "\"canceled\""), 3, "%s", r.a);
+	// Every real op that B started was cancelled, none completed.
+	cr_assert_eq(count(r.b, "\"completed\"", NULL), 0, "%s", r.b);
+	cr_assert_eq(count(r.b, "\"start\"", NULL),
+	             count(r.b, "\"canceled\"", NULL), "%s", r.b);
+	run_fini(&r);
+}
+
+Test(embed, killing_b_ends_the_calls_in_error)
+{
+	run r = {0};
+	run_a(&r, (const char *const[]){"--calls", "2", "--sleep-ms", "60000",
+	                                "--kill-server-after-ms", "200",
+	                                "--attempts", "2", "--backoff-ms",
+	                                "50", NULL});
+	cr_assert_eq(r.status, 0, "%s", r.a);
+	cr_assert_eq(count(r.a, "\"server_killed\"", NULL), 1, "%s", r.a);
+	cr_assert_eq(count(r.a, "\"done\"", "\"error\""), 2, "%s", r.a);
+	run_fini(&r);
+}
+
+Test(embed, retries_recover_against_a_restarted_b)
+{
+	run r = {0};
+	run_a(&r, (const char *const[]){
+	              "--calls", "2", "--sleep-ms", "300",
+	              "--kill-server-after-ms", "150", "--restart-after-ms",
+	              "100", "--attempts", "8", "--backoff-ms", "100", NULL});
+	cr_assert_eq(r.status, 0, "%s", r.a);
+	cr_assert_eq(count(r.a, "\"server_killed\"", NULL), 1, "%s", r.a);
+	cr_assert_eq(count(r.a, "\"done\"", "\"completed\""), 2, "%s", r.a);
+	run_fini(&r);
+}
+
+#ifdef AA_EMBED_A_UV_BIN
+
+// The same application on libuv: cancel-all across the boundary, then a
+// killed and restarted B.
+Test(embed, the_libuv_variant_behaves_the_same)
+{
+	run r = {0};
+	run_bin(&r, AA_EMBED_A_UV_BIN,
+	        (const char *const[]){"--calls", "3", "--sleep-ms", "60000",
+	                              "--cancel-all-after-ms", "200", NULL});
+	cr_assert_eq(r.status, 0, "%s", r.a);
+	cr_assert_eq(count(r.a, "\"done\"", "\"canceled\""), 3, "%s", r.a);
+	cr_assert_eq(count(r.b, "\"completed\"", NULL), 0, "%s", r.b);
+	run_fini(&r);
+	run_bin(&r, AA_EMBED_A_UV_BIN,
+	        (const char *const[]){
+	            "--calls", "2", "--sleep-ms", "300",
+	            "--kill-server-after-ms", "150", "--restart-after-ms",
+	            "100", "--attempts", "8", "--backoff-ms", "100", NULL});
+	cr_assert_eq(r.status, 0, "%s", r.a);
+	cr_assert_eq(count(r.a, "\"done\"", "\"completed\""), 2, "%s", r.a);
+	run_fini(&r);
+}
+
+#endif
+
+#else
+
+Test(embed, not_built)
+{
+	test_note("the embedding demo is not built (AA_DEMOS off, or no "
+	          "client/server layer)");
+}
+
+#endif
