@@ -434,7 +434,10 @@ Test(demo, spin_completes_anyway_and_is_compensated)
 	char *out;
 	char ev[256];
 	server_start(D.log);
-	cr_assert_eq(CLIENT(&out, "--json", "call", "spin", "100",
+	// spin runs 1 s of wall time: the Cancel at 20 ms reaches it while it
+	// runs (in flight) even on a loaded machine; with spin 100 a client
+	// delayed 80 ms would see already_complete, rightly.
+	cr_assert_eq(CLIENT(&out, "--json", "call", "spin", "1000",
 	                    "--cancel-after-ms", "20", "--settle-ms", "5000"),
 	             0);
 	expect_str(out, "status", "canceled");
