@@ -42,7 +42,7 @@
 
 #include "demo.pb-c.h" // aa.demo.Demo, generated from demos/demo.proto
 
-#define SETTLE_MS_DEFAULT 200 // when a cancel was requested
+#define SETTLE_MS_DEFAULT 200 // after a cancel or a deadline
 #define MAX_CONCURRENCY   1024
 
 typedef struct options {
@@ -611,7 +611,11 @@ run_call(void)
 
 	long settle_ms = O.settle_ms;
 	if (settle_ms < 0) {
-		settle_ms = oc.cancel_called ? SETTLE_MS_DEFAULT : 0;
+		// A cancel, or the client's own deadline: the server's late
+		// Complete tells what it really did.
+		settle_ms = oc.cancel_called || aa_op_error(op) == AA_ETIMEDOUT
+		                ? SETTLE_MS_DEFAULT
+		                : 0;
 	}
 	oc.settlement = wait_settled(op, settle_ms);
 	oc.timeline = aa_client_timeline(op);
