@@ -47,6 +47,15 @@
 // table when the link goes down end in ERROR (absorbed if already final)
 // and settle "unknown"; queued ones settle "never_started". Close vs call:
 // the `closed` flag under the mutex.
+//
+// fork. A client belongs to the process that opened it. A forked child has
+// a copy of its memory (its mutex possibly locked by a thread that does not
+// exist there) but none of its threads, and nng panics when used in a
+// forked child. So every call a child makes on its parent's client returns
+// AA_ESTATE, or does nothing, before touching the lock or the connection:
+// no frame is sent and no handler of the parent's ops runs in the child.
+// A pthread_atfork handler counts forks; a client keeps the count it was
+// opened with (docs/client-server.md).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,11 +149,38 @@ struct aa_client {
 	aa_allocator alloc;       // the recycler, counted (see "Memory")
 	atomic_size_t shell_refs; // blocks handed out, plus 1 until free
 	aa_client_stats st;
+	unsigned forks; // fork_count at open (see "fork")
 };
 
 // The client whose callback this thread runs, if any: stop and free from
 // inside a callback are detected with it.
 static _Thread_local aa_client *in_callback;
+
+// Forks of this process since the first client was opened (see "fork").
+static atomic_uint fork_count;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void
+count_fork(void)
+{
+	atomic_fetch_add_explicit(&fork_count, 1, memory_order_relaxed);
+}
+
+static void
+watch_forks(void)
+{
+	if (pthread_atfork(NULL, NULL, count_fork) != 0) {
+		aai_panic("aa_client_open: pthread_atfork failed");
+	}
+}
+
+// forked says whether this process is a fork of the one that opened c.
+static bool
+forked(const aa_client *c)
+{
+	return atomic_load_explicit(&fork_count, memory_order_relaxed) !=
+	       c->forks;
+}
 
 static int connect_clink(aa_client *c);
 static void flush(aa_client *c);
@@ -394,6 +430,9 @@ cop_cancel(aa_op *op, aa_cancel_type type, void *arg)
 	aa_client *c = arg; // not p->c: a parent's emit may come during setup
 	bool retire = false;
 
+	if (forked(c)) {
+		return AA_TIMELINE_NONE; // the op ends here, nothing is sent
+	}
 	aai_mtx_lock(&c->mtx);
 	switch (p->state) {
 	case COP_NEW:
@@ -539,6 +578,9 @@ aa_client_call(aa_op **opp, aa_client *c, const char *method_name,
 	if (opp == NULL || c == NULL || method_name == NULL ||
 	    (payload == NULL && len > 0)) {
 		return AA_EINVAL;
+	}
+	if (forked(c)) {
+		return AA_ESTATE;
 	}
 	aai_mtx_lock(&c->mtx);
 	if (c->closed) {
@@ -719,6 +761,9 @@ flush(aa_client *c)
 void
 aa_client_cork(aa_client *c)
 {
+	if (forked(c)) {
+		return;
+	}
 	aai_mtx_lock(&c->mtx);
 	c->cork++;
 	aai_mtx_unlock(&c->mtx);
@@ -727,6 +772,9 @@ aa_client_cork(aa_client *c)
 void
 aa_client_uncork(aa_client *c)
 {
+	if (forked(c)) {
+		return;
+	}
 	aai_mtx_lock(&c->mtx);
 	if (c->cork > 0) {
 		c->cork--;
@@ -1163,6 +1211,8 @@ aa_client_open(aa_client **cp, const aa_client_opts *o)
 	aai_mtx_init(&c->mtx);
 	aai_cv_init(&c->cv);
 	c->opts = opts;
+	pthread_once(&fork_once, watch_forks);
+	c->forks = atomic_load(&fork_count);
 	c->instance_id = random_id();
 	c->next_id = 1;
 	c->url = aai_strdup(opts.url);
@@ -1241,6 +1291,9 @@ aa_client_op_id(const aa_op *op)
 uint64_t
 aa_client_conn_id(aa_client *c)
 {
+	if (forked(c)) {
+		return 0;
+	}
 	aai_mtx_lock(&c->mtx);
 	uint64_t id = c->conn_id;
 	aai_mtx_unlock(&c->mtx);
@@ -1250,6 +1303,9 @@ aa_client_conn_id(aa_client *c)
 int
 aa_client_method_cancel_types(aa_client *c, const char *name, unsigned *types)
 {
+	if (forked(c)) {
+		return AA_ESTATE;
+	}
 	aai_mtx_lock(&c->mtx);
 	const method *m = find_method(c, name);
 	if (m != NULL && types != NULL) {
@@ -1262,6 +1318,10 @@ aa_client_method_cancel_types(aa_client *c, const char *name, unsigned *types)
 void
 aa_client_stats_get(aa_client *c, aa_client_stats *st)
 {
+	if (forked(c)) {
+		memset(st, 0, sizeof(*st));
+		return;
+	}
 	aai_mtx_lock(&c->mtx);
 	*st = c->st;
 	st->pending = c->n_ops;
@@ -1277,6 +1337,9 @@ aa_client_cancel_all(aa_client *c, aa_cancel_type type)
 	size_t n = 0, cap;
 	int cancelled = 0;
 
+	if (forked(c)) {
+		return 0;
+	}
 	aai_mtx_lock(&c->mtx);
 	cap = c->n_ops;
 	ops = cap > 0 ? aai_alloc(cap * sizeof(*ops)) : NULL;
@@ -1304,6 +1367,9 @@ aa_client_cancel_all(aa_client *c, aa_cancel_type type)
 void
 aa_client_close(aa_client *c)
 {
+	if (forked(c)) {
+		return;
+	}
 	aai_mtx_lock(&c->mtx);
 	if (c->closed) {
 		aai_mtx_unlock(&c->mtx);
@@ -1340,6 +1406,9 @@ aa_client_close(aa_client *c)
 int
 aa_client_stop(aa_client *c)
 {
+	if (forked(c)) {
+		return AA_ESTATE;
+	}
 	if (in_callback == c) {
 		return AA_EDEADLK;
 	}
@@ -1382,8 +1451,8 @@ void
 aa_client_free(aa_client *c)
 {
 	pthread_t t;
-	if (c == NULL) {
-		return;
+	if (c == NULL || forked(c)) {
+		return; // a forked child leaves its copy alone
 	}
 	if (in_callback != c) {
 		client_free_now(c);
