@@ -13,50 +13,10 @@
 #include <aa/client.h>
 #include <aa/server.h>
 
+#include "methods.h"
 #include "testutil.h"
 
 TestSuite(client_fork, .timeout = 60);
-
-static int
-m_echo(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
-       size_t len, const aa_assoc *assoc)
-{
-	aa_op_provider pv = {.policy = AA_POLICY_IMMEDIATE,
-	                     .cancel_types = AA_CANCEL_ALL,
-	                     .extra = len};
-	(void)arg;
-	(void)call;
-	int rv = aa_op_alloc(opp, &pv, assoc);
-	if (rv == 0) {
-		memcpy(aa_op_extra(*opp), payload, len);
-		aa_op_complete(*opp, aa_op_extra(*opp), len, NULL);
-	}
-	return rv;
-}
-
-static int
-park_cancel(aa_op *op, aa_cancel_type type, void *arg)
-{
-	(void)type;
-	(void)arg;
-	aa_op_canceled(op);
-	return 0;
-}
-
-// "park": a real op that stays pending until cancelled.
-static int
-m_park(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
-       size_t len, const aa_assoc *assoc)
-{
-	aa_op_provider pv = {.cancel = park_cancel,
-	                     .policy = AA_POLICY_COOPERATIVE,
-	                     .cancel_types = AA_CANCEL_ALL};
-	(void)arg;
-	(void)call;
-	(void)payload;
-	(void)len;
-	return aa_op_alloc(opp, &pv, assoc);
-}
 
 typedef struct done {
 	gate g;
@@ -143,12 +103,14 @@ Test(client_fork, child_calls_fail_and_the_parent_keeps_its_connection)
 	cr_assert_not_null(mkdtemp(dir));
 	snprintf(url, sizeof(url), "ipc://%s/s.sock", dir);
 	cr_assert_eq(aa_server_alloc(&srv, NULL), 0);
-	aa_method_def echo = {
-	    .name = "echo", .start = m_echo, .cancel_types = AA_CANCEL_ALL};
-	aa_method_def pk = {
-	    .name = "park", .start = m_park, .cancel_types = AA_CANCEL_ALL};
+	aa_method_def echo = {.name = "echo",
+	                      .start = method_echo,
+	                      .cancel_types = AA_CANCEL_ALL};
+	aa_method_def hold = {.name = "hold",
+	                      .start = method_hold,
+	                      .cancel_types = AA_CANCEL_ALL};
 	cr_assert_eq(aa_server_register(srv, &echo), 0);
-	cr_assert_eq(aa_server_register(srv, &pk), 0);
+	cr_assert_eq(aa_server_register(srv, &hold), 0);
 	cr_assert_eq(aa_server_listen(srv, url), 0);
 	aa_client_opts co = {.url = url};
 	cr_assert_eq(aa_client_open(&cli, &co), 0);
@@ -159,7 +121,7 @@ Test(client_fork, child_calls_fail_and_the_parent_keeps_its_connection)
 	// An op pending across the fork.
 	memset(&parked, 0, sizeof(parked));
 	gate_init(&parked.g);
-	cr_assert_eq(aa_client_call(&park, cli, "park", NULL, 0, NULL, NULL),
+	cr_assert_eq(aa_client_call(&park, cli, "hold", NULL, 0, NULL, NULL),
 	             0);
 	cr_assert_eq(aa_op_set_handler(park, on_done, &parked), 0);
 	parked_op = park;

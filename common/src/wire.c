@@ -701,6 +701,56 @@ read_varint(const uint8_t **pp, const uint8_t *end, uint64_t *v)
 	return false;
 }
 
+// next_field reads one field's key and extent: its data in *d, *dlen
+// (for wire type 2 without the length prefix) and all its bytes after
+// the key in *flen. False when malformed.
+static bool
+next_field(const uint8_t **pp, const uint8_t *end, uint32_t *tag,
+           unsigned *wtype, const uint8_t **d, size_t *dlen, size_t *flen)
+{
+	const uint8_t *p = *pp;
+	const uint8_t *start;
+	uint64_t key, n;
+
+	if (!read_varint(&p, end, &key) || (key >> 3) == 0 ||
+	    (key >> 3) > 0x1fffffff) {
+		return false;
+	}
+	*tag = (uint32_t)(key >> 3);
+	*wtype = (unsigned)(key & 7);
+	start = p;
+	switch (*wtype) {
+	case 0:
+		if (!read_varint(&p, end, &n)) {
+			return false;
+		}
+		*d = start;
+		break;
+	case 1:
+	case 5:
+		n = *wtype == 1 ? 8 : 4;
+		if ((size_t)(end - p) < n) {
+			return false;
+		}
+		*d = p;
+		p += n;
+		break;
+	case 2:
+		if (!read_varint(&p, end, &n) || n > (uint64_t)(end - p)) {
+			return false;
+		}
+		*d = p;
+		p += n;
+		break;
+	default:
+		return false;
+	}
+	*dlen = *wtype == 2 ? (size_t)(p - *d) : (size_t)(p - start);
+	*flen = (size_t)(p - start);
+	*pp = p;
+	return true;
+}
+
 // scan_envelope walks the Envelope's top-level fields and checks that
 // exactly one of them is a body (unknown fields are allowed and skipped).
 static int
@@ -711,15 +761,14 @@ scan_envelope(const char **why, const uint8_t *p, size_t len)
 	unsigned unknown = 0;
 
 	while (p < end) {
-		uint64_t key;
-		uint64_t n;
-		if (!read_varint(&p, end, &key) || (key >> 3) == 0 ||
-		    (key >> 3) > 0x1fffffff) {
-			*why = "malformed frame: bad field key";
+		uint32_t field;
+		unsigned wtype;
+		const uint8_t *d;
+		size_t dlen, flen;
+		if (!next_field(&p, end, &field, &wtype, &d, &dlen, &flen)) {
+			*why = "malformed frame";
 			return AA_EPROTO;
 		}
-		uint64_t field = key >> 3;
-		unsigned wtype = (unsigned)(key & 7);
 		if (field >= AAI_WIRE_START && field <= AAI_WIRE_GOODBYE) {
 			if (wtype != 2) {
 				*why =
@@ -729,34 +778,6 @@ scan_envelope(const char **why, const uint8_t *p, size_t len)
 			bodies++;
 		} else {
 			unknown++;
-		}
-		switch (wtype) {
-		case 0:
-			if (!read_varint(&p, end, &n)) {
-				*why = "malformed frame: bad varint";
-				return AA_EPROTO;
-			}
-			break;
-		case 1:
-		case 5:
-			n = wtype == 1 ? 8 : 4;
-			if ((size_t)(end - p) < n) {
-				*why = "malformed frame: truncated field";
-				return AA_EPROTO;
-			}
-			p += n;
-			break;
-		case 2:
-			if (!read_varint(&p, end, &n) ||
-			    n > (uint64_t)(end - p)) {
-				*why = "malformed frame: truncated field";
-				return AA_EPROTO;
-			}
-			p += n;
-			break;
-		default:
-			*why = "malformed frame: unsupported wire type";
-			return AA_EPROTO;
 		}
 	}
 	if (bodies > 1) {
@@ -818,56 +839,6 @@ typedef struct walk {
 	size_t cost;
 	size_t entries; // repeated submessages (each gets a view entry)
 } walk;
-
-// next_field reads one field's key and extent: its data in *d, *dlen
-// (for wire type 2 without the length prefix) and all its bytes after
-// the key in *flen. False when malformed.
-static bool
-next_field(const uint8_t **pp, const uint8_t *end, uint32_t *tag,
-           unsigned *wtype, const uint8_t **d, size_t *dlen, size_t *flen)
-{
-	const uint8_t *p = *pp;
-	const uint8_t *start;
-	uint64_t key, n;
-
-	if (!read_varint(&p, end, &key) || (key >> 3) == 0 ||
-	    (key >> 3) > 0x1fffffff) {
-		return false;
-	}
-	*tag = (uint32_t)(key >> 3);
-	*wtype = (unsigned)(key & 7);
-	start = p;
-	switch (*wtype) {
-	case 0:
-		if (!read_varint(&p, end, &n)) {
-			return false;
-		}
-		*d = start;
-		break;
-	case 1:
-	case 5:
-		n = *wtype == 1 ? 8 : 4;
-		if ((size_t)(end - p) < n) {
-			return false;
-		}
-		*d = p;
-		p += n;
-		break;
-	case 2:
-		if (!read_varint(&p, end, &n) || n > (uint64_t)(end - p)) {
-			return false;
-		}
-		*d = p;
-		p += n;
-		break;
-	default:
-		return false;
-	}
-	*dlen = *wtype == 2 ? (size_t)(p - *d) : (size_t)(p - start);
-	*flen = (size_t)(p - start);
-	*pp = p;
-	return true;
-}
 
 // walk_message adds to w->cost an upper bound of what protobuf-c allocates
 // to unpack a message of type desc from p[0..len), mirroring its unpack:
