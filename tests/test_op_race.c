@@ -453,8 +453,8 @@ typedef struct fwd_op {
 	pthread_t handler_thread;
 	atomic_int progress_returned;
 	int handler_saw_progress_returned;
-	bool wait_for_final; // before forwarding, wait until this op is final
-	bool cancel_self;    // instead of forwarding, cancel this op
+	gate *before_forward; // opened before this op forwards, or NULL
+	bool cancel_self;     // instead of forwarding, cancel this op
 } fwd_op;
 
 // fwd_progress forwards a report (one byte: its hop count) to the peer op
@@ -475,11 +475,8 @@ fwd_progress(aa_op *op, void *arg, const void *data, size_t len)
 		atomic_store(&f->progress_returned, 1);
 		return;
 	}
-	if (f->wait_for_final) {
-		while (aa_op_status(op) == AA_STARTED) {
-			sched_yield(); // a state the other thread sets, not
-			               // time
-		}
+	if (f->before_forward != NULL) {
+		gate_wait(f->before_forward);
 	}
 	if (hop == 0) {
 		unsigned char next = 1;
@@ -592,7 +589,10 @@ Test(op_race, parent_cancel_in_progress_while_child_reports_to_parent,
 	fwd_op parent, child;
 	fwd_init(&parent, &child, &ppv, NULL);
 	fwd_init(&child, &parent, &cpv, &cassoc);
-	child.wait_for_final = true; // report to the parent once cancelled
+	// The child reports to the parent once its own delivery has been
+	// handed to it (checkpoint "op.deliver_handoff"): the parent is
+	// cancelled by then, and its cancel reached the child.
+	child.before_forward = &cur->deliver_waiting;
 	parent.cancel_self = true;
 	reporter rc;
 	reporter_start(&rc, child.op);
