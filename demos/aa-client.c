@@ -312,6 +312,7 @@ typedef struct outcome {
 	const void *result;
 	size_t result_len;
 	int error;
+	int32_t app_code; // with error AA_EAPP: the application's code
 	const char *error_msg;
 	bool cancel_called;
 	uint64_t cancel_ns;
@@ -321,6 +322,18 @@ typedef struct outcome {
 static void
 error_text(text *t, const outcome *oc)
 {
+	if (oc->error == AA_EAPP) {
+		// The application's code, never read as a library code.
+		char b[48];
+		snprintf(b, sizeof(b), "application error %d",
+		         (int)oc->app_code);
+		t_str(t, b);
+		if (oc->error_msg != NULL && oc->error_msg[0] != '\0') {
+			t_str(t, ": ");
+			t_str(t, oc->error_msg);
+		}
+		return;
+	}
 	t_str(t, aa_strerror(oc->error));
 	if (oc->error_msg != NULL && oc->error_msg[0] != '\0' &&
 	    strcmp(oc->error_msg, aa_strerror(oc->error)) != 0) {
@@ -388,6 +401,12 @@ report(const outcome *oc)
 			t_str(&t, "\"\"");
 		}
 		t_fmt(&t, ",\"error_code\":%llu", (unsigned)oc->error);
+		if (oc->error == AA_EAPP) {
+			char b[32];
+			snprintf(b, sizeof(b), ",\"app_code\":%d",
+			         (int)oc->app_code);
+			t_str(&t, b);
+		}
 		if (oc->cancel_called) {
 			char b[40];
 			snprintf(b, sizeof(b), ",\"cancel_us\":%.3f",
@@ -413,6 +432,11 @@ report(const outcome *oc)
 				t_str(&t, " in ");
 				t_duration(&t, oc->cancel_ns);
 			}
+		} else if (oc->error == AA_EAPP) {
+			t_str(&t, ": ");
+			error_text(&t, oc);
+			t_str(&t, " after ");
+			t_duration(&t, oc->elapsed_ns);
 		} else {
 			t_fmt(&t, " %llu (", (unsigned)oc->error);
 			error_text(&t, oc);
@@ -530,6 +554,7 @@ run_call(void)
 	default:
 		oc.status = "error";
 		oc.error = aa_op_error(op);
+		(void)aa_op_app_code(op, &oc.app_code);
 		oc.error_msg = aa_op_error_msg(op);
 		atomic_store(&any_error, true);
 		if (oc.error == AA_ECONNLOST || oc.error == AA_EUNAVAIL) {
@@ -667,7 +692,7 @@ option_value(const char *name, const char *val)
 			return false;
 		}
 	} else if (strcmp(name, "--deadline-ms") == 0 &&
-	           parse_long(val, 0, INT32_MAX, &v)) {
+	           parse_long(val, 0, UINT32_MAX, &v)) {
 		O.deadline_ms = v;
 	} else if (strcmp(name, "--settle-ms") == 0 &&
 	           parse_long(val, 0, INT32_MAX, &v)) {

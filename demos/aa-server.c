@@ -70,8 +70,13 @@ static server_ctx G;
 
 // ---- JSON log ----
 
+// A line holds a 255-byte method name and a detail of at most
+// DETAIL_MAX bytes even when every byte needs a 6-byte escape, so a line
+// is never cut (a cut line would not be JSON).
+#define DETAIL_MAX 1024
+
 typedef struct jbuf {
-	char s[1024];
+	char s[8192];
 	size_t n;
 } jbuf;
 
@@ -101,34 +106,86 @@ jb_u64(jbuf *b, uint64_t v)
 	jb_raw(b, t, (size_t)n);
 }
 
-// jb_quoted appends s as a JSON string (control characters, quotes and
-// backslashes escaped; other bytes kept: the texts here are ASCII).
+// utf8_len returns the length of the well-formed UTF-8 sequence at s,
+// or 0 (ill-formed, truncated, overlong, a surrogate, above U+10FFFF).
+static size_t
+utf8_len(const unsigned char *s)
+{
+	unsigned char lo = 0x80, hi = 0xbf;
+	size_t n;
+	if (s[0] < 0x80) {
+		return 1;
+	} else if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+		n = 2;
+	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+		n = 3;
+		lo = s[0] == 0xe0 ? 0xa0 : 0x80;
+		hi = s[0] == 0xed ? 0x9f : 0xbf;
+	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+		n = 4;
+		lo = s[0] == 0xf0 ? 0x90 : 0x80;
+		hi = s[0] == 0xf4 ? 0x8f : 0xbf;
+	} else {
+		return 0;
+	}
+	if (s[1] < lo || s[1] > hi) {
+		return 0;
+	}
+	for (size_t i = 2; i < n; i++) {
+		if ((s[i] & 0xc0) != 0x80) {
+			return 0;
+		}
+	}
+	return n;
+}
+
+// jb_quoted appends at most max bytes of s as a JSON string: quotes,
+// backslashes and control characters escaped, bytes that are not UTF-8
+// written as U+FFFD, so that no byte a peer sent can make the line
+// invalid JSON.
+static void
+jb_quoted_max(jbuf *b, const char *s, size_t max)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t used = 0;
+	jb_raw(b, "\"", 1);
+	while (*p != '\0') {
+		size_t k = utf8_len(p);
+		char t[8];
+		if (used + (k ? k : 1) > max) {
+			break;
+		}
+		if (k == 0) {
+			jb_str(b, "\\ufffd");
+			k = 1;
+		} else if (*p == '"' || *p == '\\') {
+			t[0] = '\\';
+			t[1] = (char)*p;
+			jb_raw(b, t, 2);
+		} else if (*p < 0x20 || *p == 0x7f) {
+			int n = snprintf(t, sizeof(t), "\\u%04x", *p);
+			jb_raw(b, t, (size_t)n);
+		} else {
+			jb_raw(b, (const char *)p, k);
+		}
+		p += k;
+		used += k;
+	}
+	jb_raw(b, "\"", 1);
+}
+
 static void
 jb_quoted(jbuf *b, const char *s)
 {
-	jb_raw(b, "\"", 1);
-	for (; *s != '\0'; s++) {
-		unsigned char ch = (unsigned char)*s;
-		char t[8];
-		if (ch == '"' || ch == '\\') {
-			t[0] = '\\';
-			t[1] = (char)ch;
-			jb_raw(b, t, 2);
-		} else if (ch < 0x20 || ch == 0x7f) {
-			int n = snprintf(t, sizeof(t), "\\u%04x", ch);
-			jb_raw(b, t, (size_t)n);
-		} else {
-			jb_raw(b, (const char *)&ch, 1);
-		}
-	}
-	jb_raw(b, "\"", 1);
+	jb_quoted_max(b, s, DETAIL_MAX);
 }
 
 // log_line writes one JSON object per line, whole, and flushes it so that
 // a reader of the file sees each event as it happens.
 static void
-log_line(uint64_t op_id, uint64_t conn_id, const char *method,
-         const char *event, uint64_t t_us, int error, const char *detail)
+log_line_app(uint64_t op_id, uint64_t conn_id, const char *method,
+             const char *event, uint64_t t_us, int error, int32_t app_code,
+             const char *detail)
 {
 	jbuf b = {.n = 0};
 	jb_str(&b, "{\"op\":");
@@ -147,6 +204,13 @@ log_line(uint64_t op_id, uint64_t conn_id, const char *method,
 		jb_str(&b, ",\"error_text\":");
 		jb_quoted(&b, aa_strerror(error));
 	}
+	if (error == AA_EAPP) {
+		// The application's own code: its own field, never "error".
+		char t[16];
+		int n = snprintf(t, sizeof(t), "%d", (int)app_code);
+		jb_str(&b, ",\"app_code\":");
+		jb_raw(&b, t, (size_t)n);
+	}
 	if (detail != NULL && detail[0] != '\0') {
 		jb_str(&b, ",\"detail\":");
 		jb_quoted(&b, detail);
@@ -159,12 +223,19 @@ log_line(uint64_t op_id, uint64_t conn_id, const char *method,
 }
 
 static void
+log_line(uint64_t op_id, uint64_t conn_id, const char *method,
+         const char *event, uint64_t t_us, int error, const char *detail)
+{
+	log_line_app(op_id, conn_id, method, event, t_us, error, 0, detail);
+}
+
+static void
 on_server_event(void *arg, const aa_server_log_rec *rec)
 {
 	(void)arg;
-	log_line(rec->op_id, rec->conn_id, rec->method,
-	         aa_server_event_name(rec->event), rec->t_us, rec->error,
-	         rec->detail);
+	log_line_app(rec->op_id, rec->conn_id, rec->method,
+	             aa_server_event_name(rec->event), rec->t_us, rec->error,
+	             rec->app_code, rec->detail);
 }
 
 // ---- Arguments of the methods ----
@@ -450,26 +521,30 @@ spin_compensate(void *arg, const aa_call_info *call, aa_op *op)
 	         aa_clock_us(), 0, detail);
 }
 
-// ---- fail CODE: fails at once with that code ----
+// ---- fail CODE: fails at once with that application code ----
 
 static int
 m_fail(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
        size_t len, const aa_assoc *assoc)
 {
-	uint64_t code;
+	uint64_t mag;
 	char msg[48];
-	int rv = parse_arg(payload, len, 1, 65535, &code);
+	const char *p = payload;
+	bool neg = len > 0 && p[0] == '-';
+	// Any int32: the application's own code space, apart from AA_E*.
+	int rv = parse_arg(p + neg, len - neg, 0,
+	                   neg ? (uint64_t)INT32_MAX + 1 : INT32_MAX, &mag);
 	if (rv != 0) {
 		return rv;
 	}
+	int32_t code = neg ? (int32_t)(-(int64_t)mag) : (int32_t)mag;
 	aa_op_provider pv = {.policy = AA_POLICY_IMMEDIATE,
 	                     .cancel_types = AA_CANCEL_ALL};
 	if ((rv = aa_op_alloc(opp, &pv, assoc)) != 0) {
 		return rv;
 	}
-	snprintf(msg, sizeof(msg), "fail %llu requested",
-	         (unsigned long long)code);
-	aa_op_fail(*opp, (int)code, msg);
+	snprintf(msg, sizeof(msg), "fail %d requested", (int)code);
+	aa_op_fail_app(*opp, code, msg);
 	return 0;
 }
 
@@ -559,6 +634,11 @@ usage(FILE *f)
 	        "  --dead-after-ms N   silence that ends a client (default "
 	        "3 heartbeats)\n"
 	        "  --threads N         worker threads for spin (default 4)\n"
+	        "  --reply-delay-ms N  hold every Complete N ms before "
+	        "sending it, as a\n"
+	        "                      slow link would (a demo knob: it "
+	        "makes a Cancel\n"
+	        "                      and a Complete cross; default 0)\n"
 	        "  --tls-cert FILE     certificate for tls+tcp:// (PEM)\n"
 	        "  --tls-key FILE      its key (PEM)\n"
 	        "  --tls-ca FILE       ask clients for certificates signed "
@@ -629,6 +709,9 @@ parse_options(int argc, char **argv, options *o)
 		} else if (strcmp(a, "--threads") == 0 &&
 		           parse_int(val, 1, 256, &v)) {
 			o->threads = (int)v;
+		} else if (strcmp(a, "--reply-delay-ms") == 0 &&
+		           parse_int(val, 0, 600000, &v)) {
+			o->so.reply_delay_ms = (int)v;
 		} else if (strcmp(a, "--tls-cert") == 0) {
 			o->so.tls_cert_file = val;
 		} else if (strcmp(a, "--tls-key") == 0) {

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # run-demo.sh: the aaproxy demo pair, side by side. Starts aa-server on a
 # private ipc:// address with a JSON event log, then runs aa-client for an
-# echo, a count with progress, and the three cancellation timelines; after
-# each of those it prints the server's log lines for that op, so that what
-# each side saw can be compared. docs/demo.md explains the output.
+# echo, a count with progress, and the three cancellation timelines (the
+# third against a second server that holds its replies 300 ms, a slow
+# link, so that the Complete and the Cancel cross); after each of those it
+# prints the server's log lines for that op, so that what each side saw
+# can be compared. docs/demo.md explains the output.
 #
 #   demos/run-demo.sh [BUILD_DIR]     (default ./build)
 set -euo pipefail
@@ -21,13 +23,19 @@ done
 dir=$(mktemp -d "${TMPDIR:-/tmp}/aa-demo.XXXXXX")
 url="ipc://$dir/aa.sock"
 log="$dir/server.log"
+slow_url="ipc://$dir/slow.sock"
+slow_log="$dir/slow.log"
 server_pid=
+slow_pid=
 
 cleanup() {
-	if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
-		kill -TERM "$server_pid" 2>/dev/null || true
-		wait "$server_pid" 2>/dev/null || true
-	fi
+	local pid
+	for pid in "$server_pid" "$slow_pid"; do
+		if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+			kill -TERM "$pid" 2>/dev/null || true
+			wait "$pid" 2>/dev/null || true
+		fi
+	done
 	rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -51,12 +59,12 @@ field() {
 	sed -n "s/.*\"$1\":\\([0-9][0-9]*\\).*/\\1/p" <<<"$2"
 }
 
-# server_lines JSON_LINE [WAIT]: the server's log lines for the op that
-# the client's JSON line names (same op id, same connection id). With
+# server_lines JSON_LINE [WAIT [LOG]]: the server's log lines for the op
+# that the client's JSON line names (same op id, same connection id). With
 # WAIT, first wait (up to 2 s) until the op's reply was sent or dropped:
 # the server logs that after the client may already have exited.
 server_lines() {
-	local op conn key i
+	local op conn key i log=${3:-$log}
 	op=$(field op "$1")
 	conn=$(field client "$1")
 	key="\"op\":$op,\"client\":$conn,"
@@ -77,19 +85,25 @@ server_lines() {
 	fi
 }
 
+# wait_up URL PID: wait until the server at URL answers an echo.
+wait_up() {
+	local i
+	for ((i = 0; ; i++)); do
+		if "$client_bin" --dial "$1" call echo ping >/dev/null 2>&1; then
+			return
+		fi
+		if ((i == 50)) || ! kill -0 "$2" 2>/dev/null; then
+			echo "run-demo: the server at $1 did not answer" >&2
+			exit 1
+		fi
+		sleep 0.05
+	done
+}
+
 heading "aa-server on $url (log: JSON, one event a line)"
 "$server_bin" --listen "$url" --log "$log" &
 server_pid=$!
-for ((i = 0; ; i++)); do
-	if client call echo ping >/dev/null 2>&1; then
-		break
-	fi
-	if ((i == 50)) || ! kill -0 "$server_pid" 2>/dev/null; then
-		echo "run-demo: the server did not answer" >&2
-		exit 1
-	fi
-	sleep 0.05
-done
+wait_up "$url" "$server_pid"
 
 heading "echo: a call that completes (Start and Complete cross the wire)"
 echo "\$ aa-client call echo 'hello, async-async'"
@@ -117,15 +131,29 @@ line=$(client --json call sleep 1000 --cancel-after-ms 50)
 echo "$line"
 server_lines "$line" wait
 
-heading "timeline 3, the server completes anyway: spin ignores the cancel"
-# The client reports CANCELED at once; the server's late Complete says
-# "completed", and its compensation hook runs. (The already-complete
-# timeline proper, a Complete that arrived but was not yet handed over, is
-# a window of microseconds: tests/test_client.c forces it with checkpoints.)
+heading "in flight, the server completes anyway: spin ignores the cancel"
+# The client reports CANCELED at once; the server received the Cancel
+# while spin ran, completed anyway, and its late Complete says so
+# ("completed"); the compensation hook runs.
 echo "\$ aa-client --json call spin 100 --cancel-after-ms 20 --settle-ms 500"
 line=$(client --json call spin 100 --cancel-after-ms 20 --settle-ms 500)
 echo "$line"
 server_lines "$line" wait
+
+heading "timeline 3, already complete: the Complete and the Cancel cross"
+# A second server holds every Complete 300 ms, as a slow link would. Its
+# sleep 50 finishes long before the client cancels at 150 ms; the Cancel
+# reaches it "after completion", the late Complete says so, and the
+# client, CANCELED at once, classifies it already_complete.
+echo "\$ aa-server --reply-delay-ms 300 &"
+"$server_bin" --listen "$slow_url" --log "$slow_log" --reply-delay-ms 300 &
+slow_pid=$!
+wait_up "$slow_url" "$slow_pid"
+echo "\$ aa-client --json call sleep 50 --cancel-after-ms 150 --settle-ms 1000"
+line=$("$client_bin" --dial "$slow_url" --json call sleep 50 \
+	--cancel-after-ms 150 --settle-ms 1000)
+echo "$line"
+server_lines "$line" wait "$slow_log"
 
 heading "a failure and a deadline (exit status 1 each)"
 echo "\$ aa-client call fail 7"
@@ -133,8 +161,8 @@ client call fail 7 || echo "${dim}(exit status $?)${off}"
 echo "\$ aa-client call sleep 1000 --deadline-ms 50"
 client call sleep 1000 --deadline-ms 50 || echo "${dim}(exit status $?)${off}"
 
-heading "stopping the server (SIGTERM)"
-kill -TERM "$server_pid"
-wait "$server_pid"
-server_pid=
+heading "stopping the servers (SIGTERM)"
+kill -TERM "$server_pid" "$slow_pid"
+wait "$server_pid" "$slow_pid"
+server_pid= slow_pid=
 echo "done: client and server name each op by the same op and client ids."

@@ -173,15 +173,27 @@ demo_dir(void)
 // server_start starts aa-server with log (a file, or "-" for its stdout)
 // and waits for its "listening" line on stderr.
 static void
-server_start(const char *log)
+server_start_delay(const char *log, const char *reply_delay_ms)
 {
-	char *argv[] = {AA_SERVER_BIN, "--listen",  D.url,
-	                "--log",       (char *)log, NULL};
+	char *argv[] = {AA_SERVER_BIN,
+	                "--listen",
+	                D.url,
+	                "--log",
+	                (char *)log,
+	                reply_delay_ms ? "--reply-delay-ms" : NULL,
+	                (char *)reply_delay_ms,
+	                NULL};
 	char line[512];
 	D.server = spawn(argv, true);
 	cr_assert(read_line(D.server.err, line, sizeof(line)),
 	          "aa-server did not start");
 	cr_assert_not_null(strstr(line, "listening on"), "%s", line);
+}
+
+static void
+server_start(const char *log)
+{
+	server_start_delay(log, NULL);
 }
 
 // server_stop sends SIGTERM and expects a clean exit.
@@ -438,6 +450,30 @@ Test(demo, spin_completes_anyway_and_is_compensated)
 	    "compensated");
 }
 
+// The already-complete timeline from the command line: the server holds
+// its Complete 1.5 s (a slow link); sleep 20 has finished when the client
+// cancels at 300 ms, and the late Complete says so. (The README's demo
+// uses 300 / 50 / 150; the margins here are wider for loaded machines.)
+Test(demo, already_complete_with_a_slow_reply)
+{
+	char *out;
+	char ev[256];
+	server_start_delay(D.log, "1500");
+	cr_assert_eq(CLIENT(&out, "--json", "call", "sleep", "20",
+	                    "--cancel-after-ms", "300", "--settle-ms", "5000"),
+	             0);
+	expect_str(out, "status", "canceled");
+	expect_str(out, "cancel", "already_complete");
+	expect_str(out, "server_outcome", "completed");
+	server_stop();
+	char *log = read_log();
+	cr_assert_str_eq(
+	    server_events(log, json_num(out, "op"), json_num(out, "client"),
+	                  ev, sizeof(ev)),
+	    "start completed cancel_received reply_sent", "%s", log);
+	cr_assert_not_null(strstr(log, "after completion"));
+}
+
 Test(demo, count_completes_with_n)
 {
 	char *out;
@@ -461,8 +497,15 @@ Test(demo, fail_is_an_error_and_exit_status_1)
 	cr_assert_eq(CLIENT(&out, "--json", "call", "fail", "7"), 1);
 	expect_str(out, "status", "error");
 	expect_str(out, "server_outcome", "failed");
-	cr_assert_eq(json_num(out, "error_code"), 7);
-	cr_assert_not_null(strstr(out, "fail 7 requested"), "%s", out);
+	// 7 is the application's code, apart from the library's AA_EAPP.
+	cr_assert_eq(json_num(out, "error_code"), AA_EAPP);
+	cr_assert_eq(json_num(out, "app_code"), 7);
+	cr_assert_not_null(
+	    strstr(out, "application error 7: fail 7 requested"), "%s", out);
+	// Any int32, negative ones too.
+	cr_assert_eq(
+	    CLIENT(&out, "--json", "call", "fail", "--", "-2147483648"), 1);
+	cr_assert_not_null(strstr(out, "\"app_code\":-2147483648"), "%s", out);
 	server_stop();
 	char *log = read_log();
 	cr_assert_str_eq(server_events(log, json_num(out, "op"),

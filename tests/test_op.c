@@ -455,7 +455,8 @@ Test(op, settlement_after_immediate_cancel)
 Test(op, explicit_settlement_wins_and_runs_handler_set_later)
 {
 	prov p = {0};
-	settle_rec r = {0};
+	seen d = {0};
+	settle_rec r = {.done = &d};
 	aa_op *op = make_op(&p, AA_POLICY_IMMEDIATE, AA_CANCEL_ALL);
 	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
 	cr_assert_eq(aa_op_settle(op, AA_SETTLE_NEVER_STARTED), 0);
@@ -464,8 +465,32 @@ Test(op, explicit_settlement_wins_and_runs_handler_set_later)
 	cr_assert_eq(aa_op_complete(op, NULL, 0, NULL), AA_EALREADY);
 	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_NEVER_STARTED);
 	cr_assert_eq(aa_op_set_settle_handler(op, on_settle, &r), 0);
-	cr_assert_eq(r.calls, 1, "known settlement: handler runs inline");
+	cr_assert_eq(r.calls, 0,
+	             "the completion handler is not set: settle waits");
+	cr_assert_eq(aa_op_set_handler(op, on_done, &d), 0);
+	cr_assert_eq(r.calls, 1, "both known: it runs inline, after it");
+	cr_assert_eq(r.handler_calls_before, 1);
 	cr_assert_eq(r.s, AA_SETTLE_NEVER_STARTED);
+	aa_op_unref(op);
+}
+
+// The settlement is known before the completion handler is set (a late
+// Complete already absorbed): the settle handler still runs after it.
+Test(op, settle_handler_runs_after_a_completion_handler_set_late)
+{
+	prov p = {0};
+	seen d = {0};
+	settle_rec r = {.done = &d};
+	aa_op *op = make_op(&p, AA_POLICY_IMMEDIATE, AA_CANCEL_ALL);
+	cr_assert_eq(aa_op_set_settle_handler(op, on_settle, &r), 0);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(aa_op_complete(op, NULL, 0, NULL), AA_EALREADY);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_COMPLETED);
+	cr_assert_eq(r.calls, 0, "no completion handler yet");
+	cr_assert_eq(aa_op_set_handler(op, on_done, &d), 0);
+	cr_assert_eq(d.calls, 1);
+	cr_assert_eq(r.calls, 1);
+	cr_assert_eq(r.handler_calls_before, 1);
 	aa_op_unref(op);
 }
 
@@ -501,7 +526,7 @@ Test(op, invalid_arguments)
 	                 "never_started");
 	cr_assert_str_eq(aa_strerror(AA_ECANCELED), "operation cancelled");
 	cr_assert_str_eq(aa_strerror(9999), "unknown error");
-	for (int e = 1; e <= AA_EAPP; e++) {
+	for (int e = 1; e <= AA_ELAST; e++) {
 		cr_assert_str_neq(aa_strerror(e), "unknown error",
 		                  "code %d has no text", e);
 	}

@@ -712,6 +712,42 @@ Test(op_race, handler_runs_on_its_executor_and_cancel_waits_for_it)
 	aa_executor_free(pool);
 }
 
+// The settlement becomes known (an absorbed finish) on this thread while
+// the completion handler is held on the pool's thread: the settle handler
+// must not run before the completion handler has returned.
+static atomic_int settle_saw_handler_returned = -1;
+
+static void
+settle_after(aa_op *op, void *arg)
+{
+	script *s = arg;
+	atomic_store(&settle_saw_handler_returned,
+	             atomic_load(&s->handler_returned));
+}
+
+Test(op_race, settle_handler_waits_for_a_running_completion_handler)
+{
+	script *s = cur;
+	aa_executor *pool;
+	s->hold_handler = true;
+	cr_assert_eq(aa_pool_alloc(&pool, 1), 0);
+	aa_assoc assoc = {.executor = pool};
+	aa_op *op = scripted_op(s, AA_POLICY_IMMEDIATE, &assoc);
+	cr_assert_eq(aa_op_set_handler(op, scripted_handler, s), 0);
+	cr_assert_eq(aa_op_set_settle_handler(op, settle_after, s), 0);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	gate_wait(&s->in_handler);
+	// The late finish: the settlement is known from here on.
+	cr_assert_eq(aa_op_complete(op, NULL, 0, NULL), AA_EALREADY);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_COMPLETED);
+	cr_assert_eq(atomic_load(&settle_saw_handler_returned), -1,
+	             "settle ran while the completion handler ran");
+	gate_open(&s->release_handler);
+	aa_executor_free(pool); // joins the handler (and the settle after it)
+	cr_assert_eq(atomic_load(&settle_saw_handler_returned), 1);
+	aa_op_unref(op);
+}
+
 Test(op_race, handler_on_closed_executor_still_runs_once)
 {
 	script *s = cur;

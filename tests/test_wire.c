@@ -1270,6 +1270,113 @@ Test(wire, random_garbage_never_crashes, .init = arena_setup)
 	aai_wire_arena_fini(&arena);
 }
 
+// Complete's version-1 fields: whether the Cancel came first, and the
+// application's own code (any int32, zigzag-encoded).
+Test(wire, complete_cancel_received_and_app_code, .init = arena_setup)
+{
+	aai_wire_msg m, d;
+	aai_wire_complete(&m, 7, AAI_WIRE_COMPLETED, 0, NULL, "r", 1);
+	m.complete.cancel_received = true;
+	round_trip(&d, &m);
+	cr_assert(d.complete.cancel_received);
+	cr_assert_eq(d.complete.app_code, 0);
+	int32_t codes[] = {0,        1,         -1,       AA_ECANCELED,
+	                   AA_ELAST, INT32_MIN, INT32_MAX};
+	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+		aai_wire_complete(&m, 8, AAI_WIRE_FAILED, AA_EAPP, "app", NULL,
+		                  0);
+		m.complete.app_code = codes[i];
+		round_trip(&d, &m);
+		cr_assert_eq(d.complete.error, AA_EAPP);
+		cr_assert_eq(d.complete.app_code, codes[i]);
+		cr_assert(!d.complete.cancel_received);
+	}
+	// A server-side cancel has its own code.
+	aai_wire_complete(&m, 9, AAI_WIRE_CANCELED, AA_ESRVCANCEL, NULL, NULL,
+	                  0);
+	round_trip(&d, &m);
+	cr_assert_eq(d.complete.error, AA_ESRVCANCEL);
+	// The documented bytes: cancel_received is field 6 (varint), app_code
+	// field 7 (sint32: -3 is zigzag 5).
+	pb body = {.n = 0}, frame;
+	pb_uint(&body, 1, 3);
+	pb_uint(&body, 2, AAI_WIRE_FAILED);
+	pb_uint(&body, 4, AA_EAPP);
+	pb_uint(&body, 6, 1);
+	pb_uint(&body, 7, 5);
+	pb_wrap(&frame, 2, &body);
+	const char *why = NULL;
+	cr_assert_eq(aai_wire_decode(&d, &why, &arena, frame.b, frame.n, 0),
+	             0);
+	cr_assert(d.complete.cancel_received);
+	cr_assert_eq(d.complete.app_code, -3);
+}
+
+// Strings are their bytes: an embedded NUL or invalid UTF-8 is refused,
+// never cut; texts we send are made valid (cut at a character boundary,
+// bad bytes replaced).
+Test(wire, strings_are_utf8_without_nul, .init = arena_setup)
+{
+	static const char *const bad[] = {
+	    "ec\0ho",           // NUL
+	    "\xff",             // not UTF-8
+	    "\xc0\xaf",         // overlong
+	    "\xed\xa0\x80",     // a surrogate
+	    "\xf4\x90\x80\x80", // above U+10FFFF
+	    "\xe2\x82",         // truncated
+	};
+	static const size_t bad_len[] = {5, 1, 2, 3, 4, 2};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		pb body = {.n = 0}, frame;
+		pb_uint(&body, 1, 1);
+		pb_bytes(&body, 2, bad[i], bad_len[i]);
+		pb_wrap(&frame, 1, &body); // Start.method
+		decode_err(&frame, AA_EPROTO, "UTF-8");
+		body.n = 0;
+		pb_uint(&body, 1, 1);
+		pb_uint(&body, 2, AAI_WIRE_FAILED);
+		pb_uint(&body, 4, AA_EAPP);
+		pb_bytes(&body, 5, bad[i], bad_len[i]);
+		pb_wrap(&frame, 2, &body); // Complete.message
+		decode_err(&frame, AA_EPROTO, "UTF-8");
+		body.n = 0;
+		pb_uint(&body, 1, AA_EPROTO);
+		pb_bytes(&body, 2, bad[i], bad_len[i]);
+		pb_wrap(&frame, 7, &body); // Goodbye.message
+		decode_err(&frame, AA_EPROTO, "UTF-8");
+	}
+	// A server Hello whose method name has a NUL.
+	pb info = {.n = 0}, body = {.n = 0}, frame;
+	pb_bytes(&info, 1, "a\0b", 3);
+	pb_uint(&body, 1, 1);
+	pb_uint(&body, 2, AAI_WIRE_ROLE_SERVER);
+	pb_uint(&body, 3, 4096);
+	pb_uint(&body, 4, 1);
+	pb_uint(&body, 8, 1);
+	pb_bytes(&body, 7, info.b, info.n);
+	pb_wrap(&frame, 6, &body);
+	decode_err(&frame, AA_EPROTO, "UTF-8");
+	// Non-ASCII UTF-8 is fine, in a method name too.
+	aai_wire_msg m, d;
+	aai_wire_start(&m, 1, "caf\xc3\xa9.\xe2\x82\xac", NULL, 0, 0, 0);
+	round_trip(&d, &m);
+	assert_str(d.start.method, "caf\xc3\xa9.\xe2\x82\xac");
+	// An error text with bad bytes is repaired on encode, and a long
+	// one is cut before a character, not inside it.
+	aai_wire_complete(&m, 2, AAI_WIRE_FAILED, AA_EAPP,
+	                  "a\xff"
+	                  "b",
+	                  NULL, 0);
+	round_trip(&d, &m);
+	assert_str(d.complete.message, "a?b");
+	static char longtext[AAI_WIRE_TEXT_MAX + 8];
+	memset(longtext, 'x', AAI_WIRE_TEXT_MAX - 1);
+	memcpy(longtext + AAI_WIRE_TEXT_MAX - 1, "\xe2\x82\xac", 4);
+	aai_wire_complete(&m, 3, AAI_WIRE_FAILED, AA_EAPP, longtext, NULL, 0);
+	round_trip(&d, &m);
+	cr_assert_eq(strlen(d.complete.message), AAI_WIRE_TEXT_MAX - 1);
+}
+
 Test(wire, names)
 {
 	cr_assert_str_eq(aai_wire_kind_name(AAI_WIRE_START), "start");

@@ -1,6 +1,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "testutil.h"
 
@@ -26,6 +27,28 @@ gate_open(gate *g)
 	g->open = true;
 	pthread_cond_broadcast(&g->cv);
 	pthread_mutex_unlock(&g->mtx);
+}
+
+bool
+gate_wait_ms(gate *g, int ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (long)(ms % 1000) * 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&g->mtx);
+	while (!g->open) {
+		if (pthread_cond_timedwait(&g->cv, &g->mtx, &ts) != 0) {
+			break;
+		}
+	}
+	bool open = g->open;
+	pthread_mutex_unlock(&g->mtx);
+	return open;
 }
 
 void

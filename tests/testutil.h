@@ -26,6 +26,10 @@ void gate_fini(gate *g);
 void gate_open(gate *g);
 void gate_wait(gate *g);
 bool gate_is_open(gate *g);
+// gate_wait_ms waits at most ms for g: whether it opened. Only for proving
+// that something does NOT happen (a call that must stay blocked); never
+// to wait for a result.
+bool gate_wait_ms(gate *g, int ms);
 
 // A thread running fn(arg), joined by thr_join.
 typedef struct thr {

@@ -51,6 +51,12 @@ void aai_checkpoint_call(const char *name, void *subject);
 // recognises its own ops by it before reading their extra memory.
 aa_op_cancel_fn aai_op_cancel_fn(const aa_op *op);
 
+// aai_op_fail_unsettled is aa_op_fail for a layer that fails an op before
+// the real outcome is known (the client's own deadline while the server
+// still runs it): the settlement stays pending, for the late answer (or
+// an explicit aa_op_settle) to give.
+int aai_op_fail_unsettled(aa_op *op, int err, const char *msg);
+
 // aai_panic reports a broken invariant and aborts.
 _Noreturn void aai_panic(const char *fmt, ...);
 

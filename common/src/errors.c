@@ -30,7 +30,8 @@ static const char *const error_texts[] = {
     [AA_ECRYPTO] = "TLS or certificate failure",
     [AA_ESYSTEM] = "operating-system call failed",
     [AA_EINTERNAL] = "internal error",
-    [AA_EAPP] = "application error",
+    [AA_EAPP] = "application error (see the op's application code)",
+    [AA_ESRVCANCEL] = "cancelled by the server",
 };
 
 const char *

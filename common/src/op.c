@@ -130,6 +130,7 @@ struct aa_op {
 	size_t result_len;
 	aa_free_fn release;
 	int err;
+	int32_t app_code; // with err == AA_EAPP
 	char *errmsg;
 
 	max_align_t extra[];
@@ -137,7 +138,7 @@ struct aa_op {
 
 static atomic_uint_fast64_t next_op_id = 1;
 
-static void deliver(aa_op *op);
+static bool deliver(aa_op *op, pthread_t *to);
 static void maybe_settle(aa_op *op);
 static void slot_handler(void *arg, aa_cancel_type type);
 
@@ -329,6 +330,18 @@ aa_op_error(const aa_op *op)
 	}
 }
 
+int
+aa_op_app_code(const aa_op *op, int32_t *code)
+{
+	if (load_state(op) != AA_ERROR || op->err != AA_EAPP) {
+		return AA_ESTATE;
+	}
+	if (code != NULL) {
+		*code = op->app_code;
+	}
+	return 0;
+}
+
 const char *
 aa_op_error_msg(const aa_op *op)
 {
@@ -416,32 +429,38 @@ deliver_now(aa_op *op)
 }
 
 // deliver runs (or posts) the handler, or hands it to the thread running a
-// progress callback (see the design notes). Called by the thread that set
-// dstate to RUNNING, without the lock.
-static void
-deliver(aa_op *op)
+// progress callback (see the design notes): then it returns true and that
+// thread in *to (to may be NULL). Called by the thread that set dstate to
+// RUNNING, without the lock.
+static bool
+deliver(aa_op *op, pthread_t *to)
 {
 	aai_mtx_lock(&op->mtx);
 	if (op->progress_running && !is_self(op->pthread)) {
 		op->dstate = D_HANDED;
+		if (to != NULL) {
+			*to = op->pthread;
+		}
 		// Under the op's lock: record or open a gate only.
 		AAI_CHECKPOINT("op.deliver_handoff", op);
 		aai_mtx_unlock(&op->mtx);
-		return;
+		return true;
 	}
 	aai_mtx_unlock(&op->mtx);
 	deliver_now(op);
+	return false;
 }
 
 // maybe_settle runs the settle handler once the op is final, its
-// settlement known and its completion handler not in progress.
+// settlement known and its completion handler returned (D_DONE: also not
+// before a completion handler that is set late, after the op became
+// final). Every path that can make those three true calls it.
 static void
 maybe_settle(aa_op *op)
 {
 	aai_mtx_lock(&op->mtx);
 	if (!op->scb_set || op->scb_done || op->settle == AA_SETTLE_PENDING ||
-	    op->dstate == D_NONE || op->dstate == D_RUNNING ||
-	    op->dstate == D_HANDED || op->dstate == D_POSTED) {
+	    op->dstate != D_DONE) {
 		aai_mtx_unlock(&op->mtx);
 		return;
 	}
@@ -453,11 +472,12 @@ maybe_settle(aa_op *op)
 }
 
 // after_final runs on the thread that made the op final, without the lock:
-// disconnect the parent's slot, then deliver the handler.
-static void
-after_final(aa_op *op, bool must_deliver)
+// disconnect the parent's slot, then deliver the handler. True when the
+// delivery was handed to the thread in *to (see deliver).
+static bool
+after_final(aa_op *op, bool must_deliver, pthread_t *to)
 {
-	bool disconnect;
+	bool disconnect, handed = false;
 	aai_mtx_lock(&op->mtx);
 	disconnect = op->slot_connected;
 	op->slot_connected = false;
@@ -467,9 +487,10 @@ after_final(aa_op *op, bool must_deliver)
 		aa_op_unref(op); // the slot's reference; the caller holds one
 	}
 	if (must_deliver) {
-		deliver(op);
+		handed = deliver(op, to);
 	}
 	maybe_settle(op);
+	return handed;
 }
 
 int
@@ -490,7 +511,7 @@ aa_op_set_handler(aa_op *op, aa_op_cb cb, void *arg)
 	run = op->dstate == D_WAITING && mark_delivery(op);
 	aai_mtx_unlock(&op->mtx);
 	if (run) {
-		deliver(op);
+		(void)deliver(op, NULL);
 	}
 	return 0;
 }
@@ -599,13 +620,18 @@ cancel(aa_op *op, aa_cancel_type type, bool may_wait)
 		atomic_store(&op->detail,
 		             op->cancel_fn(op, type, op->prov_arg));
 	}
-	after_final(op, run);
-	if (may_wait) {
-		// The handler may have been handed to a progress callback
-		// running on another thread: cancel still returns only after
-		// it has run (the user's cancel is the one call that waits).
+	pthread_t to;
+	if (after_final(op, run, &to) && may_wait) {
+		// The handler was handed to a progress callback running on
+		// another thread: cancel still returns only after that thread
+		// has delivered it (run it, or posted it to the executor), as
+		// it would have inline. Only the user's cancel waits.
 		aai_mtx_lock(&op->mtx);
-		wait_callbacks(op);
+		while (op->dstate == D_HANDED ||
+		       (op->dstate == D_RUNNING &&
+		        pthread_equal(op->dthread, to))) {
+			aai_cv_wait(&op->cv, &op->mtx);
+		}
 		aai_mtx_unlock(&op->mtx);
 	}
 	aa_op_unref(op);
@@ -643,7 +669,7 @@ settlement_of(aa_state s)
 // Takes ownership of data (released when absorbed) and of msg.
 static int
 finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
-       int err, char *msg)
+       int err, int32_t app_code, char *msg, bool settles)
 {
 	bool run;
 
@@ -652,7 +678,7 @@ finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
 		// Absorbed. The first finish after an immediate cancel is what
 		// the provider really did: the settlement.
 		bool settled = false;
-		if (op->settle == AA_SETTLE_PENDING) {
+		if (settles && op->settle == AA_SETTLE_PENDING) {
 			op->settle = settlement_of(to);
 			settled = true;
 		}
@@ -670,8 +696,9 @@ finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
 	op->result_len = len;
 	op->release = release;
 	op->err = err;
+	op->app_code = app_code;
 	op->errmsg = msg;
-	if (op->settle == AA_SETTLE_PENDING) {
+	if (settles && op->settle == AA_SETTLE_PENDING) {
 		op->settle = settlement_of(to);
 	}
 	// This locked step decides the race with cancel.
@@ -680,7 +707,7 @@ finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
 	aai_mtx_unlock(&op->mtx);
 
 	aa_op_ref(op);
-	after_final(op, run);
+	(void)after_final(op, run, NULL);
 	aa_op_unref(op);
 	return 0;
 }
@@ -688,27 +715,44 @@ finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
 int
 aa_op_complete(aa_op *op, void *data, size_t len, aa_free_fn release)
 {
-	return finish(op, AA_COMPLETED, data, len, release, 0, NULL);
+	return finish(op, AA_COMPLETED, data, len, release, 0, 0, NULL, true);
+}
+
+static char *
+copy_msg(const char *msg)
+{
+	// NULL on ENOMEM: the code still counts.
+	return msg != NULL && msg[0] != '\0' ? aai_strdup(msg) : NULL;
 }
 
 int
 aa_op_fail(aa_op *op, int err, const char *msg)
 {
-	char *copy = NULL;
 	if (err <= 0) {
 		return AA_EINVAL;
 	}
-	if (msg != NULL && msg[0] != '\0') {
-		copy =
-		    aai_strdup(msg); // NULL on ENOMEM: the code still counts
-	}
-	return finish(op, AA_ERROR, NULL, 0, NULL, err, copy);
+	return finish(op, AA_ERROR, NULL, 0, NULL, err, 0, copy_msg(msg),
+	              true);
+}
+
+int
+aai_op_fail_unsettled(aa_op *op, int err, const char *msg)
+{
+	return finish(op, AA_ERROR, NULL, 0, NULL, err, 0, copy_msg(msg),
+	              false);
+}
+
+int
+aa_op_fail_app(aa_op *op, int32_t code, const char *msg)
+{
+	return finish(op, AA_ERROR, NULL, 0, NULL, AA_EAPP, code,
+	              copy_msg(msg), true);
 }
 
 int
 aa_op_canceled(aa_op *op)
 {
-	return finish(op, AA_CANCELED, NULL, 0, NULL, 0, NULL);
+	return finish(op, AA_CANCELED, NULL, 0, NULL, 0, 0, NULL, true);
 }
 
 int

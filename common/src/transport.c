@@ -103,14 +103,16 @@ aai_tbuf_put_frame(aai_tbuf *b, size_t len, const void *data,
 // ---- timers ----
 
 static int
-timer_tick_ms(const aai_conn *c)
+timer_tick_ms(aai_conn *c)
 {
 	int tick = 1000;
-	if (c->heartbeat_ms > 0 && c->heartbeat_ms / 2 < tick) {
-		tick = c->heartbeat_ms / 2;
+	int hb = atomic_load(&c->heartbeat_ms);
+	int silence = atomic_load(&c->silence_ms);
+	if (hb > 0 && hb / 2 < tick) {
+		tick = hb / 2;
 	}
-	if (c->silence_ms > 0 && c->silence_ms / 4 < tick) {
-		tick = c->silence_ms / 4;
+	if (silence > 0 && silence / 4 < tick) {
+		tick = silence / 4;
 	}
 	return tick < 1 ? 1 : tick;
 }
@@ -129,13 +131,15 @@ timer_cb(void *arg)
 		return;
 	}
 	uint64_t now = aai_tp_now_ms();
-	if (c->silence_ms > 0 &&
-	    now - atomic_load(&c->last_rx_ms) >= (uint64_t)c->silence_ms) {
+	int hb = atomic_load(&c->heartbeat_ms);
+	int silence = atomic_load(&c->silence_ms);
+	if (silence > 0 &&
+	    now - atomic_load(&c->last_rx_ms) >= (uint64_t)silence) {
 		aai_conn_fail(c, AA_ETIMEDOUT);
 		return;
 	}
-	if (c->heartbeat_ms > 0 && !atomic_load(&c->hb_suppressed) &&
-	    now - atomic_load(&c->last_tx_ms) >= (uint64_t)c->heartbeat_ms) {
+	if (hb > 0 && !atomic_load(&c->hb_suppressed) &&
+	    now - atomic_load(&c->last_tx_ms) >= (uint64_t)hb) {
 		(void)aai_conn_send(c, c->hb_frame, c->hb_len);
 	}
 	nng_sleep_aio(timer_tick_ms(c), c->timer);
@@ -153,9 +157,10 @@ aai_conn_base_init(aai_conn *c, const aai_conn_ops *ops, const aai_tp_opts *o)
 	if (c->max_frame > 0x7fffffffu) {
 		c->max_frame = 0x7fffffffu;
 	}
-	c->heartbeat_ms = o->heartbeat_ms;
-	c->silence_ms = o->silence_ms;
-	if (c->heartbeat_ms > 0) {
+	atomic_init(&c->heartbeat_ms,
+	            o->heartbeat_ms > 0 ? o->heartbeat_ms : 0);
+	atomic_init(&c->silence_ms, o->silence_ms > 0 ? o->silence_ms : 0);
+	if (o->heartbeat_ms > 0) {
 		if (o->heartbeat_frame == NULL && o->heartbeat_len > 0) {
 			return AA_EINVAL;
 		}
@@ -168,7 +173,7 @@ aai_conn_base_init(aai_conn *c, const aai_conn_ops *ops, const aai_tp_opts *o)
 			memcpy(c->hb_frame, o->heartbeat_frame, c->hb_len);
 		}
 	}
-	if (c->heartbeat_ms > 0 || c->silence_ms > 0) {
+	if (o->heartbeat_ms > 0 || o->silence_ms > 0) {
 		if (nng_aio_alloc(&c->timer, timer_cb, c) != 0) {
 			aai_free(c->hb_frame);
 			return AA_ENOMEM;
@@ -265,6 +270,11 @@ aai_conn_rx(aai_conn *c, const uint8_t *buf, size_t len, size_t *used,
 		uint32_t flen = get_be32(buf + off);
 		if (flen > c->max_frame) {
 			rv = AA_EMSGSIZE; // refused before allocating
+			if (c->cbs.oversize != NULL) {
+				// Its best-effort Goodbye leaves with the
+				// batch, before the connection fails.
+				c->cbs.oversize(c->arg, c, flen);
+			}
 			break;
 		}
 		if (len - off - AAI_TP_HDR < flen) {
@@ -460,6 +470,18 @@ uint64_t
 aai_conn_id(aai_conn *c)
 {
 	return c->id;
+}
+
+void
+aai_conn_set_heartbeat(aai_conn *c, int heartbeat_ms, int silence_ms)
+{
+	if (c->timer == NULL) {
+		return; // both were off at creation: they stay off
+	}
+	atomic_store(&c->heartbeat_ms, c->hb_frame != NULL && heartbeat_ms > 0
+	                                   ? heartbeat_ms
+	                                   : 0);
+	atomic_store(&c->silence_ms, silence_ms > 0 ? silence_ms : 0);
 }
 
 void

@@ -70,6 +70,10 @@ typedef struct aai_conn_cbs {
 	// flush (optional): after the frames of one received batch, so that
 	// replies queued by them can be sent together.
 	void (*flush)(void *arg, aai_conn *c);
+	// oversize (optional): a frame header claimed more than max_frame;
+	// the connection goes down with AA_EMSGSIZE right after. A frame sent
+	// from here (a Goodbye) leaves, best effort, before it closes.
+	void (*oversize)(void *arg, aai_conn *c, size_t len);
 	// down: exactly once per started connection, after its last frame
 	// callback. err: AA_ECLOSED (aai_conn_close), AA_ECONNLOST (peer gone
 	// or closed), AA_ETIMEDOUT (silence), AA_EMSGSIZE, AA_ECRYPTO.
@@ -125,6 +129,11 @@ int aai_conn_free(aai_conn *c);
 
 // aai_conn_id returns c's id, unique within the process.
 uint64_t aai_conn_id(aai_conn *c);
+
+// aai_conn_set_heartbeat changes c's heartbeat interval and silence bound
+// (0 = off) once the handshake has agreed on them. A period that was off
+// for both when c was made stays off, and heartbeats stay off if they were.
+void aai_conn_set_heartbeat(aai_conn *c, int heartbeat_ms, int silence_ms);
 
 // aai_conn_send_raw is a test hook for fuzzing: it appends data to what
 // the peer of an inproc:// connection receives, as a raw byte stream that

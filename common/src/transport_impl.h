@@ -42,8 +42,8 @@ struct aai_conn {
 	const aai_conn_ops *ops;
 	uint64_t id;
 	size_t max_frame;
-	int heartbeat_ms;
-	int silence_ms;
+	atomic_int heartbeat_ms; // aai_conn_set_heartbeat may lower them
+	atomic_int silence_ms;
 	uint8_t *hb_frame; // owned copy
 	size_t hb_len;
 

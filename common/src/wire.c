@@ -226,8 +226,56 @@ text_len(const char *s, size_t max)
 	return n;
 }
 
+// utf8_seq returns the length (1-4) of the well-formed UTF-8 sequence at
+// p[0..n), or 0 when it is ill-formed or truncated (RFC 3629: no
+// overlongs, no surrogates, nothing above U+10FFFF).
+static size_t
+utf8_seq(const uint8_t *p, size_t n)
+{
+	uint8_t b = p[0];
+	size_t len;
+	uint8_t lo = 0x80, hi = 0xbf; // the second byte's range
+	if (b < 0x80) {
+		return 1;
+	} else if (b >= 0xc2 && b <= 0xdf) {
+		len = 2;
+	} else if (b >= 0xe0 && b <= 0xef) {
+		len = 3;
+		lo = b == 0xe0 ? 0xa0 : 0x80;
+		hi = b == 0xed ? 0x9f : 0xbf;
+	} else if (b >= 0xf0 && b <= 0xf4) {
+		len = 4;
+		lo = b == 0xf0 ? 0x90 : 0x80;
+		hi = b == 0xf4 ? 0x8f : 0xbf;
+	} else {
+		return 0;
+	}
+	if (n < len || p[1] < lo || p[1] > hi) {
+		return 0;
+	}
+	for (size_t i = 2; i < len; i++) {
+		if ((p[i] & 0xc0) != 0x80) {
+			return 0;
+		}
+	}
+	return len;
+}
+
+// utf8_ok says whether p[0..n) is well-formed UTF-8 without NUL bytes.
+static bool
+utf8_ok(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0, k; i < n; i += k) {
+		if (p[i] == 0 || (k = utf8_seq(p + i, n - i)) == 0) {
+			return false;
+		}
+	}
+	return true;
+}
+
 // name_ok says whether s is a valid method name: 1..AAI_WIRE_METHOD_MAX
-// bytes, none of them a control character.
+// bytes of well-formed UTF-8, none of them a control character (C0 or
+// DEL). Which bytes may appear is all a JSON log needs to escape.
 static bool
 name_ok(const char *s)
 {
@@ -241,7 +289,7 @@ name_ok(const char *s)
 			return false;
 		}
 	}
-	return n > 0;
+	return n > 0 && utf8_ok((const uint8_t *)s, n);
 }
 
 static bool
@@ -323,10 +371,12 @@ check_complete(const char **why, const aai_wire_msg *m, bool encoding)
 		}
 		break;
 	case AAI_WIRE_CANCELED:
-		// ETIMEDOUT: cancelled because its deadline passed.
-		if (err != 0 && err != AA_ECANCELED && err != AA_ETIMEDOUT) {
+		// ECANCELED: the client's Cancel; ETIMEDOUT: the deadline;
+		// ESRVCANCEL: the server on its own.
+		if (err != 0 && err != AA_ECANCELED && err != AA_ETIMEDOUT &&
+		    err != AA_ESRVCANCEL) {
 			*why = "canceled with an error code other than "
-			       "ECANCELED or ETIMEDOUT";
+			       "ECANCELED, ETIMEDOUT or ESRVCANCEL";
 			return AA_EPROTO;
 		}
 		break;
@@ -472,16 +522,34 @@ str(const char *s)
 	return (char *)(s != NULL ? s : "");
 }
 
-// text cuts s to AAI_WIRE_TEXT_MAX bytes, copying only when it must.
+// text makes s a valid protocol text, copying only when it must: at most
+// AAI_WIRE_TEXT_MAX bytes, cut at a character boundary, with every byte
+// that is not well-formed UTF-8 replaced by '?' (an error message may come
+// from anywhere; the peer refuses invalid UTF-8).
 static char *
 text(packer *pk, const char *s)
 {
 	size_t n = text_len(s, AAI_WIRE_TEXT_MAX);
-	if (n <= AAI_WIRE_TEXT_MAX) {
+	if (n <= AAI_WIRE_TEXT_MAX && utf8_ok((const uint8_t *)s, n)) {
 		return str(s);
 	}
-	memcpy(pk->text, s, AAI_WIRE_TEXT_MAX);
-	pk->text[AAI_WIRE_TEXT_MAX] = '\0';
+	const uint8_t *p = (const uint8_t *)s;
+	size_t in = 0, out = 0;
+	while (p[in] != 0) {
+		size_t k = utf8_seq(p + in, text_len(s + in, 4));
+		if (out + (k ? k : 1) > AAI_WIRE_TEXT_MAX) {
+			break;
+		}
+		if (k == 0) {
+			pk->text[out++] = '?';
+			in++;
+		} else {
+			memcpy(pk->text + out, p + in, k);
+			out += k;
+			in += k;
+		}
+	}
+	pk->text[out] = '\0';
 	return pk->text;
 }
 
@@ -564,6 +632,8 @@ fill(packer *pk, const aai_wire_msg *m)
 		c->payload = bin(m->complete.payload, m->complete.payload_len);
 		c->error = m->complete.error;
 		c->message = text(pk, m->complete.message);
+		c->cancel_received = m->complete.cancel_received;
+		c->app_code = m->complete.app_code;
 		return 0;
 	}
 	case AAI_WIRE_CANCEL: {
@@ -701,72 +771,127 @@ read_varint(const uint8_t **pp, const uint8_t *end, uint64_t *v)
 	return false;
 }
 
-// next_field reads one field's key and extent: its data in *d, *dlen
-// (for wire type 2 without the length prefix) and all its bytes after
-// the key in *flen. False when malformed.
+// next_field reads one field's key and skips its value: *field, *wtype,
+// and for a length-delimited one its bytes in *val / *vlen. false when
+// the field is malformed or truncated (*why says which).
 static bool
-next_field(const uint8_t **pp, const uint8_t *end, uint32_t *tag,
-           unsigned *wtype, const uint8_t **d, size_t *dlen, size_t *flen)
+next_field(const char **why, const uint8_t **pp, const uint8_t *end,
+           uint64_t *field, unsigned *wtype, const uint8_t **val, size_t *vlen)
 {
 	const uint8_t *p = *pp;
-	const uint8_t *start;
-	uint64_t key, n;
-
+	uint64_t key;
+	uint64_t n;
 	if (!read_varint(&p, end, &key) || (key >> 3) == 0 ||
 	    (key >> 3) > 0x1fffffff) {
+		*why = "malformed frame: bad field key";
 		return false;
 	}
-	*tag = (uint32_t)(key >> 3);
+	*field = key >> 3;
 	*wtype = (unsigned)(key & 7);
-	start = p;
 	switch (*wtype) {
 	case 0:
 		if (!read_varint(&p, end, &n)) {
+			*why = "malformed frame: bad varint";
 			return false;
 		}
-		*d = start;
 		break;
 	case 1:
 	case 5:
 		n = *wtype == 1 ? 8 : 4;
 		if ((size_t)(end - p) < n) {
+			*why = "malformed frame: truncated field";
 			return false;
 		}
-		*d = p;
 		p += n;
 		break;
 	case 2:
 		if (!read_varint(&p, end, &n) || n > (uint64_t)(end - p)) {
+			*why = "malformed frame: truncated field";
 			return false;
 		}
-		*d = p;
+		*val = p;
+		*vlen = (size_t)n;
 		p += n;
 		break;
 	default:
+		*why = "malformed frame: unsupported wire type";
 		return false;
 	}
-	*dlen = *wtype == 2 ? (size_t)(p - *d) : (size_t)(p - start);
-	*flen = (size_t)(p - start);
 	*pp = p;
 	return true;
 }
 
+// The string fields of each body (docs/protocol.md § 3): they must be
+// well-formed UTF-8 without NUL bytes. protobuf-c would hand a string with
+// a NUL to C cut at it, and let invalid UTF-8 through: both are refused
+// here, on the raw bytes, before unpacking.
+#define KIND_METHOD_INFO 0x100 // a Hello's MethodInfo, for scan_strings
+
+static bool
+is_string_field(unsigned kind, uint64_t field)
+{
+	switch (kind) {
+	case KIND_METHOD_INFO:
+		return field == 1; // name
+	case AAI_WIRE_START:
+		return field == 2; // method
+	case AAI_WIRE_COMPLETE:
+		return field == 5; // message
+	case AAI_WIRE_GOODBYE:
+		return field == 2; // message
+	default:
+		return false;
+	}
+}
+
+static int
+scan_strings(const char **why, unsigned kind, const uint8_t *p, size_t len)
+{
+	const uint8_t *end = p + len;
+	while (p < end) {
+		uint64_t field;
+		unsigned wtype;
+		const uint8_t *v = NULL;
+		size_t n = 0;
+		if (!next_field(why, &p, end, &field, &wtype, &v, &n)) {
+			return AA_EPROTO;
+		}
+		if (wtype != 2) {
+			continue;
+		}
+		if (kind == AAI_WIRE_HELLO && field == 7) {
+			// A MethodInfo: its name is field 1.
+			int rv = scan_strings(why, KIND_METHOD_INFO, v, n);
+			if (rv != 0) {
+				return rv;
+			}
+		} else if (is_string_field(kind, field) && !utf8_ok(v, n)) {
+			*why = "a string with a NUL byte or invalid UTF-8";
+			return AA_EPROTO;
+		}
+	}
+	return 0;
+}
+
 // scan_envelope walks the Envelope's top-level fields and checks that
-// exactly one of them is a body (unknown fields are allowed and skipped).
+// exactly one of them is a body (unknown fields are allowed and skipped),
+// then the strings of that body.
 static int
 scan_envelope(const char **why, const uint8_t *p, size_t len)
 {
 	const uint8_t *end = p + len;
 	unsigned bodies = 0;
 	unsigned unknown = 0;
+	unsigned kind = 0;
+	const uint8_t *body = NULL;
+	size_t body_len = 0;
 
 	while (p < end) {
-		uint32_t field;
+		uint64_t field;
 		unsigned wtype;
-		const uint8_t *d;
-		size_t dlen, flen;
-		if (!next_field(&p, end, &field, &wtype, &d, &dlen, &flen)) {
-			*why = "malformed frame";
+		const uint8_t *v = NULL;
+		size_t n = 0;
+		if (!next_field(why, &p, end, &field, &wtype, &v, &n)) {
 			return AA_EPROTO;
 		}
 		if (field >= AAI_WIRE_START && field <= AAI_WIRE_GOODBYE) {
@@ -776,6 +901,9 @@ scan_envelope(const char **why, const uint8_t *p, size_t len)
 				return AA_EPROTO;
 			}
 			bodies++;
+			kind = (unsigned)field;
+			body = v;
+			body_len = n;
 		} else {
 			unknown++;
 		}
@@ -789,7 +917,7 @@ scan_envelope(const char **why, const uint8_t *p, size_t len)
 		    unknown > 0 ? "unknown message kind" : "no message body";
 		return AA_EPROTO;
 	}
-	return 0;
+	return scan_strings(why, kind, body, body_len);
 }
 
 // ---------------------------------------------------------------------------
@@ -858,21 +986,24 @@ walk_message(walk *w, const ProtobufCMessageDescriptor *desc, const uint8_t *p,
 		return AA_EPROTO;
 	}
 	while (p < end) {
-		uint32_t tag;
+		const uint8_t *at = p;
+		uint64_t tag;
 		unsigned wtype;
-		const uint8_t *d;
-		size_t dlen, flen;
-		if (!next_field(&p, end, &tag, &wtype, &d, &dlen, &flen)) {
-			w->why = "malformed frame";
+		const uint8_t *d = NULL;
+		size_t dlen = 0;
+		if (!next_field(&w->why, &p, end, &tag, &wtype, &d, &dlen)) {
 			return AA_EPROTO;
 		}
 		fields++;
 		const ProtobufCFieldDescriptor *f =
-		    protobuf_c_message_descriptor_get_field(desc, tag);
+		    protobuf_c_message_descriptor_get_field(desc,
+		                                            (unsigned)tag);
 		if (f == NULL) {
+			// protobuf-c copies the field's bytes after its key;
+			// the key's bytes are counted too (a bound).
 			unknown++;
 			extra++;
-			add_cost(&w->cost, arena_size(flen));
+			add_cost(&w->cost, arena_size((size_t)(p - at)));
 		} else {
 			size_t i = (size_t)(f - desc->fields);
 			bool repeated = f->label == PROTOBUF_C_LABEL_REPEATED;
@@ -1007,6 +1138,8 @@ view(const char **why, aai_wire_msg *m, aai_wire_arena *a,
 		m->complete.message = c->message;
 		m->complete.payload = c->payload.data;
 		m->complete.payload_len = c->payload.len;
+		m->complete.cancel_received = c->cancel_received;
+		m->complete.app_code = c->app_code;
 		return 0;
 	}
 	case AA__V1__ENVELOPE__BODY_CANCEL:

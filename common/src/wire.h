@@ -22,6 +22,7 @@
 #ifndef AA_WIRE_H
 #define AA_WIRE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,7 +32,7 @@
 #define AAI_WIRE_VERSION 1
 
 // Protocol limits (docs/protocol.md, "Limits").
-#define AAI_WIRE_METHOD_MAX   255    // bytes in a method name
+#define AAI_WIRE_METHOD_MAX   255    // bytes in a method name (UTF-8)
 #define AAI_WIRE_TEXT_MAX     1024   // bytes in an error or goodbye message
 #define AAI_WIRE_METHODS_MAX  65535  // entries in a Hello's method table
 #define AAI_WIRE_MIN_MSG_SIZE 512    // smallest Hello.max_message_size
@@ -111,6 +112,8 @@ typedef struct aai_wire_msg {
 			const char *message;
 			const void *payload;
 			size_t payload_len;
+			bool cancel_received; // the op's Cancel came first
+			int32_t app_code;     // FAILED + EAPP: the app's code
 		} complete;
 		struct {
 			uint32_t type; // one aa_cancel_type: 1, 2 or 4
@@ -224,6 +227,8 @@ aai_wire_complete(aai_wire_msg *m, uint64_t op_id, aai_wire_status status,
 	m->complete.message = message;
 	m->complete.payload = payload;
 	m->complete.payload_len = len;
+	m->complete.cancel_received = false;
+	m->complete.app_code = 0;
 }
 
 static inline void

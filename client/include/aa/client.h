@@ -44,6 +44,8 @@ typedef struct aa_client_opts {
 	                        // 0: 3 heartbeat intervals
 	int connect_timeout_ms; // 0: 5000
 	bool reconnect;         // after a loss, the next call dials again
+	                        // (on a thread of its own: calls never
+	                        // block; only aa_client_open waits)
 	// tls+tcp:// only: the CA that signed the server, and whether to
 	// verify it (tls_server_name: the name its certificate must carry);
 	// a client certificate if the server asks for one.
@@ -89,17 +91,22 @@ typedef struct aa_client_stats {
 } aa_client_stats;
 
 // aa_client_open connects to o->url and performs the handshake, blocking up
-// to connect_timeout_ms. AA_ECONNREF, AA_ETIMEDOUT, AA_EPROTO (version),
+// to connect_timeout_ms. AA_ECONNREF, AA_ETIMEDOUT, AA_ENOTSUP (the server
+// speaks another protocol version), AA_EPROTO,
 // AA_ECRYPTO, AA_EINVAL.
 int aa_client_open(aa_client **cp, const aa_client_opts *o);
 
 // aa_client_call starts method(payload) on the server and returns the op
-// at once; Start is submitted asynchronously. AA_ENOENT for a method the
-// server does not have (nothing sent), AA_ELIMIT over max_pending,
-// AA_ECLOSED, AA_ECONNLOST when disconnected and not reconnecting,
-// AA_ESTATE in a forked child of the process that opened c (a client
-// belongs to that process). On an error no op is made and no handler
-// runs. assoc (may be NULL) carries the
+// at once; Start is submitted asynchronously. It never blocks, also with
+// `reconnect` set and no connection: a reconnect then runs on a thread of
+// its own and the call waits in the queue (pre-submit: cancelling it sends
+// nothing) until the handshake, or fails with the reconnect's error.
+// AA_ENOENT for a method the server does not have (nothing sent),
+// AA_ELIMIT over max_pending, AA_ECLOSED, the loss's error (e.g.
+// AA_ECONNLOST) when disconnected and not reconnecting, AA_ESTATE in a
+// forked child of the process that opened c (a client belongs to that
+// process). On an error no op is made and no handler runs. assoc (may be
+// NULL) carries the
 // handler's executor, the op's allocator and a parent's cancellation slot.
 int aa_client_call(aa_op **opp, aa_client *c, const char *method,
                    const void *payload, size_t len, const aa_call_opts *co,

@@ -11,29 +11,35 @@ extern "C" {
 #endif
 
 enum aa_errno {
-	AA_ECANCELED = 1,  // the operation was cancelled
-	AA_EALREADY = 2,   // already final / already done: nothing to do
-	AA_ENOTSUP = 3,    // not supported (e.g. a cancellation type)
-	AA_ESTATE = 4,     // illegal call in the object's current state
-	AA_EINVAL = 5,     // invalid argument
-	AA_ENOMEM = 6,     // out of memory
-	AA_ECLOSED = 7,    // object closed
-	AA_EBUSY = 8,      // resource busy (e.g. a slot already connected)
-	AA_ETIMEDOUT = 9,  // deadline passed
-	AA_ECONNLOST = 10, // connection to the peer lost
-	AA_EUNAVAIL = 11,  // peer shut down or unavailable
-	AA_EPROTO = 12,    // protocol error: malformed or unexpected message
-	AA_EMSGSIZE = 13,  // message larger than the configured limit
-	AA_ENOENT = 14,    // unknown method, id or name
-	AA_EDEADLK = 15,   // call would deadlock (e.g. stop from a callback)
-	AA_ELIMIT = 16,    // configured limit reached (e.g. pending ops)
-	AA_EEXIST = 17,    // duplicate (e.g. an op id already in use)
-	AA_ECONNREF = 18,  // connection refused
-	AA_ECRYPTO = 19,   // TLS or certificate failure
-	AA_ESYSTEM = 20,   // an operating-system call failed
-	AA_EINTERNAL = 21, // bug: an invariant of the library broke
-	AA_EAPP = 22,      // an application-defined failure (see the message)
+	AA_ECANCELED = 1,   // the operation was cancelled
+	AA_EALREADY = 2,    // already final / already done: nothing to do
+	AA_ENOTSUP = 3,     // not supported (e.g. a cancellation type)
+	AA_ESTATE = 4,      // illegal call in the object's current state
+	AA_EINVAL = 5,      // invalid argument
+	AA_ENOMEM = 6,      // out of memory
+	AA_ECLOSED = 7,     // object closed
+	AA_EBUSY = 8,       // resource busy (e.g. a slot already connected)
+	AA_ETIMEDOUT = 9,   // deadline passed
+	AA_ECONNLOST = 10,  // connection to the peer lost
+	AA_EUNAVAIL = 11,   // peer shut down or unavailable
+	AA_EPROTO = 12,     // protocol error: malformed or unexpected message
+	AA_EMSGSIZE = 13,   // message larger than the configured limit
+	AA_ENOENT = 14,     // unknown method, id or name
+	AA_EDEADLK = 15,    // call would deadlock (e.g. stop from a callback)
+	AA_ELIMIT = 16,     // configured limit reached (e.g. pending ops)
+	AA_EEXIST = 17,     // duplicate (e.g. an op id already in use)
+	AA_ECONNREF = 18,   // connection refused
+	AA_ECRYPTO = 19,    // TLS or certificate failure
+	AA_ESYSTEM = 20,    // an operating-system call failed
+	AA_EINTERNAL = 21,  // bug: an invariant of the library broke
+	AA_EAPP = 22,       // an application failure: its own code is read
+	                    // with aa_op_app_code, never as an AA_E* code
+	AA_ESRVCANCEL = 23, // the server cancelled the op on its own (not
+	                    // this client's cancel, which gives ECANCELED)
 };
+
+// The largest AA_E* code of this version (new codes get new numbers).
+#define AA_ELAST AA_ESRVCANCEL
 
 // aa_strerror returns a static, human-readable text for an error code.
 const char *aa_strerror(int err);

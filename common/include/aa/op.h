@@ -112,9 +112,11 @@ int aa_op_set_handler(aa_op *op, aa_op_cb cb, void *arg);
 // runs on the provider's thread, only while the op is STARTED.
 int aa_op_set_progress_handler(aa_op *op, aa_op_progress_cb cb, void *arg);
 
-// aa_op_set_settle_handler sets a handler that runs once when the op is
-// final and its settlement is known (inline if known already); AA_EBUSY
-// when set already.
+// aa_op_set_settle_handler sets a handler that runs once the op is final,
+// its settlement is known and its completion handler has returned (inline
+// if all three hold already): it always runs after the completion
+// handler, so an op whose completion handler is never set never runs it.
+// AA_EBUSY when set already.
 int aa_op_set_settle_handler(aa_op *op, aa_op_cb cb, void *arg);
 
 // aa_op_result gives the result of a COMPLETED op: 0; AA_ECANCELED for a
@@ -128,6 +130,12 @@ int aa_op_error(const aa_op *op);
 
 // aa_op_error_msg returns the failure message of a failed op, or "".
 const char *aa_op_error_msg(const aa_op *op);
+
+// aa_op_app_code gives, in *code, the application's own failure code of an
+// op that failed with AA_EAPP (aa_op_fail_app): 0; AA_ESTATE when the op
+// did not fail with an application error. Application codes are any
+// int32 and are never AA_E* codes, even when the numbers are equal.
+int aa_op_app_code(const aa_op *op, int32_t *code);
 
 // aa_op_cancel asks for cancellation of type. 0 when it cancelled the op
 // (immediate policy) or told the provider (cooperative); AA_EALREADY when
@@ -174,6 +182,12 @@ int aa_op_complete(aa_op *op, void *data, size_t len, aa_free_fn release);
 // aa_op_fail finishes op in ERROR with err (a positive code) and a message
 // (copied, may be NULL). AA_EALREADY as for aa_op_complete.
 int aa_op_fail(aa_op *op, int err, const char *msg);
+
+// aa_op_fail_app finishes op in ERROR with an application failure: the
+// op's error is AA_EAPP and code (any int32, its own error space) is read
+// back with aa_op_app_code. msg is copied, may be NULL. AA_EALREADY as for
+// aa_op_complete. aa_op_fail(op, AA_EAPP, msg) is the same with code 0.
+int aa_op_fail_app(aa_op *op, int32_t code, const char *msg);
 
 // aa_op_canceled finishes op CANCELED. AA_EALREADY as for aa_op_complete.
 int aa_op_canceled(aa_op *op);

@@ -90,6 +90,7 @@ typedef struct aa_server_log_rec {
 	uint64_t t_us;      // monotonic microseconds
 	int error;          // AA_E* code, or 0
 	const char *detail; // a short text, or ""
+	int32_t app_code;   // with error AA_EAPP: the application's code
 } aa_server_log_rec;
 
 // The log function runs on the thread where the event happened, must be
@@ -98,12 +99,20 @@ typedef void (*aa_server_log_fn)(void *arg, const aa_server_log_rec *rec);
 
 typedef struct aa_server_opts {
 	size_t max_msg_size;  // 0: 1 MiB; else 512 .. 2^31 - 1
-	uint32_t max_pending; // per client; 0: 1024
-	int heartbeat_ms;     // 0: 1000; < 0: no heartbeats
-	int dead_after_ms;    // 0: 3 heartbeat intervals; < 0: off
+	uint32_t max_pending; // per client instance, over all its
+	                      // connections; 0: 1024
+	int heartbeat_ms;     // 0: 1000; < 0: no heartbeats. A client that
+	                      // asks for a shorter interval gets it.
+	int dead_after_ms;    // 0: 3 heartbeat intervals (as agreed with
+	                      // each client); < 0: off
 	aa_server_log_fn log; // may be NULL
 	void *log_arg;
 	aa_executor *executor; // passed to methods in assoc; may be NULL
+	// A demo and test knob, not for production: hold every Complete this
+	// many milliseconds before sending it, as a slow link would, so that
+	// a client's Cancel and the Complete cross on the wire (the
+	// already-complete timeline). 0 = off.
+	int reply_delay_ms;
 	// tls+tcp:// only: certificate and key (PEM files); a CA to ask
 	// clients for certificates signed by it.
 	const char *tls_cert_file;
@@ -128,7 +137,10 @@ typedef struct aa_server_stats {
 	uint64_t replies_dropped;
 	uint64_t progress_sent; // Progress messages sent
 	uint64_t protocol_errors;
-	uint64_t pending; // real ops running now
+	uint64_t pending;      // real ops running now
+	uint64_t cancels_late; // of cancels_ignored: for an op the server
+	                       // had already finished (logged
+	                       // cancel_received, "after completion")
 } aa_server_stats;
 
 // aa_server_alloc makes a server with no methods and no listeners.

@@ -1319,6 +1319,11 @@ typedef struct wire_delta {
 static atomic_long settle_completed;
 
 static void
+ignore_done(aa_op *op, void *arg)
+{
+}
+
+static void
 settle_kind(aa_op *op, void *arg)
 {
 	if (aa_op_settlement(op) == AA_SETTLE_COMPLETED) {
@@ -1366,6 +1371,8 @@ wire_case(aa_client *c, wcase w, int k, wire_delta *d)
 		if (rv != 0) {
 			die("aa_client_call", rv);
 		}
+		// The settle handler runs after the completion handler.
+		aa_op_set_handler(ops[i], ignore_done, NULL);
 		aa_op_set_settle_handler(ops[i], settle_kind, NULL);
 		if (w != WC_NORMAL) {
 			check(aa_op_cancel(ops[i], AA_CANCEL_TERMINAL) == 0,
