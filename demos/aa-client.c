@@ -27,6 +27,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <aa/aa.h>
+#include <aa/service.h>
 
 #include <errno.h>
 #include <pthread.h>
@@ -38,6 +39,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "demo.pb-c.h" // aa.demo.Demo, generated from demos/demo.proto
 
 #define SETTLE_MS_DEFAULT 200 // when a cancel was requested
 #define MAX_CONCURRENCY   1024
@@ -486,6 +489,70 @@ cancel_now(aa_op *op, outcome *oc)
 	}
 }
 
+// ---- aa.demo.Demo: typed calls by full name ----
+//
+// "call aa.demo.Demo/Echo '{"text":"hi"}'" calls the typed service of
+// demos/demo.proto (docs/services.md): ARG is the input message as JSON
+// (default {}), parsed once before connecting; a completed call's result
+// is the output message as JSON text. Any other METHOD is a byte call.
+
+#define DEMO_SERVICE (&aa__demo__demo__descriptor)
+
+static const ProtobufCMethodDescriptor *typed_md; // NULL: a byte call
+static ProtobufCMessage *typed_input;             // the parsed ARG
+static bool typed_unknown; // aa.demo.Demo/X with no method X
+
+// typed_prepare recognises a typed METHOD and parses its ARG: 0, or 2 (a
+// usage error) after saying why.
+static int
+typed_prepare(void)
+{
+	size_t n = strlen(DEMO_SERVICE->name);
+	char err[256];
+	if (strncmp(O.method, DEMO_SERVICE->name, n) != 0 ||
+	    O.method[n] != '/') {
+		return 0;
+	}
+	typed_md = protobuf_c_service_descriptor_get_method_by_name(
+	    DEMO_SERVICE, O.method + n + 1);
+	if (typed_md == NULL) {
+		typed_unknown = true; // fails AA_ENOENT, as a byte call would
+		return 0;
+	}
+	const char *arg = O.arg != NULL ? O.arg : "{}";
+	if (aa_service_from_json(&typed_input, typed_md->input, arg,
+	                         strlen(arg), err, sizeof(err)) != 0) {
+		fprintf(stderr, "aa-client: bad %s for %s: %s\n",
+		        typed_md->input->name, O.method, err);
+		return 2;
+	}
+	return 0;
+}
+
+static int
+typed_call(aa_op **opp, const aa_call_opts *co)
+{
+	if (typed_unknown) {
+		return AA_ENOENT;
+	}
+	return aa_service_call(opp, client, DEMO_SERVICE, typed_md->name,
+	                       typed_input, co, NULL);
+}
+
+// typed_result returns a completed typed op's result as JSON (to free),
+// or NULL when it does not decode.
+static char *
+typed_result(aa_op *op)
+{
+	ProtobufCMessage *out;
+	char *json = NULL;
+	if (aa_service_result(&out, op, typed_md->output) == 0) {
+		aa_service_to_json(&json, NULL, out);
+		aa_service_result_free(op, out);
+	}
+	return json;
+}
+
 static void
 run_call(void)
 {
@@ -495,6 +562,7 @@ run_call(void)
 	aa_call_opts co = {.deadline_ms = (uint32_t)O.deadline_ms};
 	const char *arg = O.arg != NULL ? O.arg : "";
 	uint64_t t0 = now_ns();
+	char *typed_json = NULL;
 	int rv;
 
 	if (O.cancel_before_submit) {
@@ -502,8 +570,12 @@ run_call(void)
 		// cancel below finds it pre-submit and nothing is ever sent.
 		aa_client_cork(client);
 	}
-	rv =
-	    aa_client_call(&op, client, O.method, arg, strlen(arg), &co, NULL);
+	if (typed_md != NULL || typed_unknown) {
+		rv = typed_call(&op, &co);
+	} else {
+		rv = aa_client_call(&op, client, O.method, arg, strlen(arg),
+		                    &co, NULL);
+	}
 	if (rv != 0) {
 		if (O.cancel_before_submit) {
 			aa_client_uncork(client);
@@ -547,6 +619,11 @@ run_call(void)
 	case AA_COMPLETED:
 		oc.status = "completed";
 		aa_op_result(op, &oc.result, &oc.result_len);
+		if (typed_md != NULL &&
+		    (typed_json = typed_result(op)) != NULL) {
+			oc.result = typed_json;
+			oc.result_len = strlen(typed_json);
+		}
 		break;
 	case AA_CANCELED:
 		oc.status = "canceled";
@@ -563,6 +640,7 @@ run_call(void)
 		break;
 	}
 	report(&oc);
+	free(typed_json);
 	aa_op_unref(op);
 }
 
@@ -589,6 +667,9 @@ usage(FILE *f)
 	    "Calls METHOD of aa-server with ARG as its payload (echo TEXT, "
 	    "sleep MS,\n"
 	    "spin MS, count N, fail CODE) and prints what happened.\n"
+	    "METHOD aa.demo.Demo/Echo (/Sleep, /Count, /Fail) calls the typed "
+	    "service\n"
+	    "with ARG as JSON, e.g. '{\"ms\": 500}' (docs/services.md).\n"
 	    "  --dial URL               server address (default "
 	    "aa_default_url():\n"
 	    "                           %s)\n"
@@ -814,6 +895,9 @@ main(int argc, char **argv)
 	if ((rv = parse_options(argc, argv)) != 0) {
 		return rv < 0 ? 0 : rv;
 	}
+	if ((rv = typed_prepare()) != 0) {
+		return rv;
+	}
 	if (O.url == NULL && (O.url = aa_default_url()) == NULL) {
 		fprintf(stderr, "aa-client: no safe default address; use "
 		                "--dial URL\n");
@@ -858,6 +942,7 @@ main(int argc, char **argv)
 	// Closing waits for the client's callbacks: the settle handlers of
 	// ops whose settlement came late have run, or never will.
 	aa_client_free(client);
+	aa_service_message_free(typed_input);
 	pthread_cond_destroy(&wait_cv);
 	return atomic_load(&any_error) ? 1 : 0;
 }

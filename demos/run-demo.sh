@@ -155,6 +155,10 @@ line=$("$client_bin" --dial "$slow_url" --json call sleep 50 \
 echo "$line"
 server_lines "$line" wait "$slow_log"
 
+heading "a typed call: aa.demo.Demo/Echo of demos/demo.proto, JSON in and out"
+echo "\$ aa-client call aa.demo.Demo/Echo '{\"text\": \"typed\"}'"
+client call aa.demo.Demo/Echo '{"text": "typed"}'
+
 heading "a failure and a deadline (exit status 1 each)"
 echo "\$ aa-client call fail 7"
 client call fail 7 || echo "${dim}(exit status $?)${off}"
@@ -166,3 +170,14 @@ kill -TERM "$server_pid" "$slow_pid"
 wait "$server_pid" "$slow_pid"
 server_pid= slow_pid=
 echo "done: client and server name each op by the same op and client ids."
+
+# The already-complete timeline forced deterministically by aa-replay
+# (docs/replay.md): the four-column table of a real run. Self-contained.
+replay_bin=$build/demos/replay/aa-replay
+scenario=$(dirname "${BASH_SOURCE[0]}")/scenarios/already_complete.aa
+if [[ -x $replay_bin && -f $scenario ]]; then
+	echo
+	echo "${bold}== aa-replay: the already-complete race, replayed" \
+		"from demos/scenarios/already_complete.aa ==${off}"
+	"$replay_bin" "$scenario"
+fi

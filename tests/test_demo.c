@@ -666,6 +666,54 @@ Test(demo, ipc_socket_file)
 	server_stop();
 }
 
+// ---- The typed service aa.demo.Demo (demos/demo.proto) ----
+
+Test(demo, typed_service_by_full_name_with_json)
+{
+	char *out;
+	char ev[256];
+	server_start(D.log);
+	cr_assert_eq(CLIENT(&out, "--json", "call", "aa.demo.Demo/Echo",
+	                    "{\"text\": \"hi\"}"),
+	             0);
+	expect_str(out, "status", "completed");
+	expect_str(out, "result", "{\\\"text\\\":\\\"hi\\\"}");
+	cr_assert_eq(
+	    CLIENT(&out, "--json", "call", "aa.demo.Demo/Count", "{\"n\": 3}"),
+	    0);
+	expect_str(out, "result", "{\\\"counted\\\":3}");
+	cr_assert_eq(CLIENT(&out, "--json", "call", "aa.demo.Demo/Fail",
+	                    "{\"code\": -7, \"message\": \"out of stock\"}"),
+	             1);
+	expect_str(out, "status", "error");
+	cr_assert_eq(json_num(out, "error_code"), AA_EAPP);
+	cr_assert_eq(json_num(out, "app_code"), -7);
+	cr_assert_not_null(strstr(out, "out of stock"), "%s", out);
+	cr_assert_eq(CLIENT(&out, "--json", "call", "aa.demo.Demo/Sleep",
+	                    "{\"ms\": 1000}", "--cancel-after-ms", "50"),
+	             0);
+	expect_str(out, "status", "canceled");
+	expect_str(out, "cancel", "in_flight");
+	expect_str(out, "server_outcome", "canceled");
+	server_stop();
+	char *log = read_log();
+	cr_assert_str_eq(server_events(log, json_num(out, "op"),
+	                               json_num(out, "client"), ev,
+	                               sizeof(ev)),
+	                 "start cancel_received canceled reply_sent");
+}
+
+Test(demo, typed_input_errors_are_usage_errors)
+{
+	char *out;
+	// Refused before connecting: no server is needed.
+	cr_assert_eq(
+	    CLIENT(&out, "call", "aa.demo.Demo/Sleep", "{\"msx\": 1}"), 2);
+	cr_assert_eq(
+	    CLIENT(&out, "call", "aa.demo.Demo/Sleep", "{\"ms\": -1}"), 2);
+	cr_assert_eq(CLIENT(&out, "call", "aa.demo.Demo/Echo", "not json"), 2);
+}
+
 #else // the demo programs are not built
 
 Test(demo, not_built)

@@ -1293,6 +1293,241 @@ Test(server, ipc_is_a_plain_unix_stream_socket)
 	aai_wire_arena_fini(&a);
 }
 
+// client_open_main opens a client with the options in opener_opts.
+static aa_client *opened_client;
+static aa_client_opts opener_opts;
+
+static void *
+client_open_main(void *arg)
+{
+	int *rv = arg;
+	*rv = aa_client_open(&opened_client, &opener_opts);
+	return NULL;
+}
+
+// raw_send writes m as one frame (prefix and Envelope) on fd, blocking.
+static void
+raw_send(int fd, const aai_wire_msg *m)
+{
+	size_t len;
+	cr_assert_eq(aai_wire_size(&len, m), 0);
+	uint8_t *buf = malloc(len + 4);
+	cr_assert_not_null(buf);
+	buf[0] = (uint8_t)(len >> 24);
+	buf[1] = (uint8_t)(len >> 16);
+	buf[2] = (uint8_t)(len >> 8);
+	buf[3] = (uint8_t)len;
+	cr_assert_eq(aai_wire_encode(&len, buf + 4, len, m, 0), 0);
+	for (size_t off = 0; off < len + 4;) {
+		ssize_t n = write(fd, buf + off, len + 4 - off);
+		if (n <= 0) {
+			break; // the server dropped us: the test checks that
+		}
+		off += (size_t)n;
+	}
+	free(buf);
+}
+
+// raw_open connects to fx's ipc socket and does the handshake.
+static int
+raw_open(uint64_t inst)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/s.sock", fx.dir);
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	aai_wire_msg m;
+	aai_wire_hello_client(&m, inst, 1u << 20, 0);
+	raw_send(fd, &m);
+	return fd;
+}
+
+static long
+rss_kib(void)
+{
+	long pages = 0, resident = 0;
+	FILE *f = fopen("/proc/self/statm", "r");
+	if (f != NULL) {
+		if (fscanf(f, "%ld %ld", &pages, &resident) != 2) {
+			resident = 0;
+		}
+		fclose(f);
+	}
+	return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+typedef struct flood {
+	int fd;
+	int n;
+	size_t len;
+} flood;
+
+static void *
+flood_main(void *arg)
+{
+	flood *f = arg;
+	char *payload = malloc(f->len + 1);
+	memset(payload, 'p', f->len);
+	payload[f->len] = '\0';
+	for (int i = 0; i < f->n; i++) {
+		aai_wire_msg m;
+		aai_wire_start(&m, (uint64_t)i + 1, "echo", payload, f->len, 0,
+		               0);
+		raw_send(f->fd, &m); // blocks once the server stops reading
+	}
+	free(payload);
+	return NULL;
+}
+
+// A client that sends Hello, then 400 Start{echo, 256 KiB} and does not
+// read: the server stops reading it once 1 MiB of replies wait, so its
+// memory stays bounded; other clients are served meanwhile; once the
+// client reads, the server resumes and every call is answered.
+Test(server, a_peer_that_never_reads_costs_bounded_memory, .timeout = 120)
+{
+	fx_url(true);
+	fx_serve(NULL);
+	long rss0 = rss_kib();
+	int fd = raw_open(1);
+	static uint8_t frame[1 << 20];
+	size_t n = read_frame(fd, frame, sizeof(frame)); // the Hello
+	(void)n;
+	flood f = {.fd = fd, .n = 400, .len = 256 * 1024};
+	thr t;
+	thr_start(&t, flood_main, &f);
+	aa_server_stats st;
+	do { // an observed event: the server paused this client
+		sched_yield();
+		fx_stats(&st);
+	} while (st.reads_paused == 0);
+	fx_stats(&st);
+	test_note("paused with %llu bytes queued, %llu started",
+	          (unsigned long long)st.send_queued,
+	          (unsigned long long)st.started);
+	cr_assert_lt(st.send_queued, (1u << 20) + 2 * (256u << 10) + 4096,
+	             "queued beyond the pause bound");
+	cr_assert_lt(st.started, 40, "it kept reading Starts");
+	// Another client is served as usual meanwhile.
+	rawc *other = rawc_open(fx.url, 2, NULL);
+	rawc_start(other, 1, "echo", "hi", 0);
+	cr_assert_eq(rawc_complete(other, 1).status, AAI_WIRE_COMPLETED);
+	rawc_free(other);
+	long grew = rss_kib() - rss0;
+	test_note("RSS grew %ld KiB while the peer did not read", grew);
+	cr_assert_lt(grew, 48 * 1024, "the server's memory grew %ld KiB",
+	             grew);
+	// The client reads now: every call gets its Complete.
+	aai_wire_arena a;
+	static uint8_t abuf[16384];
+	aai_wire_arena_init(&a, abuf, sizeof(abuf));
+	int completes = 0;
+	while (completes < 400) {
+		n = read_frame(fd, frame, sizeof(frame));
+		aai_wire_msg m;
+		cr_assert_eq(aai_wire_decode(&m, NULL, &a, frame, n, 0), 0);
+		if (m.kind == AAI_WIRE_COMPLETE) {
+			cr_assert_eq(m.complete.status, AAI_WIRE_COMPLETED);
+			cr_assert_eq(m.complete.payload_len, 256u * 1024);
+			completes++;
+		}
+	}
+	thr_join(&t);
+	fx_wait(AA_SEV_REPLY_SENT, 401); // and the other client's
+	do { // the writer counts its last write off after the peer has it
+		sched_yield();
+		fx_stats(&st);
+	} while (st.send_queued != 0);
+	cr_assert_eq(st.started, 401, "%llu", (unsigned long long)st.started);
+	aai_wire_arena_fini(&a);
+	close(fd);
+}
+
+// A client that reads nothing while its pending ops complete with big
+// results: past send_queue_max the server drops it (AA_ELIMIT) instead
+// of growing.
+Test(server, a_peer_past_the_hard_limit_is_dropped, .timeout = 120)
+{
+	fx_url(true);
+	fx_serve(&(aa_server_opts){.send_queue_pause = 256 << 10,
+	                           .send_queue_max = 4 << 20});
+	int fd = raw_open(1);
+	for (int i = 0; i < 24; i++) {
+		aai_wire_msg m;
+		aai_wire_start(&m, (uint64_t)i + 1, "hold", NULL, 0, 0, 0);
+		raw_send(fd, &m);
+	}
+	fx_wait_int(&fx.nops, 24);
+	for (int i = 0; i < 24; i++) {
+		size_t len = 512 * 1024;
+		char *big = calloc(1, len);
+		(void)aa_op_complete(fx_op(i), big, len, free);
+	}
+	fx_wait(AA_SEV_CLIENT_GONE, 1);
+	pthread_mutex_lock(&fx.mtx);
+	cr_assert_eq(fx.last_gone_err, AA_ELIMIT, "%s",
+	             aa_strerror(fx.last_gone_err));
+	pthread_mutex_unlock(&fx.mtx);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_gt(st.replies_dropped, 0);
+	close(fd);
+}
+
+// The client side of the same bound: a server that answers the handshake
+// and then reads nothing. Past send_queue_max the client drops the
+// connection, and its calls end with AA_ELIMIT, instead of growing.
+Test(server, a_client_drops_a_server_that_never_reads, .timeout = 120)
+{
+	fx_url(true);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/s.sock", fx.dir);
+	int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+	cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(listen(lfd, 1), 0);
+	// aa_client_open waits for our Hello: it runs on a thread, the
+	// accept side here.
+	opener_opts =
+	    (aa_client_opts){.url = fx.url, .send_queue_max = 2 << 20};
+	int open_rv = -1;
+	thr t;
+	thr_start(&t, client_open_main, &open_rv);
+	int fd = accept(lfd, NULL, NULL);
+	cr_assert_geq(fd, 0);
+	static uint8_t frame[4096];
+	(void)read_frame(fd, frame, sizeof(frame)); // the client's Hello
+	aai_wire_method echo = {.name = "echo", .cancel_types = 7};
+	aai_wire_msg h;
+	aai_wire_hello_server(&h, 1, 1u << 20, 1024, 0, &echo, 1);
+	raw_send(fd, &h);
+	thr_join(&t);
+	cr_assert_eq(open_rv, 0);
+	aa_client *c = opened_client;
+	static char payload[256 * 1024];
+	aa_op *ops[32];
+	int n = 0, refused = 0;
+	for (; n < 32; n++) {
+		refused = aa_client_call(&ops[n], c, "echo", payload,
+		                         sizeof(payload), NULL, NULL);
+		if (refused != 0) {
+			break; // dropped already: later calls are refused
+		}
+	}
+	cr_assert_gt(n, 0);
+	int limited = refused == AA_ELIMIT;
+	for (int i = 0; i < n; i++) {
+		while (aa_op_status(ops[i]) == AA_STARTED) {
+			sched_yield(); // the drop ends them all
+		}
+		limited += aa_op_error(ops[i]) == AA_ELIMIT;
+		aa_op_unref(ops[i]);
+	}
+	cr_assert_gt(limited, 0, "no call ended with AA_ELIMIT");
+	aa_client_free(c);
+	close(fd);
+	close(lfd);
+}
+
 // The other side of the version check: a server that answers with a
 // version-2 Hello makes aa_client_open fail with AA_ENOTSUP.
 static struct {

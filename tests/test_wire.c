@@ -730,7 +730,7 @@ Test(wire, hello_rules, .init = arena_setup)
 		pb_wrap(&frame, 6, &body);
 		decode_err(&frame, AA_EPROTO, "server hello with");
 
-		aai_wire_method meth = {names[i], types[i]};
+		aai_wire_method meth = {names[i], types[i], 0};
 		aai_wire_hello_server(&m, 1, 4096, 1, 0, &meth, 1);
 		encode_err(&m);
 	}
@@ -1055,7 +1055,7 @@ Test(wire, steady_state_allocates_nothing, .init = arena_setup)
 	size_t lens[8];
 	aai_wire_msg m, d;
 	uint8_t payload[64] = {1, 2, 3};
-	aai_wire_method meths[2] = {{"a", 1}, {"b", 7}};
+	aai_wire_method meths[2] = {{"a", 1, 0}, {"b", 7, 0}};
 	int n = 0;
 
 	aai_wire_start(&m, 1, "bench.echo.method", payload, 64, 100, 1);
@@ -1109,7 +1109,7 @@ static void
 encode_all_kinds(uint8_t frames[][512], size_t *lens, int *np)
 {
 	aai_wire_msg m;
-	aai_wire_method meths[3] = {{"x", 1}, {"yy", 2}, {"zzz", 7}};
+	aai_wire_method meths[3] = {{"x", 1, 0}, {"yy", 2, 0}, {"zzz", 7, 0}};
 	int n = 0;
 
 	aai_wire_start(&m, 1234567, "svc.method", "payload!", 8, 900, 5);
@@ -1384,4 +1384,42 @@ Test(wire, names)
 	cr_assert_str_eq(aai_wire_kind_name((aai_wire_kind)42), "none");
 	cr_assert_str_eq(aai_wire_status_name(AAI_WIRE_REJECTED), "rejected");
 	cr_assert_str_eq(aai_wire_status_name((aai_wire_status)0), "invalid");
+}
+
+// Typed methods (docs/protocol.md, "Typed methods"): a server's MethodInfo
+// may carry type_fingerprint, field 10, fixed64; absent reads as 0.
+Test(wire, method_fingerprint_is_field_10, .init = arena_setup)
+{
+	uint8_t buf[256];
+	size_t len;
+	aai_wire_msg m, d;
+	aai_wire_method ms[2] = {
+	    {.name = "a.S/M",
+	     .cancel_types = 1,
+	     .fingerprint = 0x1122334455667788ULL},
+	    {.name = "plain", .cancel_types = 7},
+	};
+	pb mi = {.n = 0}, mi2 = {.n = 0}, body = {.n = 0}, frame;
+
+	aai_wire_hello_server(&m, 9, 4096, 4, 0, ms, 2);
+	cr_assert_eq(aai_wire_encode(&len, buf, sizeof(buf), &m, 0), 0);
+	pb_str(&mi, 1, "a.S/M");
+	pb_uint(&mi, 2, 1);
+	pb_fixed64(&mi, 10, 0x1122334455667788ULL);
+	pb_str(&mi2, 1, "plain");
+	pb_uint(&mi2, 2, 7);
+	pb_uint(&body, 1, 1);
+	pb_uint(&body, 2, 2);
+	pb_uint(&body, 3, 4096);
+	pb_uint(&body, 4, 4);
+	pb_bytes(&body, 7, mi.b, mi.n);
+	pb_bytes(&body, 7, mi2.b, mi2.n);
+	pb_uint(&body, 8, 9);
+	pb_wrap(&frame, 6, &body);
+	assert_bytes(buf, len, frame.b, frame.n);
+
+	round_trip(&d, &m);
+	cr_assert_eq(d.hello.n_methods, 2);
+	cr_assert_eq(d.hello.methods[0].fingerprint, 0x1122334455667788ULL);
+	cr_assert_eq(d.hello.methods[1].fingerprint, 0, "untyped");
 }

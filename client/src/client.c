@@ -177,6 +177,7 @@ aa_client_open(aa_client **cp, const aa_client_opts *o)
 	    .heartbeat_len = hb_len,
 	    .silence_ms = opts.dead_after_ms,
 	    .connect_timeout_ms = opts.connect_timeout_ms,
+	    .send_max = opts.send_queue_max,
 	    .tls_cert_file = opts.tls_cert_file,
 	    .tls_key_file = opts.tls_key_file,
 	    .tls_ca_file = opts.tls_ca_file,
@@ -250,6 +251,18 @@ aa_client_method_cancel_types(aa_client *c, const char *name, unsigned *types)
 	const method *m = aai_client_find_method(c, name);
 	if (m != NULL && types != NULL) {
 		*types = m->types;
+	}
+	aai_mtx_unlock(&c->mtx);
+	return m != NULL ? 0 : AA_ENOENT;
+}
+
+int
+aa_client_method_fingerprint(aa_client *c, const char *name, uint64_t *fp)
+{
+	aai_mtx_lock(&c->mtx);
+	const method *m = aai_client_find_method(c, name);
+	if (m != NULL && fp != NULL) {
+		*fp = m->fingerprint;
 	}
 	aai_mtx_unlock(&c->mtx);
 	return m != NULL ? 0 : AA_ENOENT;

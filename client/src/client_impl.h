@@ -74,6 +74,7 @@ struct clink {
 typedef struct method {
 	char *name;
 	unsigned types;
+	uint64_t fingerprint; // a typed method's types (aa/service.h); 0
 } method;
 
 struct aa_client {

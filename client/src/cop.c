@@ -12,7 +12,8 @@
 //   SENT      Start handed to the transport: a cancel now is in-flight and
 //             a Cancel follows (always after the Start: both are handed to
 //             the transport under the client's mutex);
-//   RECEIVED  the server's Complete arrived and is being handed over: a
+//   RECEIVED  the server's Complete arrived and is being handed over (the
+//             op is still in the map, so that cancel-all finds it): a
 //             cancel now is already-complete, nothing more is sent;
 //   DONE      off the map (taken out by a flush, a deadline, a loss or
 //             the answer); the client's reference is gone or going.
@@ -222,6 +223,13 @@ aai_cop_cancel(aa_op *op, aa_cancel_type type, void *arg)
 	if (retire) {
 		aai_cop_retire(p);
 	}
+#ifdef AA_REPLAY_INJECT_BUG
+	// The injected bug: a result already in hand wins over the cancel,
+	// so the op ends COMPLETED although cancel said it cancelled it.
+	if (t != AA_TIMELINE_ALREADY_COMPLETE) {
+		aa_op_canceled(op);
+	}
+#endif
 	return (int)t;
 }
 
@@ -293,7 +301,8 @@ aai_cop_on_complete(aa_client *c, const aai_wire_msg *m)
 		aai_mtx_unlock(&c->mtx);
 		return;
 	}
-	aai_idmap_remove(&c->ops, &p->node);
+	// It stays in the map until DONE: a cancel-all meanwhile finds it
+	// (already-complete), as a single cancel would.
 	p->state = COP_RECEIVED;
 	// An in-flight cancel whose Cancel the server had not received when
 	// its op finished: the Complete and the Cancel crossed, so it was
@@ -360,6 +369,7 @@ aai_cop_on_complete(aa_client *c, const aai_wire_msg *m)
 	}
 	aai_mtx_lock(&c->mtx);
 	p->state = COP_DONE;
+	aai_idmap_remove(&c->ops, &p->node);
 	if (rv == AA_EALREADY && !late) {
 		c->st.late_dropped++; // cancelled during the finish
 	}

@@ -49,7 +49,7 @@ static void link_protocol_error(clink *l, int err, const char *why);
 // ENOMEM the method is left out (a call to it then fails AA_ENOENT).
 // Expects the client's lock.
 static void
-add_method(aa_client *c, const char *name, unsigned types)
+add_method(aa_client *c, const char *name, unsigned types, uint64_t fp)
 {
 	if (c->n_methods == c->methods_cap) {
 		size_t cap = c->methods_cap ? 2 * c->methods_cap : 16;
@@ -67,7 +67,7 @@ add_method(aa_client *c, const char *name, unsigned types)
 	}
 	char *copy = aai_strdup(name);
 	if (copy != NULL) {
-		c->methods[c->n_methods++] = (method){copy, types};
+		c->methods[c->n_methods++] = (method){copy, types, fp};
 	}
 }
 
@@ -109,9 +109,11 @@ on_hello(aa_client *c, clink *l, const aai_wire_msg *m)
 		method *old = aai_client_find_method(c, h->methods[i].name);
 		if (old != NULL) {
 			old->types = h->methods[i].cancel_types;
+			old->fingerprint = h->methods[i].fingerprint;
 		} else {
 			add_method(c, h->methods[i].name,
-			           h->methods[i].cancel_types);
+			           h->methods[i].cancel_types,
+			           h->methods[i].fingerprint);
 		}
 	}
 	c->server_max_pending = h->max_pending;
@@ -236,7 +238,8 @@ clink_down(void *arg, aai_conn *conn, int err)
 	why = l->goodbye != 0 ? l->goodbye
 	      : c->down_err == AA_EPROTO || c->down_err == AA_EMSGSIZE
 	          ? c->down_err
-	          : AA_ECONNLOST;
+	      : err == AA_ELIMIT ? AA_ELIMIT // the server did not read
+	                         : AA_ECONNLOST;
 	const char *why_msg = l->goodbye_msg[0] != '\0' ? l->goodbye_msg
 	                      : why == AA_EUNAVAIL      ? "server shut down"
 	                                                : "connection lost";

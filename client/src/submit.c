@@ -148,7 +148,13 @@ aa_client_call(aa_op **opp, aa_client *c, const char *method_name,
 	aa_op_provider pv = {
 	    .cancel = aai_cop_cancel,
 	    .arg = c,
+#ifdef AA_REPLAY_INJECT_BUG
+	    // Test-only bug, compiled into aa-replay-bug alone (see
+	    // aai_cop_cancel): the client decides its cancels itself.
+	    .policy = AA_POLICY_COOPERATIVE,
+#else
 	    .policy = AA_POLICY_IMMEDIATE,
+#endif
 	    .cancel_types = types,
 	    .extra = sizeof(cop),
 	};

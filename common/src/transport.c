@@ -36,6 +36,7 @@
 
 #define DEFAULT_MAX_FRAME       (4u << 20)
 #define DEFAULT_CONNECT_TIMEOUT 5000
+#define DEFAULT_SEND_MAX        (64u << 20)
 
 static atomic_uint_fast64_t next_conn_id = 1;
 
@@ -133,8 +134,11 @@ timer_cb(void *arg)
 	uint64_t now = aai_tp_now_ms();
 	int hb = atomic_load(&c->heartbeat_ms);
 	int silence = atomic_load(&c->silence_ms);
-	if (silence > 0 &&
-	    now - atomic_load(&c->last_rx_ms) >= (uint64_t)silence) {
+	if (atomic_load(&c->rx_paused)) {
+		// We stopped reading: the peer's silence is ours.
+		atomic_store(&c->last_rx_ms, now);
+	} else if (silence > 0 &&
+	           now - atomic_load(&c->last_rx_ms) >= (uint64_t)silence) {
 		aai_conn_fail(c, AA_ETIMEDOUT);
 		return;
 	}
@@ -157,6 +161,13 @@ aai_conn_base_init(aai_conn *c, const aai_conn_ops *ops, const aai_tp_opts *o)
 	if (c->max_frame > 0x7fffffffu) {
 		c->max_frame = 0x7fffffffu;
 	}
+	c->send_pause = o->send_pause; // 0: never pause
+	c->send_max = o->send_max ? o->send_max : DEFAULT_SEND_MAX;
+	if (c->send_max < c->send_pause + c->max_frame + AAI_TP_HDR) {
+		c->send_max = c->send_pause + c->max_frame + AAI_TP_HDR;
+	}
+	c->budget = o->budget;
+	atomic_init(&c->rx_paused, false);
 	atomic_init(&c->heartbeat_ms,
 	            o->heartbeat_ms > 0 ? o->heartbeat_ms : 0);
 	atomic_init(&c->silence_ms, o->silence_ms > 0 ? o->silence_ms : 0);

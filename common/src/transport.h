@@ -28,12 +28,22 @@
 #ifndef AA_TRANSPORT_H
 #define AA_TRANSPORT_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 typedef struct aai_conn aai_conn;
 typedef struct aai_listener aai_listener;
+
+// A budget of bytes queued for sending, shared by several connections (a
+// server's): a connection that has bytes queued stops reading while the
+// total is over max (see send_pause). used and pauses are counters.
+typedef struct aai_tp_budget {
+	atomic_size_t used;
+	size_t max;                  // 0: no budget
+	atomic_uint_fast64_t pauses; // times a connection stopped reading
+} aai_tp_budget;
 
 // Options for aai_listen and aai_dial. Strings and the heartbeat frame are
 // copied; the struct may be discarded after the call. Zero means default.
@@ -52,6 +62,22 @@ typedef struct aai_tp_opts {
 	int silence_ms;
 	// aai_dial gives up after this long (AA_ETIMEDOUT). Default 5000.
 	int connect_timeout_ms;
+	// Flow control, so that a peer that does not read costs bounded
+	// memory (docs/protocol.md § 17). While more than
+	// send_pause bytes wait to be written to the peer, the connection
+	// stops reading (serving nothing more of that peer) until they drop
+	// to half of it; meanwhile its silence bound is not applied (the
+	// silence is ours). 0 never pauses: only the side that answers
+	// (a server) may pause, or two peers that both stopped reading would
+	// wait for each other. A send that would queue more than send_max
+	// bytes fails the connection with AA_ELIMIT (a peer that reads
+	// nothing would not read a Goodbye either); default 64 MiB, raised to
+	// at least send_pause + max_frame + 4. budget (may be NULL; ipc and
+	// tcp only) adds a shared bound: a connection with bytes queued also
+	// stops reading while the budget is over.
+	size_t send_pause;
+	size_t send_max;
+	aai_tp_budget *budget;
 	// tls+tcp:// only. Server: cert and key (PEM files) are required; a
 	// CA and tls_verify_peer ask for client certificates. Client: the CA
 	// that signed the server, checked when tls_verify_peer is set;

@@ -44,7 +44,11 @@ struct aai_conn {
 	size_t max_frame;
 	atomic_int heartbeat_ms; // aai_conn_set_heartbeat may lower them
 	atomic_int silence_ms;
-	uint8_t *hb_frame; // owned copy
+	size_t send_pause; // flow control (aai_tp_opts)
+	size_t send_max;
+	aai_tp_budget *budget;
+	atomic_bool rx_paused; // not reading: the peer does not read ours
+	uint8_t *hb_frame;     // owned copy
 	size_t hb_len;
 
 	pthread_mutex_t mtx; // guards the fields below (and nng send buffers)

@@ -22,6 +22,12 @@
 //   delivers the frames without the lock, and repeats. It ends when its own
 //   side is closed (at once) or the peer's is and the queue is drained
 //   (data sent before a peer's close is delivered, as on a socket).
+// * Flow control: what an end sent and its peer has not taken yet is the
+//   peer's inbound queue. While that is over send_pause, the end's
+//   receive thread takes nothing more (paused, waiting on its cv) until
+//   the peer's thread takes its queue, which wakes it; a send past
+//   send_max fails the sender's connection with AA_ELIMIT. (The shared
+//   budget of the stream transports does not apply in process.)
 // * Shutdown of one end: aai_conn_fail records the reason (transport.c) and
 //   abort marks side[s].closed and wakes both threads; the peer then ends
 //   with AA_ECONNLOST. The pipe is freed by the second end's teardown
@@ -39,6 +45,7 @@ struct iside {
 	aai_tbuf in;       // bytes the other end sent to this one
 	pthread_cond_t cv; // wakes this end's receive thread
 	bool waiting;      // this end's thread waits on cv
+	bool paused;       // ... because the peer does not take what we sent
 	bool closed;       // this end was closed or failed
 	atomic_uint kicks; // bumped on every append and close: spinners
 };
@@ -129,17 +136,29 @@ rx_thread(void *arg)
 			spin_for_kick(&me->kicks, k);
 			aai_mtx_lock(&p->mtx);
 		}
-		while (me->in.len == 0 && !me->closed && !peer->closed) {
+		while ((me->in.len == 0 || (c->send_pause != 0 &&
+		                            peer->in.len > c->send_pause)) &&
+		       !me->closed && !peer->closed) {
+			// Nothing to take, or the peer does not take what we
+			// sent: wait (its thread wakes us when it takes it).
+			me->paused =
+			    c->send_pause != 0 && peer->in.len > c->send_pause;
+			atomic_store(&c->rx_paused, me->paused);
 			me->waiting = true;
 			aai_cv_wait(&me->cv, &p->mtx);
 			me->waiting = false;
 		}
+		me->paused = false;
+		atomic_store(&c->rx_paused, false);
 		if (me->closed || me->in.len == 0) {
 			break;
 		}
 		aai_tbuf t = ic->work;
 		ic->work = me->in;
 		me->in = t;
+		if (peer->paused && peer->waiting) {
+			aai_cv_signal(&peer->cv); // we took what it sent
+		}
 		aai_mtx_unlock(&p->mtx);
 
 		size_t used, need;
@@ -216,6 +235,13 @@ pipe_append(iconn *ic, const append *a)
 	if (p->side[ic->s].closed || peer->closed) {
 		aai_mtx_unlock(&p->mtx);
 		return AA_ECLOSED;
+	}
+	if (peer->in.len + a->len + (a->raw ? 0 : AAI_TP_HDR) >
+	    ic->base.send_max) {
+		// The peer takes nothing: drop it rather than grow.
+		aai_mtx_unlock(&p->mtx);
+		aai_conn_fail(&ic->base, AA_ELIMIT);
+		return AA_ELIMIT;
 	}
 	rv = a->raw ? put_raw(&peer->in, a->data, a->len)
 	            : aai_tbuf_put_frame(&peer->in, a->len, a->data, a->encode,

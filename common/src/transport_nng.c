@@ -28,6 +28,16 @@
 // * Cork: while the receive callback delivers a batch, sends only queue;
 //   at the batch's end one write carries every reply of the batch (this
 //   is what makes 256 outstanding frames cost a few writes, not 256).
+// * Flow control: `queued` counts the bytes of pend and fly (and the
+//   shared budget, if any, the same). A send past send_max fails the
+//   conn (AA_ELIMIT). At the end of a batch the receive path pauses
+//   (issues no next receive) while queued is over send_pause, or the
+//   budget is over and queued is not zero; the sender that finishes a
+//   write resumes it (rx_continue) once queued is down to half, or zero.
+//   Pause and resume are decided under base.mtx with queued, so a drain
+//   cannot slip between the check and the pause. A close while paused
+//   kicks the receive aio (a zero sleep) so that the receive path still
+//   ends, on nng's thread, with down.
 // * No blocking synchronous nng call anywhere: dial uses an aio with a
 //   timeout; accept, send and receive are aios. Teardown closes the
 //   stream, stops the send aio (ending the waiter's wait), joins the
@@ -69,6 +79,10 @@ typedef struct nconn {
 	// While the receive path delivers a batch, sends only queue (cork);
 	// the batch's replies then leave in one write. base.mtx.
 	bool corked;
+	// Flow control (base.mtx): bytes queued and not yet fully written
+	// (pend and fly), and whether the receive path is paused for them.
+	size_t queued;
+	bool rx_paused;
 } nconn;
 
 typedef struct nlistener {
@@ -200,6 +214,65 @@ rx_finish(nconn *nc, int err)
 
 static void tx_run(nconn *nc, bool waiter);
 
+static bool
+budget_over(const aai_conn *c)
+{
+	return c->budget != NULL && c->budget->max != 0 &&
+	       atomic_load(&c->budget->used) > c->budget->max;
+}
+
+// queue_sub takes n written bytes off the count; true when the paused
+// receive path must resume now (the caller kicks it, without the lock).
+// Expects base.mtx.
+static bool
+queue_sub(nconn *nc, size_t n)
+{
+	aai_conn *c = &nc->base;
+	nc->queued -= n;
+	if (c->budget != NULL) {
+		atomic_fetch_sub(&c->budget->used, n);
+	}
+	if (!nc->rx_paused || c->closing ||
+	    (nc->queued > c->send_pause / 2 ||
+	     (budget_over(c) && nc->queued > 0))) {
+		return false;
+	}
+	nc->rx_paused = false;
+	atomic_store(&c->rx_paused, false);
+	return true;
+}
+
+// rx_kick restarts a paused receive path on nng's thread: the receive aio
+// completes at once with nothing read, and rx_cb goes on from there
+// (continues, pauses again, or ends a closing conn with down). Only for a
+// paused conn: no receive is in flight then.
+static void
+rx_kick(nconn *nc)
+{
+	nng_sleep_aio(0, nc->rx_aio);
+}
+
+// rx_pause_now decides, at the end of a batch, whether the receive path
+// pauses (issues no next receive) for the bytes the peer has not read.
+static bool
+rx_pause_now(nconn *nc)
+{
+	aai_conn *c = &nc->base;
+	aai_mtx_lock(&c->mtx);
+	bool pause =
+	    !c->closing && c->send_pause != 0 &&
+	    (nc->queued > c->send_pause || (budget_over(c) && nc->queued > 0));
+	if (pause) {
+		nc->rx_paused = true;
+		atomic_store(&c->rx_paused, true);
+		if (c->budget != NULL) {
+			atomic_fetch_add(&c->budget->pauses, 1);
+		}
+	}
+	aai_mtx_unlock(&c->mtx);
+	return pause;
+}
+
 // uncork ends a batch: what its callbacks queued goes out in one write.
 static void
 uncork(nconn *nc)
@@ -250,6 +323,9 @@ rx_cb(void *arg)
 	if (need > nc->rbuf.cap && aai_tbuf_reserve(&nc->rbuf, need) != 0) {
 		rx_finish(nc, AA_ENOMEM);
 		return;
+	}
+	if (rx_pause_now(nc)) {
+		return; // the drain (or a close) kicks the receive path again
 	}
 	rx_continue(nc);
 }
@@ -321,17 +397,24 @@ tx_run(nconn *nc, bool waiter)
 			continue; // short write: send the rest first
 		}
 		aai_mtx_lock(&c->mtx);
+		bool resume = queue_sub(nc, nc->fly.len);
 		nc->fly.len = 0;
 		nc->fly_off = 0;
 		if (nc->pend.len == 0 || c->closing) {
 			nc->sending = false;
 			aai_mtx_unlock(&c->mtx);
+			if (resume) {
+				rx_kick(nc);
+			}
 			return;
 		}
 		aai_tbuf t = nc->fly;
 		nc->fly = nc->pend;
 		nc->pend = t;
 		aai_mtx_unlock(&c->mtx);
+		if (resume) {
+			rx_kick(nc);
+		}
 	}
 }
 
@@ -374,7 +457,19 @@ nconn_send(aai_conn *c, size_t len, const void *data,
 		aai_mtx_unlock(&c->mtx);
 		return AA_ECLOSED;
 	}
+	if (nc->queued + len + AAI_TP_HDR > c->send_max) {
+		// The peer reads nothing: drop it rather than grow.
+		aai_mtx_unlock(&c->mtx);
+		aai_conn_fail(c, AA_ELIMIT);
+		return AA_ELIMIT;
+	}
 	int rv = aai_tbuf_put_frame(&nc->pend, len, data, encode, ctx);
+	if (rv == 0) {
+		nc->queued += len + AAI_TP_HDR;
+		if (c->budget != NULL) {
+			atomic_fetch_add(&c->budget->used, len + AAI_TP_HDR);
+		}
+	}
 	if (rv != 0 || nc->sending || nc->corked) {
 		aai_mtx_unlock(&c->mtx);
 		return rv;
@@ -401,8 +496,16 @@ nconn_abort(aai_conn *c)
 		aai_mtx_unlock(&c->mtx);
 		return;
 	}
+	// A paused receive path has no receive to fail: kick it, so that
+	// it ends (with down) on nng's thread.
+	bool kick = nc->rx_paused;
+	nc->rx_paused = false;
+	atomic_store(&c->rx_paused, false);
 	aai_mtx_unlock(&c->mtx);
 	close_stream(nc);
+	if (kick) {
+		rx_kick(nc);
+	}
 }
 
 static void
@@ -423,6 +526,10 @@ nconn_teardown(aai_conn *c, bool from_rx)
 		nng_aio_stop(c->timer);
 	}
 	aai_conn_quiesce(c); // a close on another thread may still use s
+	if (c->budget != NULL) {
+		atomic_fetch_sub(&c->budget->used,
+		                 nc->queued); // never written
+	}
 	if (from_rx) {
 		nng_aio_reap(nc->rx_aio); // we run in its callback
 	} else {

@@ -594,6 +594,7 @@ fill_hello(packer *pk, const aai_wire_hello *h)
 		infos[i] = (Aa__V1__MethodInfo)AA__V1__METHOD_INFO__INIT;
 		infos[i].name = str(ms[i].name);
 		infos[i].cancel_types = ms[i].cancel_types;
+		infos[i].type_fingerprint = ms[i].fingerprint;
 		ptrs[i] = &infos[i];
 	}
 	ph->n_methods = n;
@@ -1106,6 +1107,7 @@ view_hello(const char **why, aai_wire_msg *m, aai_wire_arena *a,
 	for (size_t i = 0; i < h->n_methods; i++) {
 		ms[i].name = h->methods[i]->name;
 		ms[i].cancel_types = h->methods[i]->cancel_types;
+		ms[i].fingerprint = h->methods[i]->type_fingerprint;
 	}
 	v->methods = ms;
 	v->n_methods = h->n_methods;

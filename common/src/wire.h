@@ -77,6 +77,7 @@ typedef enum aai_wire_role {
 typedef struct aai_wire_method {
 	const char *name;      // 1..AAI_WIRE_METHOD_MAX bytes
 	uint32_t cancel_types; // aa_cancel_type bitmask
+	uint64_t fingerprint;  // typed method's types; 0 = untyped
 } aai_wire_method;
 
 typedef struct aai_wire_hello {

@@ -4,36 +4,42 @@
 // Design notes.
 //
 // * An entry is the server's record of one call, in its session's map
-//   from the Start being accepted until the op's handler ran. Its life:
-//   the method runs (op NULL, in the map: a Cancel cannot come meanwhile,
-//   frames being serialised on the receive thread) -> the op runs (op set,
-//   in the map, the handlers set) -> finished (the handler ran and took it
-//   out in one locked step; the Complete is sent, or, with a reply delay,
-//   scheduled). Beside that life, facts it records: the client's Cancel
-//   came while the op ran (cancel_received) or after it had finished
-//   (cancel_late); the server cancelled it itself (server_cancelled: close,
-//   orphaning, deadline; timed_out: the deadline); the deadline timer's
-//   state (armed, fired). An entry is held by the map until the op's
-//   handler ran, by a running deadline function and by a walker that
-//   cancels it; the last unref drops the op and the session.
+//   from the Start being accepted until the op's handler ran. Its phase
+//   (server_impl.h, under ss->mtx):
+//     STARTING  the method runs (op NULL, in the map: a Cancel cannot come
+//               meanwhile, frames being serialised on the receive thread)
+//       -> REFUSED   the method refused: out of the map, rejected
+//       -> RUNNING   the op runs (op set, in the map, handlers set)
+//            -> FINISHED  the handler ran and took it out in one locked
+//                         step; the Complete is sent (or, with a reply
+//                         delay, scheduled).
+//   Beside the phase, three small state machines, each an enum: the
+//   client's Cancel (NONE -> WHILE_RUNNING, or NONE -> AFTER_FINISH when
+//   the op had finished: nothing more is done), the server's own cancel
+//   (NONE -> CANCELLED by close, orphaning, or a deadline after the
+//   client's Cancel; NONE -> TIMED_OUT by the deadline alone; once), and
+//   the deadline timer (NONE -> ARMED -> FIRED, or ARMED until the handler
+//   disarms it). An entry is held by the map until the op's handler ran,
+//   by a running deadline function and by a walker that cancels it; the
+//   last unref drops the op and the session.
 //
 // * Races and who wins.
 //   - Cancel vs real completion: decided by the op (its mutex). A Cancel
-//     that finds the entry in the map with the op still STARTED marks
-//     cancel_received and calls aa_op_cancel; if the op finished just
-//     then that is AA_EALREADY (the op was told while it ran: in-flight,
+//     that finds the entry RUNNING with the op still STARTED marks
+//     WHILE_RUNNING and calls aa_op_cancel; if the op finished just then
+//     that is AA_EALREADY (the op was told while it ran: in-flight,
 //     completed anyway). One that finds the op final already marks
-//     cancel_late and does nothing more; one that finds no entry is
+//     AFTER_FINISH and does nothing more; one that finds no entry is
 //     logged "after completion" when the id was accepted once. Either way
 //     exactly one Complete goes out, with the op's real outcome and
-//     cancel_received; COMPLETED after a Cancel counts as wasted and runs
-//     the compensation hook.
+//     cancel_received (WHILE_RUNNING); COMPLETED after a Cancel counts as
+//     wasted and runs the compensation hook.
 //   - Client gone vs completion: down marks the session DOWN under ss->mtx
 //     and cancels every op it finds in the map; the handler sends only
 //     when the session is READY in the same locked step that takes the
 //     entry out. A Complete queued before down is lost with the connection
 //     (REPLY_SENT); one after is REPLY_DROPPED.
-//   - Deadline vs completion: the deadline function marks deadline_fired
+//   - Deadline vs completion: the deadline function marks the timer FIRED
 //     under ss->mtx before it cancels. The handler marks finished in its
 //     locked step; if the deadline had not fired it disarms the timer with
 //     aa_timer_cancel after dropping the lock (waiting for a deadline
@@ -77,15 +83,13 @@ entry_table(session *ss, entry *e)
 {
 	e->node.id = e->call.op_id;
 	(void)aai_idmap_add(&ss->ops, &e->node); // has buckets: cannot fail
-	e->in_table = true;
 }
 
 static void
 entry_untable(session *ss, entry *e)
 {
-	if (e->in_table) {
+	if (e->phase == E_STARTING || e->phase == E_RUNNING) {
 		aai_idmap_remove(&ss->ops, &e->node);
-		e->in_table = false;
 	}
 }
 
@@ -101,10 +105,10 @@ take_for_cancel(aai_idmap_node *node, void *arg)
 {
 	walk_arg *w = arg;
 	entry *e = AAI_CONTAINER(node, entry, node);
-	if (e->op == NULL || e->server_cancelled) {
+	if (e->phase != E_RUNNING || e->srv_cancel != ES_NONE) {
 		return false;
 	}
-	e->server_cancelled = true;
+	e->srv_cancel = ES_CANCELLED;
 	e->refs++;
 	e->wnext = w->list;
 	w->list = e;
@@ -169,7 +173,8 @@ on_progress(aa_op *op, void *arg, const void *data, size_t len)
 	bool sent = false;
 	aai_mtx_lock(&ss->mtx);
 	// After a Cancel the client drops progress: save the bytes.
-	if (ss->state == SS_READY && !e->finished && !e->cancel_received) {
+	if (ss->state == SS_READY && e->phase == E_RUNNING &&
+	    e->cancel == EC_NONE) {
 		sent = aai_wire_send(ss->conn, &m, ss->send_max) == 0;
 	}
 	aai_mtx_unlock(&ss->mtx);
@@ -279,11 +284,12 @@ finish(entry *e, int forced, const char *forced_msg)
 	AAI_CHECKPOINT("server.before_reply", op);
 
 	aai_mtx_lock(&ss->mtx);
-	e->finished = true;
 	entry_untable(ss, e);
-	bool disarm_deadline = e->deadline_armed && !e->deadline_fired;
-	bool cancel_received = e->cancel_received;
-	bool client_cancelled = cancel_received || e->cancel_late;
+	e->phase = E_FINISHED;
+	bool disarm_deadline = e->dl == ED_ARMED;
+	bool cancel_received = e->cancel == EC_WHILE_RUNNING;
+	bool client_cancelled = e->cancel != EC_NONE;
+	bool timed_out = e->srv_cancel == ES_TIMED_OUT;
 	switch (st) {
 	case AA_COMPLETED:
 		(void)aa_op_result(op, &payload, &plen);
@@ -295,11 +301,11 @@ finish(entry *e, int forced, const char *forced_msg)
 		// Whose cancel it was: the client's, the deadline's, or the
 		// server's own (the method cancelled itself).
 		err = cancel_received ? AA_ECANCELED
-		      : e->timed_out  ? AA_ETIMEDOUT
+		      : timed_out     ? AA_ETIMEDOUT
 		                      : AA_ESRVCANCEL;
 		aai_wire_complete(
 		    &m, e->call.op_id, AAI_WIRE_CANCELED, (uint32_t)err,
-		    e->timed_out ? "deadline passed" : NULL, NULL, 0);
+		    timed_out ? "deadline passed" : NULL, NULL, 0);
 		ev = AA_SEV_CANCELED;
 		break;
 	default:
@@ -389,17 +395,17 @@ on_deadline(void *arg)
 	session *ss = e->ss;
 	AAI_CB_ENTER(AAI_CB_SERVER, ss->s);
 	aai_mtx_lock(&ss->mtx);
-	if (e->finished) {
+	if (e->phase == E_FINISHED) {
 		// The handler is disarming us and waits for this return.
 		aai_mtx_unlock(&ss->mtx);
 		AAI_CB_LEAVE(AAI_CB_SERVER);
 		return;
 	}
-	e->deadline_fired = true;
-	bool cancel = !e->server_cancelled;
+	e->dl = ED_FIRED;
+	bool cancel = e->srv_cancel == ES_NONE;
 	if (cancel) {
-		e->server_cancelled = true;
-		e->timed_out = !e->cancel_received;
+		e->srv_cancel = e->cancel == EC_WHILE_RUNNING ? ES_CANCELLED
+		                                              : ES_TIMED_OUT;
 	}
 	e->refs++;
 	aai_mtx_unlock(&ss->mtx);
@@ -431,6 +437,21 @@ reject(session *ss, uint64_t op_id, const char *name, int err, const char *why)
 			aai_srv_log(s, AA_SEV_REPLY_DROPPED, ss->conn_id,
 			            &fake, rv, NULL);
 		}
+	}
+}
+
+// The text a running method gave its rejection (aa_server_reject_reason):
+// per thread, since a method runs on the receive thread that calls it.
+static _Thread_local bool in_method;
+static _Thread_local bool reject_text_set;
+static _Thread_local char reject_text[AAI_WIRE_TEXT_MAX + 1];
+
+void
+aa_server_reject_reason(const char *text)
+{
+	if (in_method && text != NULL) {
+		snprintf(reject_text, sizeof(reject_text), "%s", text);
+		reject_text_set = true;
 	}
 }
 
@@ -506,36 +527,43 @@ aai_call_start(session *ss, const aai_wire_msg *m, uint64_t t0_us)
 
 	AAI_CHECKPOINT("server.before_start", &e->call);
 	aa_op *op = NULL;
+	in_method = true;
+	reject_text_set = false;
 	int rv = mt->def.start(&op, mt->def.arg, &e->call, m->start.payload,
 	                       m->start.payload_len, &s->assoc);
+	in_method = false;
 	if (rv != 0 || op == NULL) {
 		if (rv <= 0 || rv > AAI_WIRE_ERROR_MAX) {
 			rv = AA_EINTERNAL;
 		}
 		aai_mtx_lock(&ss->mtx);
 		entry_untable(ss, e);
+		e->phase = E_REFUSED;
 		aai_mtx_unlock(&ss->mtx);
 		atomic_fetch_sub(&ss->inst->pending, 1);
-		reject(ss, id, mt->name, rv, aa_strerror(rv));
+		reject(ss, id, mt->name, rv,
+		       reject_text_set ? reject_text : aa_strerror(rv));
 		entry_unref(e);
 		return;
 	}
 
 	aai_mtx_lock(&ss->mtx);
 	e->op = op;
+	e->phase = E_RUNNING;
 	if (e->call.deadline_ms > 0) {
 		uint64_t spent = (aa_clock_us() - t0_us) / 1000;
 		uint64_t d = e->call.deadline_ms;
 		aa_timer_init(&e->deadline, on_deadline, e);
-		e->deadline_armed =
-		    aa_timer_start(&e->deadline, s->tq,
-		                   d > spent ? d - spent : 0) == 0;
+		if (aa_timer_start(&e->deadline, s->tq,
+		                   d > spent ? d - spent : 0) == 0) {
+			e->dl = ED_ARMED;
+		}
 	}
 	// Close (or the client leaving) while the method ran: cancel now.
 	bool cancel_now =
 	    atomic_load(&s->closed_flag) || ss->state != SS_READY;
 	if (cancel_now) {
-		e->server_cancelled = true;
+		e->srv_cancel = ES_CANCELLED;
 		e->refs++;
 	}
 	aai_mtx_unlock(&ss->mtx);
@@ -565,8 +593,7 @@ aai_call_cancel(session *ss, const aai_wire_msg *m)
 	aa_server *s = ss->s;
 	aai_mtx_lock(&ss->mtx);
 	entry *e = entry_find(ss, m->op_id);
-	if (e == NULL || e->op == NULL || e->finished || e->cancel_received ||
-	    e->cancel_late) {
+	if (e == NULL || e->phase != E_RUNNING || e->cancel != EC_NONE) {
 		aai_mtx_unlock(&ss->mtx);
 		aai_count(&s->st.cancels_ignored);
 		if (e == NULL && m->op_id <= atomic_load(&ss->inst->high)) {
@@ -586,7 +613,7 @@ aai_call_cancel(session *ss, const aai_wire_msg *m)
 		// is not sent yet: the already-complete timeline. The client
 		// drops the result (wasted), and the Complete says the Cancel
 		// came after (cancel_received false).
-		e->cancel_late = true;
+		e->cancel = EC_AFTER_FINISH;
 		aai_mtx_unlock(&ss->mtx);
 		aai_count(&s->st.cancels_ignored);
 		aai_count(&s->st.cancels_late);
@@ -595,7 +622,7 @@ aai_call_cancel(session *ss, const aai_wire_msg *m)
 		return;
 	}
 	// The client has cancelled: whatever happens, it drops the result.
-	e->cancel_received = true;
+	e->cancel = EC_WHILE_RUNNING;
 	aa_cancel_type t = (aa_cancel_type)m->cancel.type;
 	if (!aa_cancel_supports(e->m->def.cancel_types, t)) {
 		aai_mtx_unlock(&ss->mtx);

@@ -107,6 +107,12 @@ aa_server_alloc(aa_server **sp, const aa_server_opts *o)
 	                   : o->dead_after_ms < 0 ? 0
 	                                          : o->dead_after_ms;
 	s->dead_after_set = o->dead_after_ms != 0;
+	s->send_pause =
+	    o->send_queue_pause ? o->send_queue_pause : DEFAULT_SEND_PAUSE;
+	s->send_max = o->send_queue_max ? o->send_queue_max : DEFAULT_SEND_MAX;
+	atomic_init(&s->budget.used, 0);
+	atomic_init(&s->budget.pauses, 0);
+	s->budget.max = o->send_budget ? o->send_budget : DEFAULT_SEND_BUDGET;
 	s->reply_delay_ms = o->reply_delay_ms > 0 ? o->reply_delay_ms : 0;
 	s->log = o->log;
 	s->log_arg = o->log_arg;
@@ -257,6 +263,8 @@ freeze(aa_server *s)
 		s->wire_methods[i].name = s->methods[i].name;
 		s->wire_methods[i].cancel_types =
 		    s->methods[i].def.cancel_types;
+		s->wire_methods[i].fingerprint =
+		    s->methods[i].def.type_fingerprint;
 	}
 	s->frozen = true;
 	return 0;
@@ -317,6 +325,9 @@ aa_server_listen(aa_server *s, const char *url)
 	    .tls_key_file = s->tls_key,
 	    .tls_ca_file = s->tls_ca,
 	    .tls_verify_peer = s->tls_ca != NULL,
+	    .send_pause = s->send_pause,
+	    .send_max = s->send_max,
+	    .budget = &s->budget,
 	};
 	aai_listener *l;
 	if ((rv = aai_listen(&l, url, &o, aai_session_accept, s)) != 0) {
@@ -369,6 +380,8 @@ aa_server_stats_get(aa_server *s, aa_server_stats *st)
 	    .protocol_errors = atomic_load(&c->protocol_errors),
 	    .pending = atomic_load(&c->pending),
 	    .cancels_late = atomic_load(&c->cancels_late),
+	    .send_queued = atomic_load(&s->budget.used),
+	    .reads_paused = atomic_load(&s->budget.pauses),
 	};
 }
 

@@ -25,6 +25,9 @@
 #define GOODBYE_LINGER_MS    250   // time for a Goodbye to be written
 #define ARENA_BYTES          (16u * 1024)
 #define OP_BUCKETS_MIN       64
+#define DEFAULT_SEND_PAUSE   (1u << 20)   // docs/protocol.md § 17
+#define DEFAULT_SEND_MAX     (32u << 20)  // per connection
+#define DEFAULT_SEND_BUDGET  (256u << 20) // all connections
 // How long an instance's high-water mark outlives its last connection
 // (docs/protocol.md § 6: "minutes, not seconds").
 #define INSTANCE_GRACE_US (10ull * 60 * 1000000)
@@ -45,24 +48,49 @@ typedef struct instance {
 
 typedef struct session session;
 
-// A call: one real op (call.c has its lifecycle).
+// Where a call is (call.c's notes have the transitions).
+typedef enum entry_phase {
+	E_STARTING, // the method runs: op NULL, in the session's map
+	E_RUNNING,  // the real op runs: in the map, its handlers set
+	E_FINISHED, // its handler ran and took it out of the map
+	E_REFUSED,  // the method refused to start: out of the map
+} entry_phase;
+
+// The client's Cancel, if one came.
+typedef enum entry_cancel {
+	EC_NONE,
+	EC_WHILE_RUNNING, // while the op ran (Complete.cancel_received)
+	EC_AFTER_FINISH,  // after the op had finished (already-complete)
+} entry_cancel;
+
+// The server's own cancel, if it made one.
+typedef enum entry_srv_cancel {
+	ES_NONE,
+	ES_CANCELLED, // close, orphaning, or a deadline after a Cancel
+	ES_TIMED_OUT, // the deadline, the client not having cancelled
+} entry_srv_cancel;
+
+// The deadline timer.
+typedef enum entry_deadline {
+	ED_NONE,  // no deadline, or the timer could not be armed
+	ED_ARMED, // armed: the handler disarms it
+	ED_FIRED, // its function passed its check: nobody waits for it
+} entry_deadline;
+
+// A call: one real op. Every field but node.next and op is under ss->mtx.
 typedef struct entry {
-	aai_idmap_node node; // in ss->ops by op id (ss->mtx)
-	struct entry *wnext; // a walker's list (ss->mtx to link)
+	aai_idmap_node node; // in ss->ops by op id
+	struct entry *wnext; // a walker's list
 	session *ss;
 	const method *m;
 	aa_op *op; // NULL while the method runs
 	aa_call_info call;
 	aa_timer deadline;
-	int refs; // ss->mtx
-	bool in_table;
-	bool finished;         // the handler ran (took it out of the table)
-	bool cancel_received;  // the client's Cancel came while it ran
-	bool cancel_late;      // ... or after the op had finished
-	bool server_cancelled; // cancelled by close, orphaning or deadline
-	bool timed_out;        // ... by the deadline
-	bool deadline_armed;
-	bool deadline_fired; // the deadline function passed its check
+	int refs;
+	entry_phase phase;
+	entry_cancel cancel;
+	entry_srv_cancel srv_cancel;
+	entry_deadline dl;
 } entry;
 
 // Session states (session.c's notes).
@@ -111,6 +139,9 @@ struct aa_server {
 	int dead_after_ms;
 	bool dead_after_set; // dead_after_ms was configured, not derived
 	int reply_delay_ms;  // aa_server_opts.reply_delay_ms
+	size_t send_pause;   // flow control, per connection (transport.h)
+	size_t send_max;
+	aai_tp_budget budget; // bytes queued over all connections
 	aa_server_log_fn log;
 	void *log_arg;
 	char *tls_cert, *tls_key, *tls_ca;

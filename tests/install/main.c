@@ -4,16 +4,7 @@
 #include <aa/aa.h>
 #include <stdio.h>
 
-static int failures;
-
-static void
-check(int ok, const char *what)
-{
-	printf("%s: %s\n", ok ? "ok  " : "FAIL", what);
-	if (!ok) {
-		failures++;
-	}
-}
+#include "check.h"
 
 int
 main(void)

@@ -43,6 +43,9 @@ typedef struct aa_client_opts {
 	int dead_after_ms;      // silence that means the server is gone;
 	                        // 0: 3 heartbeat intervals
 	int connect_timeout_ms; // 0: 5000
+	size_t send_queue_max;  // bytes waiting to be written to the server
+	                        // past which the connection is dropped
+	                        // (AA_ELIMIT: it does not read); 0: 64 MiB
 	bool reconnect;         // after a loss, the next call dials again
 	                        // (on a thread of its own: calls never
 	                        // block; only aa_client_open waits)
@@ -132,6 +135,12 @@ uint64_t aa_client_conn_id(aa_client *c);
 // declared for method: 0 or AA_ENOENT.
 int aa_client_method_cancel_types(aa_client *c, const char *method,
                                   unsigned *types);
+
+// aa_client_method_fingerprint gives the type fingerprint the server
+// declared for method (0: an untyped method; aa/service.h): 0 or
+// AA_ENOENT.
+int aa_client_method_fingerprint(aa_client *c, const char *method,
+                                 uint64_t *fp);
 
 // aa_client_cork holds Start messages back; aa_client_uncork sends every
 // held one in one write. Calls made while corked are pre-submit until the

@@ -51,6 +51,11 @@ typedef int (*aa_method_fn)(aa_op **opp, void *arg, const aa_call_info *call,
                             const void *payload, size_t len,
                             const aa_assoc *assoc);
 
+// aa_server_reject_reason, called by a method about to return an error,
+// gives the rejection this text (copied; at most 1024 bytes are sent)
+// instead of aa_strerror's. Outside a method it does nothing.
+void aa_server_reject_reason(const char *text);
+
 // A compensation hook runs when the real op COMPLETED but its result will
 // not be used: the client had cancelled it, or the Complete could not be
 // sent (client gone, server closing). Undo the result here. It runs on
@@ -64,6 +69,9 @@ typedef struct aa_method_def {
 	aa_compensate_fn compensate; // may be NULL
 	void *arg;
 	unsigned cancel_types; // the aa_cancel_type mask it honours
+	// Typed methods (aa/service.h sets it): a hash of the input and
+	// output message types, sent in the Hello; 0 = untyped.
+	uint64_t type_fingerprint;
 } aa_method_def;
 
 // Server-side events, reported to the log function.
@@ -108,6 +116,16 @@ typedef struct aa_server_opts {
 	aa_server_log_fn log; // may be NULL
 	void *log_arg;
 	aa_executor *executor; // passed to methods in assoc; may be NULL
+	// Flow control (docs/protocol.md § 17): when more than
+	// send_queue_pause bytes wait to be written to a client, the server
+	// stops reading that client (its Starts wait; others are served) until
+	// they drop to half; a client whose queue would pass send_queue_max is
+	// dropped (AA_ELIMIT). send_budget bounds the bytes queued to all
+	// clients together: past it, every client with bytes queued stops
+	// reading too. 0: 1 MiB, 32 MiB and 256 MiB.
+	size_t send_queue_pause;
+	size_t send_queue_max;
+	size_t send_budget;
 	// A demo and test knob, not for production: hold every Complete this
 	// many milliseconds before sending it, as a slow link would, so that
 	// a client's Cancel and the Complete cross on the wire (the
@@ -141,6 +159,9 @@ typedef struct aa_server_stats {
 	uint64_t cancels_late; // of cancels_ignored: for an op the server
 	                       // had already finished (logged
 	                       // cancel_received, "after completion")
+	uint64_t send_queued;  // bytes waiting to be written to clients now
+	uint64_t reads_paused; // times a client's reading was paused because
+	                       // it did not read (or the budget was over)
 } aa_server_stats;
 
 // aa_server_alloc makes a server with no methods and no listeners.

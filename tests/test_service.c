@@ -1,0 +1,992 @@
+// aa-test-labels: concurrent
+// test_service.c: typed services (aa/service.h) between the real client
+// and server layers: a service with several methods and nested messages
+// round-trips over inproc, ipc and tcp; the fingerprints travel in the
+// Hello; each cancellation timeline on a typed call, forced with
+// checkpoints and gates (never sleeps); a payload of the wrong type is
+// refused before the handler; a client built from a changed .proto is
+// refused with AA_ENOTSUP (another process: tests/peer/svc_v2_client.c);
+// registration errors; the JSON converter.
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <aa/service.h>
+
+#include "svc_test.pb-c.h"
+#include "testutil.h"
+
+#define SHOP (&aa__test__shop__descriptor)
+
+// ---- Hold points: a checkpoint that stops one thread once ----
+
+typedef struct hold_point {
+	const char *name;
+	atomic_int armed;
+	void *subject;
+	gate reached;
+	gate release;
+} hold_point;
+
+static hold_point hp_deliver = {.name = "client.before_deliver"};
+static hold_point hp_reply = {.name = "server.before_reply"};
+static hold_point *const points[] = {&hp_deliver, &hp_reply};
+
+static void
+on_checkpoint(void *arg, const char *name, void *subject)
+{
+	(void)arg;
+	for (size_t i = 0; i < sizeof(points) / sizeof(points[0]); i++) {
+		hold_point *h = points[i];
+		if (strcmp(name, h->name) == 0 &&
+		    atomic_exchange(&h->armed, 0) == 1) {
+			h->subject = subject;
+			gate_open(&h->reached);
+			gate_wait(&h->release);
+		}
+	}
+}
+
+static void
+arm(hold_point *h)
+{
+	gate_init(&h->reached);
+	gate_init(&h->release);
+	atomic_store(&h->armed, 1);
+}
+
+// ---- The server's handlers ----
+
+typedef struct server_side {
+	atomic_int handler_calls; // every typed handler counts here
+	gate started;             // a Hold op started
+	aa_op *held;              // the last Hold op (the test's reference)
+	uint32_t held_tag;
+	atomic_int cancels;
+	atomic_int compensated;
+} server_side;
+
+static server_side S;
+
+static aa_op_provider now_provider = {.policy = AA_POLICY_IMMEDIATE,
+                                      .cancel_types = AA_CANCEL_ALL};
+
+// Place: a receipt built from the order, at once.
+static int
+h_place(aa_op **opp, void *arg, const aa_call_info *call,
+        const ProtobufCMessage *input, const aa_assoc *assoc)
+{
+	const Aa__Test__Order *o = (const Aa__Test__Order *)input;
+	Aa__Test__Receipt r = AA__TEST__RECEIPT__INIT;
+	char summary[128];
+	atomic_fetch_add(&S.handler_calls, 1);
+	int rv = aa_op_alloc(opp, &now_provider, assoc);
+	if (rv != 0) {
+		return rv;
+	}
+	r.order_id = o->id;
+	for (size_t i = 0; i < o->n_items; i++) {
+		r.total_items += o->items[i]->quantity;
+	}
+	// The input lives until the handler returns; the reply is packed
+	// before that, so it may point into the input.
+	r.n_items = o->n_items;
+	r.items = o->items;
+	r.ship_to = o->ship_to;
+	snprintf(summary, sizeof(summary), "%s paid by %s", o->customer,
+	         o->payment_case == AA__TEST__ORDER__PAYMENT_CARD ? o->card
+	                                                          : "voucher");
+	r.summary = summary;
+	cr_assert_eq(aa_service_complete(*opp, &r.base), 0);
+	return 0;
+}
+
+static int
+h_echo(aa_op **opp, void *arg, const aa_call_info *call,
+       const ProtobufCMessage *input, const aa_assoc *assoc)
+{
+	atomic_fetch_add(&S.handler_calls, 1);
+	int rv = aa_op_alloc(opp, &now_provider, assoc);
+	if (rv == 0) {
+		cr_assert_eq(aa_service_complete(*opp, input), 0);
+	}
+	return rv;
+}
+
+static int
+hold_cancel(aa_op *op, aa_cancel_type type, void *arg)
+{
+	atomic_fetch_add(&S.cancels, 1);
+	aa_op_canceled(op);
+	return 0;
+}
+
+// Hold: runs until the test completes it or it is cancelled.
+static int
+h_hold(aa_op **opp, void *arg, const aa_call_info *call,
+       const ProtobufCMessage *input, const aa_assoc *assoc)
+{
+	aa_op_provider pv = {.cancel = hold_cancel,
+	                     .policy = AA_POLICY_COOPERATIVE,
+	                     .cancel_types = AA_CANCEL_ALL};
+	atomic_fetch_add(&S.handler_calls, 1);
+	int rv = aa_op_alloc(opp, &pv, assoc);
+	if (rv == 0) {
+		aa_op_ref(*opp);
+		if (S.held != NULL) {
+			aa_op_unref(S.held);
+		}
+		S.held = *opp;
+		S.held_tag = ((const Aa__Test__HoldRequest *)input)->tag;
+		gate_open(&S.started);
+	}
+	return rv;
+}
+
+static void
+compensate(void *arg, const aa_call_info *call, aa_op *op)
+{
+	atomic_fetch_add(&S.compensated, 1);
+}
+
+// A byte method beside the service: untyped, fingerprint 0.
+static int
+m_plain(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
+        size_t len, const aa_assoc *assoc)
+{
+	int rv = aa_op_alloc(opp, &now_provider, assoc);
+	if (rv == 0) {
+		aa_op_complete(*opp, NULL, 0, NULL);
+	}
+	return rv;
+}
+
+// "picky": a byte method that refuses an odd length with its own text,
+// and a length of 2 with none.
+static int
+m_picky(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
+        size_t len, const aa_assoc *assoc)
+{
+	if (len % 2 == 1) {
+		aa_server_reject_reason("picky wants an even length");
+		return AA_EINVAL;
+	}
+	if (len == 2) {
+		return AA_EINVAL;
+	}
+	return m_plain(opp, arg, call, payload, len, assoc);
+}
+
+static const aa_service_method shop_methods[] = {
+    {.name = "Place", .start = h_place, .cancel_types = AA_CANCEL_ALL},
+    {.name = "Hold",
+     .start = h_hold,
+     .compensate = compensate,
+     .cancel_types = AA_CANCEL_ALL},
+    {.name = "Echo", .start = h_echo, .cancel_types = AA_CANCEL_ALL},
+    {.name = "Tree", .start = h_echo, .cancel_types = AA_CANCEL_ALL},
+};
+
+// ---- Fixture ----
+
+typedef struct env {
+	char dir[64];
+	char url[128];
+	aa_server *srv;
+	aa_service *svc;
+	aa_client *cli;
+} env;
+
+static env E;
+
+static void
+server_up(const char *kind, const aa_service_method *ms, size_t n)
+{
+	cr_assert_eq(aa_server_alloc(&E.srv, &(aa_server_opts){0}), 0);
+	cr_assert_eq(aa_service_register(&E.svc, E.srv, SHOP, ms, n), 0);
+	aa_method_def plain = {
+	    .name = "plain", .start = m_plain, .cancel_types = AA_CANCEL_ALL};
+	cr_assert_eq(aa_server_register(E.srv, &plain), 0);
+	aa_method_def picky = {
+	    .name = "picky", .start = m_picky, .cancel_types = AA_CANCEL_ALL};
+	cr_assert_eq(aa_server_register(E.srv, &picky), 0);
+	if (strcmp(kind, "inproc") == 0) {
+		snprintf(E.url, sizeof(E.url), "inproc://aa-svc-%d",
+		         (int)getpid());
+	} else if (strcmp(kind, "ipc") == 0) {
+		strcpy(E.dir, "/tmp/aa-svc-XXXXXX");
+		cr_assert_not_null(mkdtemp(E.dir));
+		snprintf(E.url, sizeof(E.url), "ipc://%s/s.sock", E.dir);
+	} else {
+		strcpy(E.url, "tcp://127.0.0.1:0");
+	}
+	cr_assert_eq(aa_server_listen(E.srv, E.url), 0);
+	if (strcmp(kind, "tcp") == 0) {
+		snprintf(E.url, sizeof(E.url), "tcp://127.0.0.1:%d",
+		         aa_server_port(E.srv));
+	}
+}
+
+static void
+env_up(const char *kind)
+{
+	server_up(kind, shop_methods,
+	          sizeof(shop_methods) / sizeof(shop_methods[0]));
+	cr_assert_eq(aa_client_open(&E.cli, &(aa_client_opts){.url = E.url}),
+	             0);
+}
+
+static void
+setup(void)
+{
+	memset(&S, 0, sizeof(S));
+	gate_init(&S.started);
+	memset(&E, 0, sizeof(E));
+	aa_checkpoint_set(on_checkpoint, NULL);
+}
+
+static void
+teardown(void)
+{
+	aa_checkpoint_set(NULL, NULL);
+	if (E.cli != NULL) {
+		aa_client_free(E.cli);
+	}
+	if (S.held != NULL) {
+		if (aa_op_status(S.held) == AA_STARTED) {
+			aa_op_canceled(S.held);
+		}
+		aa_op_unref(S.held);
+	}
+	if (E.srv != NULL) {
+		aa_server_free(E.srv);
+	}
+	aa_service_free(E.svc);
+	if (E.dir[0] != '\0') {
+		char cmd[128];
+		snprintf(cmd, sizeof(cmd), "rm -rf %s", E.dir);
+		cr_assert_eq(system(cmd), 0);
+	}
+	aa_test_check_live();
+}
+
+TestSuite(service, .init = setup, .fini = teardown, .timeout = 60);
+
+// ---- A handler that records, and helpers ----
+
+typedef struct seen {
+	atomic_int calls;
+	aa_state state;
+	gate done;
+	gate settled;
+} seen;
+
+static void
+seen_init(seen *s)
+{
+	memset(s, 0, sizeof(*s));
+	gate_init(&s->done);
+	gate_init(&s->settled);
+}
+
+static void
+on_done(aa_op *op, void *arg)
+{
+	seen *s = arg;
+	s->state = aa_op_status(op);
+	atomic_fetch_add(&s->calls, 1);
+	gate_open(&s->done);
+}
+
+static void
+on_settle(aa_op *op, void *arg)
+{
+	gate_open(&((seen *)arg)->settled);
+}
+
+static aa_op *
+call(const char *method, const ProtobufCMessage *in, seen *s)
+{
+	aa_op *op = NULL;
+	cr_assert_eq(aa_service_call(&op, E.cli, SHOP, method, in, NULL, NULL),
+	             0);
+	cr_assert_eq(aa_op_set_handler(op, on_done, s), 0);
+	cr_assert_eq(aa_op_set_settle_handler(op, on_settle, s), 0);
+	return op;
+}
+
+static aa_op *
+call_hold(uint32_t tag, seen *s)
+{
+	Aa__Test__HoldRequest hr = AA__TEST__HOLD_REQUEST__INIT;
+	hr.tag = tag;
+	return call("Hold", &hr.base, s);
+}
+
+// A sample order with nested and repeated messages.
+typedef struct order_buf {
+	Aa__Test__Order o;
+	Aa__Test__Item items[2];
+	Aa__Test__Item *ptrs[2];
+	char *tags[2];
+	Aa__Test__Address addr;
+} order_buf;
+
+static void
+sample_order(order_buf *b)
+{
+	static uint8_t note[] = {0, 1, 2, 0xff};
+	b->o = (Aa__Test__Order)AA__TEST__ORDER__INIT;
+	for (int i = 0; i < 2; i++) {
+		b->items[i] = (Aa__Test__Item)AA__TEST__ITEM__INIT;
+		b->ptrs[i] = &b->items[i];
+	}
+	b->tags[0] = "red";
+	b->tags[1] = "big";
+	b->items[0].sku = "A-1";
+	b->items[0].quantity = 2;
+	b->items[0].n_tags = 2;
+	b->items[0].tags = b->tags;
+	b->items[1].sku = "B-2";
+	b->items[1].quantity = 5;
+	b->addr = (Aa__Test__Address)AA__TEST__ADDRESS__INIT;
+	b->addr.street = "1 Main St";
+	b->addr.city = "Springfield";
+	b->o.id = 1ull << 40;
+	b->o.customer = "ann";
+	b->o.n_items = 2;
+	b->o.items = b->ptrs;
+	b->o.ship_to = &b->addr;
+	b->o.priority = AA__TEST__ORDER__PRIORITY__EXPRESS;
+	b->o.note = (ProtobufCBinaryData){.len = sizeof(note), .data = note};
+	b->o.payment_case = AA__TEST__ORDER__PAYMENT_CARD;
+	b->o.card = "4111";
+	b->o.weight = 2.5;
+	b->o.delta = -7;
+	b->o.gift = 1;
+}
+
+// same_encoding compares two messages by their packed bytes.
+static bool
+same_encoding(const ProtobufCMessage *a, const ProtobufCMessage *b)
+{
+	size_t na = protobuf_c_message_get_packed_size(a);
+	size_t nb = protobuf_c_message_get_packed_size(b);
+	if (na != nb) {
+		return false;
+	}
+	uint8_t *pa = malloc(na + 1), *pb = malloc(nb + 1);
+	protobuf_c_message_pack(a, pa);
+	protobuf_c_message_pack(b, pb);
+	bool same = memcmp(pa, pb, na) == 0;
+	free(pa);
+	free(pb);
+	return same;
+}
+
+// ---- Round trips ----
+
+static void
+round_trip(const char *kind)
+{
+	static seen s, e;
+	order_buf b;
+	seen_init(&s);
+	seen_init(&e);
+	sample_order(&b);
+	env_up(kind);
+
+	aa_op *op = call("Place", &b.o.base, &s);
+	gate_wait(&s.done);
+	cr_assert_eq(s.state, AA_COMPLETED, "error %d: %s", aa_op_error(op),
+	             aa_op_error_msg(op));
+	ProtobufCMessage *out = NULL;
+	cr_assert_eq(
+	    aa_service_result(&out, op, &aa__test__receipt__descriptor), 0);
+	Aa__Test__Receipt *r = (Aa__Test__Receipt *)out;
+	cr_assert_eq(r->order_id, 1ull << 40);
+	cr_assert_eq(r->total_items, 7);
+	cr_assert_eq(r->n_items, 2);
+	cr_assert_str_eq(r->items[0]->sku, "A-1");
+	cr_assert_eq(r->items[0]->n_tags, 2);
+	cr_assert_str_eq(r->items[0]->tags[1], "big");
+	cr_assert_str_eq(r->items[1]->sku, "B-2");
+	cr_assert_not_null(r->ship_to);
+	cr_assert_str_eq(r->ship_to->city, "Springfield");
+	cr_assert_str_eq(r->summary, "ann paid by 4111");
+	aa_service_result_free(op, out);
+	aa_op_unref(op);
+
+	// Echo: every field comes back as it went.
+	aa_op *eop = call("Echo", &b.o.base, &e);
+	gate_wait(&e.done);
+	cr_assert_eq(e.state, AA_COMPLETED);
+	cr_assert_eq(
+	    aa_service_result(&out, eop, &aa__test__order__descriptor), 0);
+	cr_assert(same_encoding(out, &b.o.base));
+	Aa__Test__Order *o = (Aa__Test__Order *)out;
+	cr_assert_eq(o->payment_case, AA__TEST__ORDER__PAYMENT_CARD);
+	cr_assert_eq(o->delta, -7);
+	cr_assert_eq(o->note.len, 4);
+	aa_service_result_free(eop, out);
+	aa_op_unref(eop);
+
+	aa_client_stats cs;
+	aa_client_stats_get(E.cli, &cs);
+	cr_assert_eq(cs.sent_start, 2, "one Start per call");
+	cr_assert_eq(cs.recv_complete, 2, "one Complete per call");
+	cr_assert_eq(cs.sent_cancel, 0);
+}
+
+Test(service, round_trip_inproc)
+{
+	round_trip("inproc");
+}
+Test(service, round_trip_ipc)
+{
+	round_trip("ipc");
+}
+Test(service, round_trip_tcp)
+{
+	round_trip("tcp");
+}
+
+Test(service, fingerprints_travel_in_the_hello)
+{
+	env_up("inproc");
+	for (unsigned i = 0; i < SHOP->n_methods; i++) {
+		char name[256];
+		uint64_t fp = 0;
+		cr_assert_eq(aa_service_method_name(name, sizeof(name), SHOP,
+		                                    SHOP->methods[i].name),
+		             0);
+		cr_assert_eq(aa_client_method_fingerprint(E.cli, name, &fp),
+		             0);
+		cr_assert_eq(fp, aa_service_fingerprint(&SHOP->methods[i]),
+		             "%s", name);
+		cr_assert_neq(fp, 0);
+	}
+	uint64_t fp = 1;
+	cr_assert_eq(aa_client_method_fingerprint(E.cli, "plain", &fp), 0);
+	cr_assert_eq(fp, 0, "a byte method is untyped");
+	cr_assert_eq(aa_client_method_fingerprint(E.cli, "nope", &fp),
+	             AA_ENOENT);
+	const char *bad = "unset";
+	cr_assert_eq(aa_service_check(E.cli, SHOP, &bad), 0);
+	// Place and Echo take the same input but return other types.
+	cr_assert_neq(aa_service_fingerprint(&SHOP->methods[0]),
+	              aa_service_fingerprint(&SHOP->methods[2]));
+}
+
+Test(service, a_method_not_served_is_unknown)
+{
+	static const aa_service_method only_hold[] = {
+	    {.name = "Hold", .start = h_hold, .cancel_types = AA_CANCEL_ALL},
+	};
+	server_up("inproc", only_hold, 1);
+	cr_assert_eq(aa_client_open(&E.cli, &(aa_client_opts){.url = E.url}),
+	             0);
+	order_buf b;
+	sample_order(&b);
+	aa_op *op = NULL;
+	cr_assert_eq(
+	    aa_service_call(&op, E.cli, SHOP, "Place", &b.o.base, NULL, NULL),
+	    AA_ENOENT);
+	cr_assert_eq(
+	    aa_service_call(&op, E.cli, SHOP, "NoSuch", &b.o.base, NULL, NULL),
+	    AA_ENOENT);
+	const char *bad = NULL;
+	cr_assert_eq(aa_service_check(E.cli, SHOP, &bad), AA_ENOENT);
+	cr_assert_str_eq(bad, "Place");
+	cr_assert_null(op);
+}
+
+Test(service, input_of_another_type_is_refused_locally)
+{
+	env_up("inproc");
+	Aa__Test__HoldRequest hr = AA__TEST__HOLD_REQUEST__INIT;
+	aa_op *op = NULL;
+	cr_assert_eq(
+	    aa_service_call(&op, E.cli, SHOP, "Place", &hr.base, NULL, NULL),
+	    AA_EINVAL);
+	cr_assert_eq(
+	    aa_service_call(&op, E.cli, NULL, "Place", &hr.base, NULL, NULL),
+	    AA_EINVAL);
+	cr_assert_null(op);
+	aa_client_stats cs;
+	aa_client_stats_get(E.cli, &cs);
+	cr_assert_eq(cs.sent_start, 0, "nothing was sent");
+}
+
+// ---- A payload of the wrong type never reaches the handler ----
+
+Test(service, wrong_type_payload_is_refused_before_the_handler)
+{
+	env_up("ipc");
+	// Field 1 of Order is a uint64 (a varint); these bytes give it as a
+	// length-delimited string, then a truncated field.
+	static const uint8_t bad[][4] = {{0x0a, 0x01, 'A'},
+	                                 {0x1a, 0x05, 0x01}};
+	for (size_t i = 0; i < 2; i++) {
+		static seen s;
+		seen_init(&s);
+		aa_op *op = NULL;
+		cr_assert_eq(aa_client_call(&op, E.cli, "aa.test.Shop/Place",
+		                            bad[i], 3, NULL, NULL),
+		             0);
+		cr_assert_eq(aa_op_set_handler(op, on_done, &s), 0);
+		gate_wait(&s.done);
+		cr_assert_eq(s.state, AA_ERROR);
+		cr_assert_eq(aa_op_error(op), AA_EINVAL);
+		cr_assert_str_eq(aa_op_error_msg(op),
+		                 "payload is not a valid aa.test.Order");
+		cr_assert_eq(aa_op_settlement(op), AA_SETTLE_NEVER_STARTED,
+		             "rejected: nothing ran");
+		aa_op_unref(op);
+	}
+	cr_assert_eq(atomic_load(&S.handler_calls), 0);
+	aa_server_stats ss;
+	aa_server_stats_get(E.srv, &ss);
+	cr_assert_eq(ss.rejected, 2);
+	cr_assert_eq(ss.started, 0);
+	// The connection is fine: a good call works.
+	static seen g;
+	seen_init(&g);
+	order_buf b;
+	sample_order(&b);
+	aa_op *op = call("Place", &b.o.base, &g);
+	gate_wait(&g.done);
+	cr_assert_eq(g.state, AA_COMPLETED);
+	cr_assert_eq(atomic_load(&S.handler_calls), 1);
+	aa_op_unref(op);
+}
+
+// The rejection text a method gives (aa_server_reject_reason) is its own
+// call's only: the next rejection without one says aa_strerror's.
+Test(service, a_method_gives_its_rejection_a_text)
+{
+	static const struct {
+		const char *payload;
+		int state;
+		const char *msg;
+	} cases[] = {
+	    {"x", AA_ERROR, "picky wants an even length"},
+	    {"xy", AA_ERROR, "invalid argument"},
+	    {"wxyz", AA_COMPLETED, ""},
+	};
+	env_up("inproc");
+	aa_server_reject_reason("outside any method: ignored");
+	for (size_t i = 0; i < 3; i++) {
+		static seen s;
+		seen_init(&s);
+		aa_op *op = NULL;
+		cr_assert_eq(
+		    aa_client_call(&op, E.cli, "picky", cases[i].payload,
+		                   strlen(cases[i].payload), NULL, NULL),
+		    0);
+		cr_assert_eq(aa_op_set_handler(op, on_done, &s), 0);
+		gate_wait(&s.done);
+		cr_assert_eq(s.state, cases[i].state, "%s", cases[i].payload);
+		cr_assert_str_eq(aa_op_error_msg(op), cases[i].msg);
+		aa_op_unref(op);
+	}
+}
+
+// ---- A client built from a changed .proto ----
+
+#ifdef AA_SVC_V2_BIN
+Test(service, a_client_built_from_a_changed_proto_is_refused)
+{
+	server_up("ipc", shop_methods,
+	          sizeof(shop_methods) / sizeof(shop_methods[0]));
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		execl(AA_SVC_V2_BIN, AA_SVC_V2_BIN, E.url, (char *)NULL);
+		_exit(127);
+	}
+	int status = 0;
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	          "svc_v2_client failed (status %d): see its output", status);
+	aa_server_stats ss;
+	aa_server_stats_get(E.srv, &ss);
+	cr_assert_eq(ss.started, 1, "only Tree reached the server");
+	cr_assert_eq(atomic_load(&S.handler_calls), 1);
+}
+#endif
+
+// ---- The cancellation timelines on typed calls ----
+
+Test(service, pre_submit)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("inproc");
+	aa_client_cork(E.cli);
+	aa_op *op = call_hold(1, &s);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(atomic_load(&s.calls), 1, "handler ran inside cancel");
+	cr_assert_eq(s.state, AA_CANCELED);
+	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_PRE_SUBMIT);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_NEVER_STARTED);
+	ProtobufCMessage *out = NULL;
+	cr_assert_eq(
+	    aa_service_result(&out, op, &aa__test__hold_reply__descriptor),
+	    AA_ECANCELED);
+	aa_client_uncork(E.cli);
+	aa_client_stats cs;
+	aa_client_stats_get(E.cli, &cs);
+	cr_assert_eq(cs.sent_start, 0);
+	cr_assert_eq(atomic_load(&S.handler_calls), 0);
+	aa_op_unref(op);
+}
+
+static void
+in_flight(const char *kind)
+{
+	static seen s;
+	seen_init(&s);
+	env_up(kind);
+	aa_op *op = call_hold(3, &s);
+	gate_wait(&S.started); // the real op runs on the server
+	cr_assert_eq(S.held_tag, 3, "the handler got the typed input");
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TOTAL), 0);
+	cr_assert_eq(atomic_load(&s.calls), 1, "CANCELED at once");
+	cr_assert_eq(s.state, AA_CANCELED);
+	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_IN_FLIGHT);
+	gate_wait(&s.settled);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_CANCELED);
+	cr_assert_eq(atomic_load(&S.cancels), 1);
+	aa_client_stats cs;
+	aa_client_stats_get(E.cli, &cs);
+	cr_assert_eq(cs.sent_start, 1);
+	cr_assert_eq(cs.sent_cancel, 1);
+	cr_assert_eq(cs.late_dropped, 1);
+	aa_op_unref(op);
+}
+
+Test(service, in_flight_inproc)
+{
+	in_flight("inproc");
+}
+Test(service, in_flight_tcp)
+{
+	in_flight("tcp");
+}
+
+Test(service, already_complete_result_in_hand)
+{
+	static seen s;
+	order_buf b;
+	seen_init(&s);
+	sample_order(&b);
+	env_up("ipc");
+	arm(&hp_deliver);
+	aa_op *op = call("Place", &b.o.base, &s);
+	gate_wait(&hp_deliver.reached); // the typed result is in the client
+	cr_assert_eq(hp_deliver.subject, op);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(s.state, AA_CANCELED);
+	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_ALREADY_COMPLETE);
+	gate_open(&hp_deliver.release);
+	gate_wait(&s.settled);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_COMPLETED);
+	ProtobufCMessage *out = NULL;
+	cr_assert_eq(
+	    aa_service_result(&out, op, &aa__test__receipt__descriptor),
+	    AA_ECANCELED, "the dropped result is never handed out");
+	aa_client_stats cs;
+	aa_client_stats_get(E.cli, &cs);
+	cr_assert_eq(cs.sent_cancel, 0, "nothing more was sent");
+	aa_op_unref(op);
+}
+
+typedef struct finisher {
+	aa_op *op;
+	Aa__Test__HoldReply reply;
+} finisher;
+
+static void *
+finish_held(void *arg)
+{
+	finisher *f = arg;
+	f->reply.base = (ProtobufCMessage)PROTOBUF_C_MESSAGE_INIT(
+	    &aa__test__hold_reply__descriptor);
+	cr_assert_eq(aa_service_complete(f->op, &f->reply.base), 0);
+	return NULL;
+}
+
+Test(service, already_complete_crossing)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("inproc");
+	aa_op *op = call_hold(4, &s);
+	// A second call, answered on the same receive thread after the
+	// first's Start was fully handled: the server has set the Hold op's
+	// handler, so the finisher below (not the receive thread) runs it.
+	static seen p;
+	order_buf b;
+	seen_init(&p);
+	sample_order(&b);
+	aa_op *probe = call("Place", &b.o.base, &p);
+	gate_wait(&p.done);
+	aa_op_unref(probe);
+	arm(&hp_reply);
+	// A thread completes the real op with a typed reply and is held at
+	// server.before_reply while the client cancels.
+	finisher fin = {.op = S.held};
+	fin.reply.tag = 4;
+	thr t;
+	thr_start(&t, finish_held, &fin);
+	gate_wait(&hp_reply.reached);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(s.state, AA_CANCELED);
+	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_IN_FLIGHT,
+	             "the client cannot know yet");
+	// Let the Cancel reach the server (its receive thread is free; the
+	// finisher is the held thread) before the reply goes out: the op
+	// had finished, so the Cancel is late.
+	aa_server_stats ss;
+	do {
+		sched_yield();
+		aa_server_stats_get(E.srv, &ss);
+	} while (ss.cancels_late == 0);
+	gate_open(&hp_reply.release);
+	thr_join(&t);
+	gate_wait(&s.settled);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_COMPLETED,
+	             "the server completed anyway");
+	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_ALREADY_COMPLETE,
+	             "refined by the late Complete");
+	aa_server_stats_get(E.srv, &ss);
+	cr_assert_eq(ss.completed, 2);
+	cr_assert_eq(ss.wasted, 1);
+	cr_assert_eq(atomic_load(&S.compensated), 1,
+	             "the typed method's compensation hook ran");
+	aa_op_unref(op);
+}
+
+Test(service, typed_result_after_completion)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("inproc");
+	aa_op *op = call_hold(9, &s);
+	gate_wait(&S.started);
+	Aa__Test__HoldReply hr = AA__TEST__HOLD_REPLY__INIT;
+	hr.tag = S.held_tag * 2;
+	cr_assert_eq(aa_service_complete(S.held, &hr.base), 0);
+	cr_assert_eq(aa_service_complete(S.held, &hr.base), AA_EALREADY);
+	gate_wait(&s.done);
+	ProtobufCMessage *out = NULL;
+	cr_assert_eq(
+	    aa_service_result(&out, op, &aa__test__hold_reply__descriptor), 0);
+	cr_assert_eq(((Aa__Test__HoldReply *)out)->tag, 18);
+	aa_service_result_free(op, out);
+	aa_op_unref(op);
+}
+
+Test(service, deadline)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("inproc");
+	Aa__Test__HoldRequest hr = AA__TEST__HOLD_REQUEST__INIT;
+	aa_call_opts co = {.deadline_ms = 20};
+	aa_op *op = NULL;
+	cr_assert_eq(
+	    aa_service_call(&op, E.cli, SHOP, "Hold", &hr.base, &co, NULL), 0);
+	cr_assert_eq(aa_op_set_handler(op, on_done, &s), 0);
+	gate_wait(&s.done);
+	cr_assert_eq(s.state, AA_ERROR);
+	cr_assert_eq(aa_op_error(op), AA_ETIMEDOUT);
+	aa_op_unref(op);
+}
+
+// ---- Registration ----
+
+Test(service, registration_errors_register_nothing)
+{
+	aa_service *sv = NULL;
+	cr_assert_eq(aa_server_alloc(&E.srv, &(aa_server_opts){0}), 0);
+	aa_service_method bad_name[] = {
+	    {.name = "Hold", .start = h_hold},
+	    {.name = "Nope", .start = h_hold},
+	};
+	cr_assert_eq(aa_service_register(&sv, E.srv, SHOP, bad_name, 2),
+	             AA_EINVAL);
+	aa_service_method twice[] = {
+	    {.name = "Hold", .start = h_hold},
+	    {.name = "Hold", .start = h_hold},
+	};
+	cr_assert_eq(aa_service_register(&sv, E.srv, SHOP, twice, 2),
+	             AA_EINVAL);
+	aa_service_method no_fn[] = {{.name = "Hold"}};
+	cr_assert_eq(aa_service_register(&sv, E.srv, SHOP, no_fn, 1),
+	             AA_EINVAL);
+	cr_assert_null(sv);
+	// Nothing was registered: the whole service still goes in.
+	cr_assert_eq(aa_service_register(&E.svc, E.srv, SHOP, shop_methods, 3),
+	             0);
+	// A second time, every name is taken.
+	cr_assert_eq(aa_service_register(&sv, E.srv, SHOP, shop_methods, 3),
+	             AA_EEXIST);
+	cr_assert_null(sv);
+}
+
+// ---- JSON ----
+
+Test(service, json_round_trip)
+{
+	order_buf b;
+	sample_order(&b);
+	char *js = NULL;
+	size_t len = 0;
+	cr_assert_eq(aa_service_to_json(&js, &len, &b.o.base), 0);
+	cr_assert_eq(strlen(js), len);
+	test_note("%s", js);
+	ProtobufCMessage *m = NULL;
+	char err[128];
+	cr_assert_eq(aa_service_from_json(&m, &aa__test__order__descriptor, js,
+	                                  len, err, sizeof(err)),
+	             0, "%s", err);
+	cr_assert(same_encoding(m, &b.o.base));
+	aa_service_message_free(m);
+	free(js);
+
+	// lowerCamelCase names, 64-bit numbers as strings, enum numbers,
+	// escapes, null.
+	const char *in = "{\"id\":\"18446744073709551615\",\"shipTo\":{"
+	                 "\"city\":\"K\\u00f6ln \\ud83d\\ude00\"},"
+	                 "\"priority\":1,\"voucher\":3,\"note\":null,"
+	                 "\"items\":[{\"sku\":\"a\\n\",\"tags\":[]}]}";
+	cr_assert_eq(aa_service_from_json(&m, &aa__test__order__descriptor, in,
+	                                  strlen(in), err, sizeof(err)),
+	             0, "%s", err);
+	Aa__Test__Order *o = (Aa__Test__Order *)m;
+	cr_assert_eq(o->id, UINT64_MAX);
+	cr_assert_str_eq(o->ship_to->city, "K\xc3\xb6ln \xf0\x9f\x98\x80");
+	cr_assert_eq(o->priority, AA__TEST__ORDER__PRIORITY__EXPRESS);
+	cr_assert_eq(o->payment_case, AA__TEST__ORDER__PAYMENT_VOUCHER);
+	cr_assert_eq(o->voucher, 3);
+	cr_assert_eq(o->n_items, 1);
+	cr_assert_str_eq(o->items[0]->sku, "a\n");
+	aa_service_message_free(m);
+}
+
+Test(service, json_errors_say_where_and_lose_nothing)
+{
+	static const struct {
+		const char *json;
+		const char *why;
+	} cases[] = {
+	    {"{\"nope\":1}", "has no field \"nope\""},
+	    {"{\"id\":-1}", "not an unsigned integer"},
+	    {"{\"id\":1.5}", "not an unsigned integer"},
+	    {"{\"customer\":5}", "expected a string"},
+	    {"{\"card\":\"x\",\"voucher\":1}", "another member of its oneof"},
+	    {"{\"id\":1,\"id\":2}", "given twice"},
+	    {"{\"priority\":\"LOW\"}", "has no value LOW"},
+	    {"{\"note\":\"!!\"}", "base64"},
+	    {"{\"items\":[{\"sku\":\"a\"},{\"quantity\":true}]}",
+	     "expected a number"},
+	    {"{\"gift\":1}", "expected true or false"},
+	    {"{\"customer\":\"a\"", "expected , or }"},
+	    {"{} x", "text after the object"},
+	    {"[1]", "expected an object"},
+	    {"{\"customer\":\"\\ud800\"}", "surrogate"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		ProtobufCMessage *m = NULL;
+		char err[160];
+		cr_assert_eq(
+		    aa_service_from_json(&m, &aa__test__order__descriptor,
+		                         cases[i].json, strlen(cases[i].json),
+		                         err, sizeof(err)),
+		    AA_EINVAL, "%s", cases[i].json);
+		cr_assert_null(m);
+		cr_assert_not_null(strstr(err, cases[i].why), "%s: %s",
+		                   cases[i].json, err);
+	}
+	// Deep nesting of a recursive type is refused, not a stack
+	// overflow, and what was built is freed (the live check and
+	// LeakSanitizer would say).
+	char deep[2048] = "";
+	for (int i = 0; i < 100; i++) {
+		strcat(deep, "{\"children\":[");
+	}
+	ProtobufCMessage *m = NULL;
+	char err[160];
+	cr_assert_eq(aa_service_from_json(&m, &aa__test__node__descriptor,
+	                                  deep, strlen(deep), err,
+	                                  sizeof(err)),
+	             AA_EINVAL);
+	cr_assert_not_null(strstr(err, "nested too deeply"), "%s", err);
+}
+
+Test(service, recursive_types_round_trip)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("inproc");
+	const char *in =
+	    "{\"name\":\"root\",\"children\":[{\"name\":\"a\","
+	    "\"children\":[{\"name\":\"a1\"}]},{\"name\":\"b\"}]}";
+	ProtobufCMessage *m = NULL;
+	cr_assert_eq(aa_service_from_json(&m, &aa__test__node__descriptor, in,
+	                                  strlen(in), NULL, 0),
+	             0);
+	aa_op *op = call("Tree", m, &s);
+	aa_service_message_free(m);
+	gate_wait(&s.done);
+	ProtobufCMessage *out = NULL;
+	cr_assert_eq(aa_service_result(&out, op, &aa__test__node__descriptor),
+	             0);
+	char *js = NULL;
+	cr_assert_eq(aa_service_to_json(&js, NULL, out), 0);
+	cr_assert_str_eq(js, in);
+	free(js);
+	aa_service_result_free(op, out);
+	aa_op_unref(op);
+}
+
+// ---- The fingerprint cache, filled by threads at once ----
+
+typedef struct checker {
+	thr t;
+	gate *go;
+	int rv;
+} checker;
+
+static void *
+check_main(void *arg)
+{
+	checker *k = arg;
+	gate_wait(k->go);
+	k->rv = aa_service_check(E.cli, SHOP, NULL);
+	return NULL;
+}
+
+Test(service, first_checks_race_to_fill_the_fingerprint_cache)
+{
+	gate go;
+	checker ks[4];
+	env_up("inproc");
+	gate_init(&go);
+	for (int i = 0; i < 4; i++) {
+		ks[i].go = &go;
+		thr_start(&ks[i].t, check_main, &ks[i]);
+	}
+	gate_open(&go);
+	for (int i = 0; i < 4; i++) {
+		thr_join(&ks[i].t);
+		cr_assert_eq(ks[i].rv, 0);
+	}
+	gate_fini(&go);
+	cr_assert_eq(aa_service_check(E.cli, SHOP, NULL), 0, "from the cache");
+}
