@@ -1,3 +1,4 @@
+// aa-test-labels: concurrent
 // test_demo.c: the demo pair (demos/aa-server.c, demos/aa-client.c) as
 // processes: each test starts aa-server on its own ipc:// address under a
 // mkdtemp directory, runs aa-client with --json, and checks the client's

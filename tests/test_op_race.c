@@ -17,7 +17,7 @@ typedef struct script {
 	gate release_handler;
 	bool hold_handler;
 	gate cancel_waiting;  // opened at checkpoint "op.cancel_wait"
-	gate deliver_waiting; // opened at checkpoint "op.deliver_wait"
+	gate deliver_waiting; // opened at checkpoint "op.deliver_handoff"
 	gate in_progress;
 	gate release_progress;
 	atomic_int handler_calls;
@@ -54,7 +54,7 @@ on_checkpoint(void *arg, const char *name, void *subject)
 	(void)subject;
 	if (strcmp(name, "op.cancel_wait") == 0) {
 		gate_open(&s->cancel_waiting);
-	} else if (strcmp(name, "op.deliver_wait") == 0) {
+	} else if (strcmp(name, "op.deliver_handoff") == 0) {
 		gate_open(&s->deliver_waiting);
 	} else if (strcmp(name, "cancel.disconnect_wait") == 0) {
 		gate_open(&s->cancel_waiting);
@@ -432,6 +432,257 @@ Test(op_race, cancel_waits_for_progress_callback_before_handler)
 	cr_assert_eq(atomic_load(&s->handler_saw_progress_returned), 1,
 	             "the handler is the last callback");
 	cr_assert_eq(can.handler_returned_at_return, 1);
+	aa_op_unref(op);
+}
+
+// ---- No cross-thread waits in delivery or progress ----
+//
+// Two ops whose callbacks call into each other from two threads used to
+// wait on each other for ever. Delivery and progress now hand their work to
+// the thread whose progress callback is running, so each of these completes
+// (a hang here is a failure: the tests have a short timeout).
+
+typedef struct fwd_op {
+	aa_op *op;
+	struct fwd_op *peer; // where this op's progress is forwarded
+	gate entered;        // this op's progress callback started
+	atomic_int calls;
+	atomic_int last_hop;
+	atomic_int forward_rv;
+	atomic_int handler_calls;
+	pthread_t handler_thread;
+	atomic_int progress_returned;
+	int handler_saw_progress_returned;
+	gate *before_forward; // opened before this op forwards, or NULL
+	bool cancel_self;     // instead of forwarding, cancel this op
+} fwd_op;
+
+// fwd_progress forwards a report (one byte: its hop count) to the peer op
+// once both callbacks are running, so that each thread calls into an op
+// whose progress callback runs on the other thread.
+static void
+fwd_progress(aa_op *op, void *arg, const void *data, size_t len)
+{
+	fwd_op *f = arg;
+	unsigned char hop = len > 0 ? *(const unsigned char *)data : 0;
+	atomic_fetch_add(&f->calls, 1);
+	atomic_store(&f->last_hop, hop);
+	gate_open(&f->entered);
+	gate_wait(&f->peer->entered);
+	if (f->cancel_self) {
+		atomic_store(&f->forward_rv,
+		             aa_op_cancel(op, AA_CANCEL_TERMINAL));
+		atomic_store(&f->progress_returned, 1);
+		return;
+	}
+	if (f->before_forward != NULL) {
+		gate_wait(f->before_forward);
+	}
+	if (hop == 0) {
+		unsigned char next = 1;
+		atomic_store(&f->forward_rv,
+		             aa_op_progress(f->peer->op, &next, 1));
+	}
+	atomic_store(&f->progress_returned, 1);
+}
+
+static void
+fwd_handler(aa_op *op, void *arg)
+{
+	fwd_op *f = arg;
+	(void)op;
+	atomic_fetch_add(&f->handler_calls, 1);
+	f->handler_thread = pthread_self();
+	f->handler_saw_progress_returned = atomic_load(&f->progress_returned);
+}
+
+static int
+fwd_cancel_emits(aa_op *op, aa_cancel_type type, void *arg)
+{
+	(void)op;
+	aa_cancel_signal_emit(arg, type);
+	return 0;
+}
+
+static void
+fwd_init(fwd_op *f, fwd_op *peer, aa_op_provider *pv, const aa_assoc *assoc)
+{
+	memset(f, 0, sizeof(*f));
+	f->peer = peer;
+	gate_init(&f->entered);
+	atomic_store(&f->forward_rv, -1);
+	cr_assert_eq(aa_op_alloc(&f->op, pv, assoc), 0);
+	cr_assert_eq(aa_op_set_handler(f->op, fwd_handler, f), 0);
+	cr_assert_eq(aa_op_set_progress_handler(f->op, fwd_progress, f), 0);
+}
+
+typedef struct reporter {
+	thr t;
+	aa_op *op;
+	int rv;
+} reporter;
+
+static void *
+reporter_main(void *arg)
+{
+	reporter *r = arg;
+	unsigned char hop = 0;
+	r->rv = aa_op_progress(r->op, &hop, 1);
+	return NULL;
+}
+
+static void
+reporter_start(reporter *r, aa_op *op)
+{
+	r->op = op;
+	thr_start(&r->t, reporter_main, r);
+}
+
+Test(op_race, progress_forwarding_loop_between_parent_and_child_completes,
+     .timeout = 20)
+{
+	aa_op_provider pv = {.policy = AA_POLICY_IMMEDIATE,
+	                     .cancel_types = AA_CANCEL_ALL};
+	fwd_op parent, child;
+	fwd_init(&parent, &child, &pv, NULL);
+	fwd_init(&child, &parent, &pv, NULL);
+	reporter rp, rc;
+	reporter_start(&rp, parent.op);
+	reporter_start(&rc, child.op);
+	thr_join(&rp.t);
+	thr_join(&rc.t);
+	cr_assert_eq(rp.rv, 0);
+	cr_assert_eq(rc.rv, 0);
+	// A forward that found the peer's callback running on the other
+	// thread was handed over and run by that thread after its own report
+	// (or, if that callback had returned already, ran at once).
+	cr_assert_eq(atomic_load(&parent.forward_rv), 0);
+	cr_assert_eq(atomic_load(&child.forward_rv), 0);
+	cr_assert_eq(atomic_load(&parent.calls), 2);
+	cr_assert_eq(atomic_load(&child.calls), 2);
+	cr_assert_eq(atomic_load(&parent.last_hop), 1);
+	cr_assert_eq(atomic_load(&child.last_hop), 1);
+	cr_assert_eq(aa_op_complete(parent.op, NULL, 0, NULL), 0);
+	cr_assert_eq(aa_op_complete(child.op, NULL, 0, NULL), 0);
+	cr_assert_eq(atomic_load(&parent.handler_calls), 1);
+	cr_assert_eq(atomic_load(&child.handler_calls), 1);
+	aa_op_unref(parent.op);
+	aa_op_unref(child.op);
+}
+
+// The cycle docs/op.md used to forbid: the parent's progress callback
+// cancels the parent (its cancel function reaches the child through the
+// child's slot) while the child's progress callback, on another thread,
+// reports to the parent.
+Test(op_race, parent_cancel_in_progress_while_child_reports_to_parent,
+     .timeout = 20)
+{
+	aa_cancel_signal *sig;
+	cr_assert_eq(aa_cancel_signal_alloc(&sig), 0);
+	aa_op_provider ppv = {.cancel = fwd_cancel_emits,
+	                      .arg = sig,
+	                      .policy = AA_POLICY_IMMEDIATE,
+	                      .cancel_types = AA_CANCEL_ALL};
+	aa_op_provider cpv = {.policy = AA_POLICY_IMMEDIATE,
+	                      .cancel_types = AA_CANCEL_ALL};
+	aa_assoc cassoc = {.slot = aa_cancel_signal_slot(sig)};
+	fwd_op parent, child;
+	fwd_init(&parent, &child, &ppv, NULL);
+	fwd_init(&child, &parent, &cpv, &cassoc);
+	// The child reports to the parent once its own delivery has been
+	// handed to it (checkpoint "op.deliver_handoff"): the parent is
+	// cancelled by then, and its cancel reached the child.
+	child.before_forward = &cur->deliver_waiting;
+	parent.cancel_self = true;
+	reporter rc;
+	reporter_start(&rc, child.op);
+	unsigned char hop = 0;
+	cr_assert_eq(aa_op_progress(parent.op, &hop, 1), 0);
+	cr_assert_eq(atomic_load(&parent.forward_rv), 0, "parent cancelled");
+	thr_join(&rc.t);
+	cr_assert_eq(rc.rv, 0);
+	cr_assert_eq(aa_op_status(child.op), AA_CANCELED);
+	cr_assert_eq(atomic_load(&child.forward_rv), AA_EALREADY,
+	             "the parent was already cancelled");
+	cr_assert_eq(atomic_load(&child.handler_calls), 1);
+	cr_assert(pthread_equal(child.handler_thread, rc.t.t),
+	          "the child's handler ran on its progress thread");
+	cr_assert_eq(child.handler_saw_progress_returned, 1,
+	             "after its progress callback returned");
+	cr_assert_eq(atomic_load(&parent.handler_calls), 1);
+	aa_op_unref(parent.op);
+	aa_op_unref(child.op);
+	aa_cancel_signal_free(sig);
+}
+
+Test(op_race, complete_during_progress_on_another_thread_returns_at_once,
+     .timeout = 20)
+{
+	script *s = cur;
+	aa_op *op = scripted_op(s, AA_POLICY_IMMEDIATE, NULL);
+	cr_assert_eq(aa_op_set_handler(op, scripted_handler, s), 0);
+	cr_assert_eq(aa_op_set_progress_handler(op, scripted_progress, s), 0);
+	call pr;
+	call_start(&pr, op, ACT_PROGRESS, s);
+	gate_wait(&s->in_progress);
+	// The provider finishes while the callback is held: no wait.
+	cr_assert_eq(aa_op_complete(op, NULL, 0, NULL), 0);
+	cr_assert_eq(aa_op_status(op), AA_COMPLETED);
+	cr_assert_eq(atomic_load(&s->handler_calls), 0, "handed over");
+	cr_assert_eq(aa_op_progress(op, "q", 1), AA_EALREADY);
+	gate_open(&s->release_progress);
+	thr_join(&pr.t);
+	cr_assert_eq(pr.rv, 0);
+	cr_assert_eq(pr.handler_returned_at_return, 1,
+	             "the progress thread delivered before returning");
+	cr_assert_eq(atomic_load(&s->handler_calls), 1);
+	cr_assert(pthread_equal(s->handler_thread, pr.self));
+	cr_assert_eq(atomic_load(&s->handler_saw_progress_returned), 1);
+	aa_op_unref(op);
+}
+
+typedef struct latest {
+	gate in_first;
+	gate release_first;
+	atomic_int calls;
+	char last[8];
+} latest;
+
+static void
+latest_progress(aa_op *op, void *arg, const void *data, size_t len)
+{
+	latest *l = arg;
+	(void)op;
+	if (atomic_fetch_add(&l->calls, 1) == 0) {
+		gate_open(&l->in_first);
+		gate_wait(&l->release_first);
+	}
+	memset(l->last, 0, sizeof(l->last));
+	memcpy(l->last, data, len < sizeof(l->last) ? len : 0);
+}
+
+Test(op_race, progress_from_two_threads_is_handed_over_latest_wins,
+     .timeout = 20)
+{
+	aa_op_provider pv = {.policy = AA_POLICY_IMMEDIATE,
+	                     .cancel_types = AA_CANCEL_ALL};
+	latest l = {0};
+	gate_init(&l.in_first);
+	gate_init(&l.release_first);
+	aa_op *op;
+	cr_assert_eq(aa_op_alloc(&op, &pv, NULL), 0);
+	cr_assert_eq(aa_op_set_progress_handler(op, latest_progress, &l), 0);
+	reporter r;
+	reporter_start(&r, op);
+	gate_wait(&l.in_first);
+	cr_assert_eq(aa_op_progress(op, "b", 1), 0, "no wait");
+	cr_assert_eq(aa_op_progress(op, "cd", 2), 0, "replaces b");
+	cr_assert_eq(atomic_load(&l.calls), 1);
+	gate_open(&l.release_first);
+	thr_join(&r.t);
+	cr_assert_eq(atomic_load(&l.calls), 2, "b was coalesced into cd");
+	cr_assert_str_eq(l.last, "cd");
+	cr_assert_eq(aa_op_complete(op, NULL, 0, NULL), 0);
 	aa_op_unref(op);
 }
 

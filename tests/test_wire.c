@@ -110,6 +110,10 @@ round_trip(aai_wire_msg *out, const aai_wire_msg *m)
 	cr_assert_eq(rv, 0, "decode: %s", why ? why : "?");
 	cr_assert_eq(out->kind, m->kind);
 	cr_assert_eq(out->op_id, m->op_id);
+	// The cost walk is an upper bound of what the decode really took.
+	size_t cost;
+	cr_assert_eq(aai_wire_decode_cost(&cost, NULL, buf, len), 0);
+	cr_assert_leq(arena.taken, cost);
 	return len;
 }
 
@@ -867,6 +871,178 @@ Test(wire, memory_amplification_is_bounded, .init = arena_setup)
 	cr_assert_leq(a.cap, 97);
 	cr_assert_eq(aai_wire_decode(&m, &why, &a, buf, len, 0), 0);
 	aai_wire_arena_fini(&a);
+	aai_wire_arena_fini(&arena);
+}
+
+// ---------------------------------------------------------------------------
+// Decoding cost: hostile frames are refused before anything is allocated;
+// what is accepted costs at most the documented multiple.
+
+// amp_frame builds, on the heap, an Envelope whose body `kind` is `head`
+// followed by n copies of rep[0..rep_len).
+static uint8_t *
+amp_frame(size_t *lenp, unsigned kind, const pb *head, const void *rep,
+          size_t rep_len, size_t n)
+{
+	size_t body = head->n + rep_len * n;
+	pb *pre = calloc(1, sizeof(*pre));
+	pb_key(pre, kind, 2);
+	pb_varint(pre, body);
+	uint8_t *f = malloc(pre->n + body);
+	cr_assert_not_null(f);
+	memcpy(f, pre->b, pre->n);
+	memcpy(f + pre->n, head->b, head->n);
+	for (size_t i = 0; i < n; i++) {
+		memcpy(f + pre->n + head->n + i * rep_len, rep, rep_len);
+	}
+	*lenp = pre->n + body;
+	free(pre);
+	return f;
+}
+
+// refused_for_free decodes a hostile frame: AA_EPROTO with a reason
+// containing `reason`, no arena byte taken and no heap allocation made.
+static void
+refused_for_free(const uint8_t *f, size_t len, const char *reason)
+{
+	aai_wire_msg m;
+	const char *why = NULL;
+	uint64_t allocs = aa_heap_allocs();
+	cr_assert_eq(aai_wire_decode(&m, &why, &arena, f, len, 0), AA_EPROTO);
+	cr_assert_not_null(why);
+	cr_assert_not_null(strstr(why, reason), "%s", why);
+	cr_assert_eq(arena.taken, 0, "refused after taking %zu bytes",
+	             arena.taken);
+	cr_assert_eq(aa_heap_allocs(), allocs, "refused after allocating");
+	test_note("%zu-byte frame refused at no cost: %s", len, why);
+}
+
+static void
+server_hello_head(pb *h)
+{
+	h->n = 0;
+	pb_uint(h, 1, 1);
+	pb_uint(h, 2, 2);
+	pb_uint(h, 3, 1 << 20);
+	pb_uint(h, 4, 1);
+	pb_uint(h, 8, 1);
+}
+
+Test(wire, amplification_frames_are_refused_before_allocating,
+     .init = arena_setup)
+{
+	static pb head;
+	static const uint8_t unknown_varint[] = {0x78, 0x00}; // field 15
+	static const uint8_t empty_method[] = {0x3a, 0x00};   // field 7, ""
+	static const uint8_t op_id_again[] = {0x08, 0x01};    // field 1
+	size_t len;
+	uint8_t *f;
+
+	// ~1 MiB of 2-byte unknown fields in a Start (protobuf-c would take
+	// ~30 times that).
+	head.n = 0;
+	pb_uint(&head, 1, 1);
+	pb_str(&head, 2, "m");
+	f = amp_frame(&len, 1, &head, unknown_varint, 2, 500000);
+	cr_assert_gt(len, 1000000);
+	refused_for_free(f, len, "unknown");
+	free(f);
+
+	// A Hello with 500,000 empty method entries.
+	server_hello_head(&head);
+	f = amp_frame(&len, 6, &head, empty_method, 2, 500000);
+	refused_for_free(f, len, "repeated field");
+	free(f);
+
+	// As many empty entries as a table may have: within the count, but
+	// each would cost ~100 bytes for 2 on the wire.
+	f = amp_frame(&len, 6, &head, empty_method, 2, AAI_WIRE_METHODS_MAX);
+	refused_for_free(f, len, "memory");
+	free(f);
+
+	// A singular field repeated 100,000 times (each would be scanned).
+	head.n = 0;
+	pb_str(&head, 2, "m");
+	f = amp_frame(&len, 1, &head, op_id_again, 2, 100000);
+	refused_for_free(f, len, "repeated fields");
+	free(f);
+
+	// Unknown fields at the Envelope's top level.
+	head.n = 0;
+	pb_uint(&head, 1, 1);
+	pb_str(&head, 2, "m");
+	size_t blen;
+	uint8_t *body = amp_frame(&blen, 1, &head, NULL, 0, 0);
+	len = blen + 2 * 100000;
+	f = malloc(len);
+	memcpy(f, body, blen);
+	for (size_t i = 0; i < 100000; i++) {
+		memcpy(f + blen + 2 * i, unknown_varint, 2);
+	}
+	refused_for_free(f, len, "unknown");
+	free(f);
+	free(body);
+	aai_wire_arena_fini(&arena);
+}
+
+Test(wire, accepted_frames_cost_at_most_the_documented_multiple,
+     .init = arena_setup)
+{
+	static pb head;
+	static uint8_t unknown_kib[1030];
+	aai_wire_msg m;
+	const char *why = NULL;
+	size_t len, cost, worst = 0;
+	uint8_t *f;
+
+	// The largest legal method table, with short distinct names: the
+	// most decoded memory per frame byte a valid frame can ask for.
+	aai_wire_method *ms = calloc(AAI_WIRE_METHODS_MAX, sizeof(*ms));
+	char(*names)[8] = calloc(AAI_WIRE_METHODS_MAX, sizeof(*names));
+	for (size_t i = 0; i < AAI_WIRE_METHODS_MAX; i++) {
+		snprintf(names[i], sizeof(names[i]), "%zx", i);
+		ms[i].name = names[i];
+	}
+	aai_wire_hello_server(&m, 1, 1 << 20, 1, 0, ms, AAI_WIRE_METHODS_MAX);
+	cr_assert_eq(aai_wire_size(&len, &m), 0);
+	f = malloc(len);
+	cr_assert_eq(aai_wire_encode(&len, f, len, &m, 0), 0);
+	cr_assert_eq(aai_wire_decode_cost(&cost, NULL, f, len), 0);
+	cr_assert_eq(aai_wire_decode(&m, &why, &arena, f, len, 0), 0, "%s",
+	             why);
+	cr_assert_eq(m.hello.n_methods, AAI_WIRE_METHODS_MAX);
+	cr_assert_leq(arena.taken, cost);
+	cr_assert_leq(cost,
+	              len * AAI_WIRE_DECODE_FACTOR + AAI_WIRE_DECODE_SLACK);
+	test_note("hello of %zu bytes: took %zu bytes (%.1fx), bound %zu", len,
+	          arena.taken, (double)arena.taken / (double)len, cost);
+	free(f);
+	free(names);
+	free(ms);
+
+	// A Start with as many 1 KiB unknown fields as allowed: about 1x.
+	head.n = 0;
+	pb_uint(&head, 1, 1);
+	pb_str(&head, 2, "m");
+	pb *one = calloc(1, sizeof(*one));
+	pb_bytes(one, 99, unknown_kib, 1024);
+	f = amp_frame(&len, 1, &head, one->b, one->n,
+	              AAI_WIRE_EXTRA_FIELDS_MAX);
+	cr_assert_eq(aai_wire_decode(&m, &why, &arena, f, len, 0), 0, "%s",
+	             why);
+	cr_assert_eq(aai_wire_decode_cost(&cost, NULL, f, len), 0);
+	cr_assert_leq(arena.taken, cost);
+	worst = arena.taken;
+	cr_assert_leq(worst, 2 * len, "unknown bytes cost about their size");
+	free(f);
+
+	// One more is refused.
+	f = amp_frame(&len, 1, &head, one->b, one->n,
+	              AAI_WIRE_EXTRA_FIELDS_MAX + 1);
+	cr_assert_eq(aai_wire_decode(&m, &why, &arena, f, len, 0), AA_EPROTO);
+	cr_assert_eq(arena.taken, 0);
+	free(f);
+	free(one);
 	aai_wire_arena_fini(&arena);
 }
 

@@ -37,6 +37,15 @@
 // map when the link goes down end in ERROR (absorbed if already final) and
 // settle "unknown"; queued ones settle "never_started". Close vs call: the
 // `closed` flag under the mutex.
+//
+// fork. A client belongs to the process that opened it. A forked child has
+// a copy of its memory (its mutex possibly locked by a thread that does not
+// exist there) but none of its threads, and nng panics when used in a
+// forked child. So every call a child makes on its parent's client returns
+// AA_ESTATE, or does nothing, before touching the lock or the connection:
+// no frame is sent and no handler of the parent's ops runs in the child.
+// A pthread_atfork handler counts forks; a client keeps the count it was
+// opened with (docs/client-server.md).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +62,31 @@ aai_client_find_method(aa_client *c, const char *name)
 		}
 	}
 	return NULL;
+}
+
+// Forks of this process since the first client was opened (see "fork").
+static atomic_uint fork_count;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void
+count_fork(void)
+{
+	atomic_fetch_add_explicit(&fork_count, 1, memory_order_relaxed);
+}
+
+static void
+watch_forks(void)
+{
+	if (pthread_atfork(NULL, NULL, count_fork) != 0) {
+		aai_panic("aa_client_open: pthread_atfork failed");
+	}
+}
+
+bool
+aai_client_forked(const aa_client *c)
+{
+	return atomic_load_explicit(&fork_count, memory_order_relaxed) !=
+	       c->forks;
 }
 
 // client_shell_free frees the client struct, once the free and the last op
@@ -116,6 +150,8 @@ aa_client_open(aa_client **cp, const aa_client_opts *o)
 	aai_cv_init(&c->cv);
 	c->opts = opts;
 	c->dead_after_set = o != NULL && o->dead_after_ms > 0;
+	pthread_once(&fork_once, watch_forks);
+	c->forks = atomic_load(&fork_count);
 	c->instance_id = random_id();
 	c->next_id = 1;
 	c->url = aai_strdup(opts.url);
@@ -196,6 +232,9 @@ aa_client_op_id(const aa_op *op)
 uint64_t
 aa_client_conn_id(aa_client *c)
 {
+	if (aai_client_forked(c)) {
+		return 0;
+	}
 	aai_mtx_lock(&c->mtx);
 	uint64_t id = c->conn_id;
 	aai_mtx_unlock(&c->mtx);
@@ -205,6 +244,9 @@ aa_client_conn_id(aa_client *c)
 int
 aa_client_method_cancel_types(aa_client *c, const char *name, unsigned *types)
 {
+	if (aai_client_forked(c)) {
+		return AA_ESTATE;
+	}
 	aai_mtx_lock(&c->mtx);
 	const method *m = aai_client_find_method(c, name);
 	if (m != NULL && types != NULL) {
@@ -229,6 +271,10 @@ aa_client_method_fingerprint(aa_client *c, const char *name, uint64_t *fp)
 void
 aa_client_stats_get(aa_client *c, aa_client_stats *st)
 {
+	if (aai_client_forked(c)) {
+		memset(st, 0, sizeof(*st));
+		return;
+	}
 	aai_mtx_lock(&c->mtx);
 	*st = c->st;
 	st->pending = c->ops.count;
@@ -260,6 +306,9 @@ aa_client_cancel_all(aa_client *c, aa_cancel_type type)
 	size_t n = 0, cap;
 	int cancelled = 0;
 
+	if (aai_client_forked(c)) {
+		return 0;
+	}
 	aai_mtx_lock(&c->mtx);
 	cap = c->ops.count;
 	ops = cap > 0 ? aai_alloc(cap * sizeof(*ops)) : NULL;
@@ -283,6 +332,9 @@ aa_client_cancel_all(aa_client *c, aa_cancel_type type)
 void
 aa_client_close(aa_client *c)
 {
+	if (aai_client_forked(c)) {
+		return;
+	}
 	aai_mtx_lock(&c->mtx);
 	if (c->closed) {
 		aai_mtx_unlock(&c->mtx);
@@ -328,6 +380,9 @@ aa_client_close(aa_client *c)
 int
 aa_client_stop(aa_client *c)
 {
+	if (aai_client_forked(c)) {
+		return AA_ESTATE;
+	}
 	if (aai_cb_inside(AAI_CB_CLIENT, c)) {
 		return AA_EDEADLK;
 	}
@@ -371,8 +426,8 @@ void
 aa_client_free(aa_client *c)
 {
 	pthread_t t;
-	if (c == NULL) {
-		return;
+	if (c == NULL || aai_client_forked(c)) {
+		return; // a forked child leaves its copy alone
 	}
 	if (!aai_cb_inside(AAI_CB_CLIENT, c)) {
 		client_free_now(c);

@@ -111,12 +111,17 @@ struct aa_client {
 	aa_timer_queue *timers;
 	aai_pool *pool; // op memory; outlives c while ops hold blocks
 	aa_client_stats st;
+	unsigned forks; // forks counted when c was opened (client.c, "fork")
 };
 
 // ---- client.c ----
 
 // aai_client_find_method finds name in c's method table. Expects c->mtx.
 method *aai_client_find_method(aa_client *c, const char *name);
+
+// aai_client_forked says whether this process is a fork of the one that
+// opened c: then every call on c fails or does nothing (client.c, "fork").
+bool aai_client_forked(const aa_client *c);
 
 // ---- cop.c ----
 

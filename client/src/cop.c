@@ -164,6 +164,9 @@ aai_cop_cancel(aa_op *op, aa_cancel_type type, void *arg)
 	bool retire = false;
 	aa_timeline t = AA_TIMELINE_NONE;
 
+	if (aai_client_forked(c)) {
+		return AA_TIMELINE_NONE; // the op ends here, nothing is sent
+	}
 	aai_mtx_lock(&c->mtx);
 	switch (p->state) {
 	case COP_NEW:

@@ -99,6 +99,9 @@ aa_client_call(aa_op **opp, aa_client *c, const char *method_name,
 	    (payload == NULL && len > 0)) {
 		return AA_EINVAL;
 	}
+	if (aai_client_forked(c)) {
+		return AA_ESTATE;
+	}
 	aai_mtx_lock(&c->mtx);
 	if (c->closed) {
 		aai_mtx_unlock(&c->mtx);
@@ -130,6 +133,10 @@ aa_client_call(aa_op **opp, aa_client *c, const char *method_name,
 		aai_mtx_unlock(&c->mtx);
 		return AA_EMSGSIZE;
 	}
+	// A reconnect's Hello may update the entry's types meanwhile (under
+	// the lock); the name stays valid as long as the client.
+	const char *name = m->name;
+	unsigned types = m->types;
 	aai_mtx_unlock(&c->mtx);
 
 	if (assoc != NULL) {
@@ -148,7 +155,7 @@ aa_client_call(aa_op **opp, aa_client *c, const char *method_name,
 #else
 	    .policy = AA_POLICY_IMMEDIATE,
 #endif
-	    .cancel_types = m->types,
+	    .cancel_types = types,
 	    .extra = sizeof(cop),
 	};
 	if ((rv = aa_op_alloc(&op, &pv, &a)) != 0) {
@@ -158,8 +165,8 @@ aa_client_call(aa_op **opp, aa_client *c, const char *method_name,
 	p->c = c;
 	p->op = op;
 	p->t0_us = aa_clock_us();
-	p->method = m->name;
-	p->cancel_types = m->types;
+	p->method = name;
+	p->cancel_types = types;
 	p->deadline_ms = co != NULL ? co->deadline_ms : 0;
 	if (len > 0) {
 		if ((p->payload = a.allocator->alloc(a.allocator->ctx, len)) ==
@@ -322,6 +329,9 @@ aai_submit_flush(aa_client *c)
 void
 aa_client_cork(aa_client *c)
 {
+	if (aai_client_forked(c)) {
+		return;
+	}
 	aai_mtx_lock(&c->mtx);
 	c->cork++;
 	aai_mtx_unlock(&c->mtx);
@@ -330,6 +340,9 @@ aa_client_cork(aa_client *c)
 void
 aa_client_uncork(aa_client *c)
 {
+	if (aai_client_forked(c)) {
+		return;
+	}
 	aai_mtx_lock(&c->mtx);
 	if (c->cork > 0) {
 		c->cork--;

@@ -13,8 +13,9 @@
 // Delivery of the completion handler. `dstate` says where the handler is:
 //   NONE      the op is STARTED;
 //   WAITING   final, but no handler set yet: aa_op_set_handler delivers;
-//   RUNNING   one thread (`dthread`) is delivering it (waiting for a
-//             running progress callback to return, then running it);
+//   RUNNING   one thread (`dthread`) is delivering it;
+//   HANDED    final while a progress callback runs on another thread:
+//             that thread delivers when its callback returns;
 //   POSTED    queued on the associated executor;
 //   DONE      it has returned.
 // The thread that moves dstate to RUNNING (the finisher, or the setter when
@@ -22,16 +23,31 @@
 // handler runs exactly once and never under a lock. Delivery holds a
 // reference, so a handler may drop the last user reference.
 //
-// Waiting. A cancel on a final op waits while the handler or a progress
-// callback runs on another thread, so that after cancel returns no callback
-// of the op is running (Envoy's abort rule). It does not wait when the
-// calling thread is itself inside one of the op's callbacks (cancel from
-// inside the handler or a progress callback), which is what makes those
-// calls safe instead of deadlocks. Before running the handler, delivery
-// waits for a progress callback running on another thread: the completion
-// handler is always the last callback and never overlaps a progress one.
-// The settle handler is the exception: it reports what the provider really
-// did, which may become known long after cancel returned.
+// Waiting. Only aa_op_cancel ever waits for another thread: a cancel
+// waits while the handler or a progress callback runs on another thread,
+// so that after it returns no callback of the op is running (Envoy's abort
+// rule). It does not wait when the calling thread is itself inside one of
+// the op's callbacks (cancel from inside the handler or a progress
+// callback), nor when it comes from a parent's slot (an emit), which is
+// what makes those calls safe instead of deadlocks. The settle handler is
+// the exception: it reports what the provider really did, which may
+// become known long after cancel returned.
+//
+// Hand-over instead of waiting. Delivery and progress never wait for
+// another thread, because two ops whose callbacks call into each other
+// from two threads (a parent and its child forwarding progress) would
+// wait on each other for ever. The thread running a progress callback
+// (`pthread`) owns the op's callbacks until it returns:
+//   * a delivery that finds it running sets HANDED and returns; when the
+//     callback returns, that thread delivers (in the same locked step
+//     that clears progress_running, so a waiting cancel never sees a gap).
+//     The completion handler stays the last callback, never overlapping a
+//     progress callback on another thread;
+//   * a progress report that finds it running is copied into `pending`
+//     (replacing an older pending one: the latest report wins) and
+//     returns; that thread runs the callback again with it when the first
+//     returns, unless the op became final meanwhile (then it is dropped,
+//     as a report on a final op is).
 //
 // Cancel policies. Immediate: the cancel itself makes the op CANCELED (the
 // locked step above), calls the provider's cancel function once (outside
@@ -54,10 +70,17 @@
 
 #include "aai.h"
 
+// A progress report copied for the thread running a progress callback.
+struct pending_report {
+	size_t len;
+	max_align_t data[];
+};
+
 enum delivery {
 	D_NONE,
 	D_WAITING,
 	D_RUNNING,
+	D_HANDED,
 	D_POSTED,
 	D_DONE,
 };
@@ -66,8 +89,9 @@ struct aa_op {
 	pthread_mutex_t mtx;
 	pthread_cond_t cv;
 	atomic_uint refs;
-	atomic_int state;  // aa_state, written under mtx
-	atomic_int detail; // what the provider's cancel fn returned
+	atomic_int state;     // aa_state, written under mtx
+	atomic_int detail;    // what the provider's cancel fn returned
+	aa_settlement settle; // here, in what would be padding
 	uint64_t id;
 
 	// Provider.
@@ -94,9 +118,9 @@ struct aa_op {
 	void *pcb_arg;
 	bool progress_running;
 	pthread_t pthread;
+	struct pending_report *pending; // handed to pthread, or NULL
 
-	// Settlement and its handler.
-	aa_settlement settle;
+	// Settlement handler.
 	aa_op_cb scb;
 	void *scb_arg;
 	bool scb_set;
@@ -115,7 +139,7 @@ struct aa_op {
 
 static atomic_uint_fast64_t next_op_id = 1;
 
-static void deliver(aa_op *op);
+static bool deliver(aa_op *op, pthread_t *to);
 static void maybe_settle(aa_op *op);
 static void slot_handler(void *arg, aa_cancel_type type);
 
@@ -213,6 +237,7 @@ op_free(aa_op *op)
 		op->release(op->result);
 	}
 	aai_free(op->errmsg);
+	aai_free(op->pending);
 	aai_cv_fini(&op->cv);
 	aai_mtx_fini(&op->mtx);
 	a->free(a->ctx, op, op->size);
@@ -397,19 +422,12 @@ posted_done(void *arg, int rv)
 	aa_op_unref(op);
 }
 
-// deliver runs (or posts) the handler. Called by the thread that set
-// dstate to RUNNING, without the lock.
+// deliver_now runs (or posts) the handler on the calling thread, which
+// owns the delivery (dstate RUNNING), without the lock.
 static void
-deliver(aa_op *op)
+deliver_now(aa_op *op)
 {
 	aa_executor *ex = op->assoc.executor;
-
-	aai_mtx_lock(&op->mtx);
-	while (op->progress_running && !is_self(op->pthread)) {
-		AAI_CHECKPOINT("op.deliver_wait", op);
-		aai_cv_wait(&op->cv, &op->mtx);
-	}
-	aai_mtx_unlock(&op->mtx);
 
 	aa_op_ref(op);
 	if (ex != NULL && ex != aa_executor_inline()) {
@@ -425,6 +443,29 @@ deliver(aa_op *op)
 	}
 	run_handler(op);
 	aa_op_unref(op);
+}
+
+// deliver runs (or posts) the handler, or hands it to the thread running a
+// progress callback (see the design notes): then it returns true and that
+// thread in *to (to may be NULL). Called by the thread that set dstate to
+// RUNNING, without the lock.
+static bool
+deliver(aa_op *op, pthread_t *to)
+{
+	aai_mtx_lock(&op->mtx);
+	if (op->progress_running && !is_self(op->pthread)) {
+		op->dstate = D_HANDED;
+		if (to != NULL) {
+			*to = op->pthread;
+		}
+		// Under the op's lock: record or open a gate only.
+		AAI_CHECKPOINT("op.deliver_handoff", op);
+		aai_mtx_unlock(&op->mtx);
+		return true;
+	}
+	aai_mtx_unlock(&op->mtx);
+	deliver_now(op);
+	return false;
 }
 
 // maybe_settle runs the settle handler once the op is final, its
@@ -448,11 +489,12 @@ maybe_settle(aa_op *op)
 }
 
 // after_final runs on the thread that made the op final, without the lock:
-// disconnect the parent's slot, then deliver the handler.
-static void
-after_final(aa_op *op, bool must_deliver)
+// disconnect the parent's slot, then deliver the handler. True when the
+// delivery was handed to the thread in *to (see deliver).
+static bool
+after_final(aa_op *op, bool must_deliver, pthread_t *to)
 {
-	bool disconnect;
+	bool disconnect, handed = false;
 	aai_mtx_lock(&op->mtx);
 	disconnect = op->slot_connected;
 	op->slot_connected = false;
@@ -466,9 +508,10 @@ after_final(aa_op *op, bool must_deliver)
 		aa_op_unref(op); // the slot's reference; the caller holds one
 	}
 	if (must_deliver) {
-		deliver(op);
+		handed = deliver(op, to);
 	}
 	maybe_settle(op);
+	return handed;
 }
 
 int
@@ -490,7 +533,7 @@ aa_op_set_handler(aa_op *op, aa_op_cb cb, void *arg)
 	    op->dstate == D_WAITING && !op->leaving_slot && mark_delivery(op);
 	aai_mtx_unlock(&op->mtx);
 	if (run) {
-		deliver(op);
+		(void)deliver(op, NULL);
 	}
 	return 0;
 }
@@ -604,7 +647,20 @@ cancel(aa_op *op, aa_cancel_type type, bool may_wait)
 		atomic_store(&op->detail,
 		             op->cancel_fn(op, type, op->prov_arg));
 	}
-	after_final(op, run);
+	pthread_t to;
+	if (after_final(op, run, &to) && may_wait) {
+		// The handler was handed to a progress callback running on
+		// another thread: cancel still returns only after that thread
+		// has delivered it (run it, or posted it to the executor), as
+		// it would have inline. Only the user's cancel waits.
+		aai_mtx_lock(&op->mtx);
+		while (op->dstate == D_HANDED ||
+		       (op->dstate == D_RUNNING &&
+		        pthread_equal(op->dthread, to))) {
+			aai_cv_wait(&op->cv, &op->mtx);
+		}
+		aai_mtx_unlock(&op->mtx);
+	}
 	aa_op_unref(op);
 	return 0;
 }
@@ -678,7 +734,7 @@ finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
 	aai_mtx_unlock(&op->mtx);
 
 	aa_op_ref(op);
-	after_final(op, run);
+	(void)after_final(op, run, NULL);
 	aa_op_unref(op);
 	return 0;
 }
@@ -743,21 +799,81 @@ aa_op_settle(aa_op *op, aa_settlement s)
 	return 0;
 }
 
+// hand_progress copies a report for the thread running a progress callback
+// on another thread, replacing an older pending one. Expects the op's lock.
+static int
+hand_progress(aa_op *op, const void *data, size_t len)
+{
+	struct pending_report *p;
+	if (len > SIZE_MAX - sizeof(*p) ||
+	    (p = aai_alloc(sizeof(*p) + len)) == NULL) {
+		return AA_ENOMEM;
+	}
+	p->len = len;
+	if (len > 0) {
+		memcpy(p->data, data, len);
+	}
+	aai_free(op->pending);
+	op->pending = p;
+	return 0;
+}
+
+// progress_done runs on the thread whose progress callback just returned:
+// it runs the reports handed to it meanwhile, then the delivery handed to
+// it, if any, and gives up the op's callbacks.
+static void
+progress_done(aa_op *op)
+{
+	struct pending_report *p;
+
+	aai_mtx_lock(&op->mtx);
+	while (op->pending != NULL && load_state(op) == AA_STARTED) {
+		p = op->pending;
+		op->pending = NULL;
+		aai_mtx_unlock(&op->mtx);
+		op->pcb(op, op->pcb_arg, p->data, p->len);
+		aai_free(p);
+		aai_mtx_lock(&op->mtx);
+	}
+	p = op->pending; // dropped: the op is final
+	op->pending = NULL;
+	op->progress_running = false;
+	bool handed = op->dstate == D_HANDED;
+	if (handed) {
+		// One locked step: a waiting cancel sees this thread deliver.
+		op->dstate = D_RUNNING;
+		op->dthread = pthread_self();
+	}
+	aai_cv_broadcast(&op->cv);
+	aai_mtx_unlock(&op->mtx);
+	aai_free(p);
+	if (handed) {
+		deliver_now(op);
+	}
+}
+
 int
 aa_op_progress(aa_op *op, const void *data, size_t len)
 {
+	int rv;
+
 	aai_mtx_lock(&op->mtx);
-	// Progress callbacks of one op are serialised.
-	while (op->progress_running && !is_self(op->pthread)) {
-		aai_cv_wait(&op->cv, &op->mtx);
-	}
 	if (load_state(op) != AA_STARTED) {
 		aai_mtx_unlock(&op->mtx);
 		return AA_EALREADY;
 	}
-	if (op->pcb == NULL || op->progress_running) {
+	if (op->pcb == NULL ||
+	    (op->progress_running && is_self(op->pthread))) {
+		// No handler, or a report from inside the callback: ignored.
 		aai_mtx_unlock(&op->mtx);
 		return 0;
+	}
+	if (op->progress_running) {
+		// Progress callbacks of one op are serialised, without
+		// waiting: the running thread takes the report over.
+		rv = hand_progress(op, data, len);
+		aai_mtx_unlock(&op->mtx);
+		return rv;
 	}
 	op->progress_running = true;
 	op->pthread = pthread_self();
@@ -765,11 +881,7 @@ aa_op_progress(aa_op *op, const void *data, size_t len)
 
 	aa_op_ref(op);
 	op->pcb(op, op->pcb_arg, data, len);
-
-	aai_mtx_lock(&op->mtx);
-	op->progress_running = false;
-	aai_cv_broadcast(&op->cv);
-	aai_mtx_unlock(&op->mtx);
+	progress_done(op);
 	aa_op_unref(op);
 	return 0;
 }

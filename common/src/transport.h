@@ -161,6 +161,11 @@ uint64_t aai_conn_id(aai_conn *c);
 // for both when c was made stays off, and heartbeats stay off if they were.
 void aai_conn_set_heartbeat(aai_conn *c, int heartbeat_ms, int silence_ms);
 
+// aai_conn_send_raw is a test hook for fuzzing: it appends data to what
+// the peer of an inproc:// connection receives, as a raw byte stream that
+// the peer's framing then parses (AA_ENOTSUP on other transports).
+int aai_conn_send_raw(aai_conn *c, const void *data, size_t len);
+
 // aai_conn_suppress_heartbeats is a test hook: while on, c sends no
 // heartbeats, so that its peer's silence detection can be tested.
 void aai_conn_suppress_heartbeats(aai_conn *c, bool on);

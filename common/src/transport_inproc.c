@@ -199,11 +199,34 @@ iconn_start(aai_conn *c)
 	}
 }
 
+// An append to the peer's inbound queue: a frame, or raw bytes.
+typedef struct append {
+	size_t len;
+	const void *data;
+	void (*encode)(void *ctx, uint8_t *dst);
+	void *ctx;
+	bool raw; // no header (aai_conn_send_raw)
+} append;
+
 static int
-iconn_send(aai_conn *c, size_t len, const void *data,
-           void (*encode)(void *ctx, uint8_t *dst), void *ctx)
+put_raw(aai_tbuf *b, const void *data, size_t len)
 {
-	iconn *ic = (iconn *)c;
+	int rv;
+	if (len > SIZE_MAX - b->len) {
+		return AA_ENOMEM;
+	}
+	if ((rv = aai_tbuf_reserve(b, b->len + len)) == 0 && len > 0) {
+		memcpy(b->p + b->len, data, len);
+		b->len += len;
+	}
+	return rv;
+}
+
+// pipe_append adds a to the peer's inbound queue and wakes its receive
+// thread.
+static int
+pipe_append(iconn *ic, const append *a)
+{
 	ipipe *p = ic->p;
 	struct iside *peer = &p->side[1 - ic->s];
 	int rv;
@@ -213,19 +236,30 @@ iconn_send(aai_conn *c, size_t len, const void *data,
 		aai_mtx_unlock(&p->mtx);
 		return AA_ECLOSED;
 	}
-	if (peer->in.len + len + AAI_TP_HDR > c->send_max) {
+	if (peer->in.len + a->len + (a->raw ? 0 : AAI_TP_HDR) >
+	    ic->base.send_max) {
 		// The peer takes nothing: drop it rather than grow.
 		aai_mtx_unlock(&p->mtx);
-		aai_conn_fail(c, AA_ELIMIT);
+		aai_conn_fail(&ic->base, AA_ELIMIT);
 		return AA_ELIMIT;
 	}
-	rv = aai_tbuf_put_frame(&peer->in, len, data, encode, ctx);
+	rv = a->raw ? put_raw(&peer->in, a->data, a->len)
+	            : aai_tbuf_put_frame(&peer->in, a->len, a->data, a->encode,
+	                                 a->ctx);
 	atomic_fetch_add_explicit(&peer->kicks, 1, memory_order_release);
 	if (rv == 0 && peer->waiting) {
 		aai_cv_signal(&peer->cv);
 	}
 	aai_mtx_unlock(&p->mtx);
 	return rv;
+}
+
+static int
+iconn_send(aai_conn *c, size_t len, const void *data,
+           void (*encode)(void *ctx, uint8_t *dst), void *ctx)
+{
+	append a = {len, data, encode, ctx, false};
+	return pipe_append((iconn *)c, &a);
 }
 
 static void
@@ -299,6 +333,18 @@ iconn_alloc(ipipe *p, int s, const aai_tp_opts *o)
 	ic->s = s;
 	aai_live_inc(AA_LIVE_OTHER);
 	return ic;
+}
+
+// aai_conn_send_raw (transport.h): bytes into the peer's inbound queue as
+// they are, header or not, so that a fuzz target can feed the framing.
+int
+aai_conn_send_raw(aai_conn *c, const void *data, size_t len)
+{
+	append a = {.len = len, .data = data, .raw = true};
+	if (c->ops != &iconn_ops) {
+		return AA_ENOTSUP;
+	}
+	return pipe_append((iconn *)c, &a);
 }
 
 // ---- dial and listen ----

@@ -179,16 +179,20 @@ rx_continue(nconn *nc)
 	aai_mtx_unlock(&c->mtx);
 	issue_recv(nc);
 	aai_mtx_lock(&c->mtx);
-	bool close_now = false;
-	if (--nc->rx_issuing == 0) {
-		close_now = nc->close_after;
+	bool close_now = nc->rx_issuing == 1 && nc->close_after;
+	if (close_now) {
+		// The last issuer out closes, and stays counted until it
+		// has: the receive it aborts fails on another thread, whose
+		// rx_finish frees nc once rx_issuing is 0.
 		nc->close_after = false;
+		aai_mtx_unlock(&c->mtx);
+		close_stream(nc); // aborts the receive just issued
+		aai_mtx_lock(&c->mtx);
+	}
+	if (--nc->rx_issuing == 0) {
 		aai_cv_broadcast(&c->cv); // rx_finish may wait for this
 	}
 	aai_mtx_unlock(&c->mtx);
-	if (close_now) {
-		close_stream(nc); // aborts the receive just issued
-	}
 }
 
 static void

@@ -23,13 +23,26 @@
 //   by the next reset.
 //
 // * Hostile input. protobuf-c has no size limit and may allocate far more
-//   than the frame's size (scanned-field slabs, one struct per repeated
-//   submessage): each decode gets a memory budget of 32 times the frame
-//   plus 64 KiB, and an allocation beyond it fails, which makes protobuf-c
-//   give up cleanly (its frees are no-ops, the arena drops everything).
-//   Before unpacking, a scan of the Envelope's top level counts the body
-//   fields, because protobuf-c keeps the last of two oneof members silently
-//   and the protocol wants exactly one. After unpacking, aai_wire_check
+//   than the frame's size: 32 bytes of scan slab per field (slabs that
+//   double, so up to 64), a table entry per unknown field and a copy of
+//   it, a struct and a pointer per repeated submessage. A frame of 2-byte
+//   unknown fields would cost ~30 times its size. So before unpacking,
+//   a walk of the wire format (aai_wire_decode_cost: the Envelope, its
+//   body and the body's submessages, guided by the protobuf-c
+//   descriptors, allocating nothing) computes an upper bound of what the
+//   unpack will allocate, mirroring protobuf-c's allocations, and refuses
+//   the frame when it exceeds AAI_WIRE_DECODE_FACTOR times the frame plus
+//   AAI_WIRE_DECODE_SLACK, or when a message has more than
+//   AAI_WIRE_EXTRA_FIELDS_MAX unknown fields or repeats of a singular
+//   field, or a repeated field more than AAI_WIRE_METHODS_MAX entries.
+//   The arena keeps the same cap as a budget, as a backstop should a
+//   newer protobuf-c allocate more than the walk assumes: an allocation
+//   beyond it fails and protobuf-c gives up cleanly (its frees are
+//   no-ops, the arena drops everything). We walk the bytes ourselves
+//   because protobuf-c offers no limit and no dry run.
+//   A scan of the Envelope's top level also counts the body fields,
+//   because protobuf-c keeps the last of two oneof members silently and
+//   the protocol wants exactly one. After unpacking, aai_wire_check
 //   applies the protocol's rules. Every failure is AA_EPROTO (or
 //   AA_EMSGSIZE for an oversized frame) with a static reason string.
 //
@@ -45,10 +58,8 @@
 // ---------------------------------------------------------------------------
 // The arena.
 
-#define ARENA_ALIGN   8u     // enough for every protobuf-c struct
-#define SPILL_MIN     4096u  // smallest heap chunk
-#define BUDGET_FACTOR 32u    // memory per frame byte a decode may use
-#define BUDGET_SLACK  65536u // plus this much
+#define ARENA_ALIGN 8u    // enough for every protobuf-c struct
+#define SPILL_MIN   4096u // smallest heap chunk
 
 struct aai_wire_chunk {
 	struct aai_wire_chunk *next;
@@ -85,6 +96,7 @@ aai_wire_arena_reset(aai_wire_arena *a)
 	a->chunks = NULL;
 	a->used = 0;
 	a->budget = 0;
+	a->taken = 0;
 }
 
 void
@@ -117,6 +129,7 @@ arena_alloc(void *ctx, size_t size)
 		return NULL;
 	}
 	a->budget -= need;
+	a->taken += need;
 	if (a->cap - a->used >= need) {
 		void *p = a->buf + a->used;
 		a->used += need;
@@ -134,6 +147,7 @@ arena_alloc(void *ctx, size_t size)
 		c = aai_alloc(sizeof(*c) + cap);
 		if (c == NULL) {
 			a->budget = 0;
+			a->taken -= need;
 			return NULL;
 		}
 		c->next = a->chunks;
@@ -907,6 +921,162 @@ scan_envelope(const char **why, const uint8_t *p, size_t len)
 	return scan_strings(why, kind, body, body_len);
 }
 
+// ---------------------------------------------------------------------------
+// The decoding cost, computed before anything is allocated.
+
+// SCANNED_MEMBER_MAX bounds protobuf-c's private ScannedMember (its own
+// BOUND_SIZEOF_SCANNED_MEMBER_LOG2 is 5); the first SCANNED_ON_STACK of a
+// message live on its stack, the next in slabs that double each time.
+#define SCANNED_MEMBER_MAX 32u
+#define SCANNED_ON_STACK   16u
+#define WALK_FIELDS_MAX    16u // fields of our largest message type
+#define WALK_DEPTH_MAX     4u  // Envelope, body, submessage
+
+// arena_size is what the arena takes for an allocation of n bytes.
+static size_t
+arena_size(size_t n)
+{
+	if (n > SIZE_MAX - ARENA_ALIGN) {
+		return SIZE_MAX;
+	}
+	n = (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+	return n == 0 ? ARENA_ALIGN : n;
+}
+
+// add_cost adds n to *cost, saturating.
+static void
+add_cost(size_t *cost, size_t n)
+{
+	*cost = n > SIZE_MAX - *cost ? SIZE_MAX : *cost + n;
+}
+
+// slabs_cost is what protobuf-c allocates to scan n fields of a message.
+static size_t
+slabs_cost(size_t n)
+{
+	size_t cost = 0, slab = SCANNED_ON_STACK, cap = SCANNED_ON_STACK;
+	while (n > cap) {
+		slab *= 2;
+		cap += slab;
+		add_cost(&cost, arena_size(slab * SCANNED_MEMBER_MAX));
+	}
+	return cost;
+}
+
+typedef struct walk {
+	const char *why;
+	size_t cost;
+	size_t entries; // repeated submessages (each gets a view entry)
+} walk;
+
+// walk_message adds to w->cost an upper bound of what protobuf-c allocates
+// to unpack a message of type desc from p[0..len), mirroring its unpack:
+// the struct, scan slabs, a table entry and a copy per unknown field, a
+// copy per string or bytes field, an array per repeated field, and the
+// submessages, recursively.
+static int
+walk_message(walk *w, const ProtobufCMessageDescriptor *desc, const uint8_t *p,
+             size_t len, unsigned depth)
+{
+	const uint8_t *end = p + len;
+	size_t seen[WALK_FIELDS_MAX] = {0};
+	size_t fields = 0, unknown = 0, extra = 0;
+
+	if (depth >= WALK_DEPTH_MAX || desc->n_fields > WALK_FIELDS_MAX) {
+		w->why = "malformed frame: nested too deep";
+		return AA_EPROTO;
+	}
+	while (p < end) {
+		const uint8_t *at = p;
+		uint64_t tag;
+		unsigned wtype;
+		const uint8_t *d = NULL;
+		size_t dlen = 0;
+		if (!next_field(&w->why, &p, end, &tag, &wtype, &d, &dlen)) {
+			return AA_EPROTO;
+		}
+		fields++;
+		const ProtobufCFieldDescriptor *f =
+		    protobuf_c_message_descriptor_get_field(desc,
+		                                            (unsigned)tag);
+		if (f == NULL) {
+			// protobuf-c copies the field's bytes after its key;
+			// the key's bytes are counted too (a bound).
+			unknown++;
+			extra++;
+			add_cost(&w->cost, arena_size((size_t)(p - at)));
+		} else {
+			size_t i = (size_t)(f - desc->fields);
+			bool repeated = f->label == PROTOBUF_C_LABEL_REPEATED;
+			seen[i]++;
+			if (repeated && seen[i] > AAI_WIRE_METHODS_MAX) {
+				w->why =
+				    "too many entries in a repeated field";
+				return AA_EPROTO;
+			}
+			if (!repeated && seen[i] > 1) {
+				extra++;
+			}
+			if (f->type == PROTOBUF_C_TYPE_MESSAGE && wtype == 2) {
+				int rv = walk_message(w, f->descriptor, d,
+				                      dlen, depth + 1);
+				if (rv != 0) {
+					return rv;
+				}
+				w->entries += repeated ? 1 : 0;
+			} else if (f->type == PROTOBUF_C_TYPE_STRING ||
+			           f->type == PROTOBUF_C_TYPE_BYTES) {
+				add_cost(&w->cost, arena_size(dlen + 1));
+			}
+		}
+		if (extra > AAI_WIRE_EXTRA_FIELDS_MAX) {
+			w->why = "too many unknown or repeated fields";
+			return AA_EPROTO;
+		}
+	}
+	add_cost(&w->cost, arena_size(desc->sizeof_message));
+	add_cost(&w->cost, slabs_cost(fields));
+	if (unknown > 0) {
+		add_cost(&w->cost,
+		         arena_size(unknown *
+		                    sizeof(ProtobufCMessageUnknownField)));
+	}
+	for (size_t i = 0; i < desc->n_fields; i++) {
+		if (desc->fields[i].label == PROTOBUF_C_LABEL_REPEATED &&
+		    seen[i] > 0) {
+			// An element is at most a ProtobufCBinaryData.
+			add_cost(
+			    &w->cost,
+			    arena_size(seen[i] * sizeof(ProtobufCBinaryData)));
+		}
+	}
+	return 0;
+}
+
+int
+aai_wire_decode_cost(size_t *costp, const char **why, const void *frame,
+                     size_t len)
+{
+	static const uint8_t empty[1];
+	walk w = {0};
+	const char *unused;
+	int rv;
+
+	if (why == NULL) {
+		why = &unused;
+	}
+	rv = walk_message(&w, &aa__v1__envelope__descriptor,
+	                  frame != NULL ? frame : empty, len, 0);
+	if (rv != 0) {
+		*why = w.why;
+		return rv;
+	}
+	// view_hello's table: one aai_wire_method per entry.
+	add_cost(&w.cost, arena_size(w.entries * sizeof(aai_wire_method)));
+	*costp = w.cost;
+	return 0;
+}
+
 static int
 view_hello(const char **why, aai_wire_msg *m, aai_wire_arena *a,
            const Aa__V1__Hello *h)
@@ -1027,13 +1197,24 @@ aai_wire_decode(aai_wire_msg *m, const char **why, aai_wire_arena *a,
 	if ((rv = scan_envelope(why, frame, len)) != 0) {
 		return rv;
 	}
+	// Refuse a frame that would cost too much before allocating it; the
+	// same cap is the arena's budget (see the design notes).
+	size_t cost, cap = SIZE_MAX;
+	if (len <
+	    (SIZE_MAX - AAI_WIRE_DECODE_SLACK) / AAI_WIRE_DECODE_FACTOR) {
+		cap = len * AAI_WIRE_DECODE_FACTOR + AAI_WIRE_DECODE_SLACK;
+	}
+	if ((rv = aai_wire_decode_cost(&cost, why, frame, len)) != 0) {
+		return rv;
+	}
+	if (cost > cap) {
+		*why = "frame needs too much memory";
+		return AA_EPROTO;
+	}
 
 	ProtobufCAllocator alloc = {
 	    .alloc = arena_alloc, .free = arena_free, .allocator_data = a};
-	a->budget = SIZE_MAX;
-	if (len < (SIZE_MAX - BUDGET_SLACK) / BUDGET_FACTOR) {
-		a->budget = len * BUDGET_FACTOR + BUDGET_SLACK;
-	}
+	a->budget = cap;
 	env = aa__v1__envelope__unpack(&alloc, len, frame);
 	if (env == NULL) {
 		*why = a->budget == 0 ? "frame needs too much memory"

@@ -39,6 +39,14 @@
 #define AAI_WIRE_ERROR_MAX    0xffff // largest error or reason code
 #define AAI_WIRE_CANCEL_MASK  7      // TERMINAL | PARTIAL | TOTAL
 
+// Decoding cost (docs/protocol.md, "Decoding cost"): a frame of n bytes may
+// take at most AAI_WIRE_DECODE_FACTOR * n + AAI_WIRE_DECODE_SLACK bytes of
+// arena memory, and a message at most AAI_WIRE_EXTRA_FIELDS_MAX fields
+// that are unknown or repeat a singular field. Checked before unpacking.
+#define AAI_WIRE_DECODE_FACTOR    24
+#define AAI_WIRE_DECODE_SLACK     65536
+#define AAI_WIRE_EXTRA_FIELDS_MAX 64
+
 // Message kinds: the field numbers of Envelope's oneof.
 typedef enum aai_wire_kind {
 	AAI_WIRE_NONE = 0,
@@ -136,6 +144,7 @@ typedef struct aai_wire_arena {
 	size_t budget;                 // bytes this decode may still use
 	struct aai_wire_chunk *chunks; // heap spill of this decode
 	uint64_t spills;               // heap chunks allocated, ever
+	size_t taken;                  // bytes the last decode took
 } aai_wire_arena;
 
 // aai_wire_arena_init prepares an arena over buf[0..cap) (buf may be NULL
@@ -168,11 +177,20 @@ int aai_wire_encode(size_t *lenp, void *buf, size_t cap, const aai_wire_msg *m,
 // aai_wire_decode unpacks and validates one frame into *m, using (and
 // first resetting) the arena. It returns 0; AA_EMSGSIZE if len exceeds
 // max_size (0 = no limit); AA_EPROTO if the frame is malformed or breaks a
-// rule, or needs more arena memory than 8 times its size plus 64 KiB. On
-// error *why (may be NULL) gets a static reason. *m stays valid until the
-// next decode into the arena, or its reset or fini.
+// rule, or would need more arena memory than the decoding cost allows
+// (refused before anything is allocated). On error *why (may be NULL)
+// gets a static reason. *m stays valid until the next decode into the
+// arena, or its reset or fini.
 int aai_wire_decode(aai_wire_msg *m, const char **why, aai_wire_arena *a,
                     const void *frame, size_t len, size_t max_size);
+
+// aai_wire_decode_cost stores in *costp an upper bound of the arena bytes
+// decoding frame[0..len) takes, from a walk of its wire format that
+// allocates nothing: 0, or AA_EPROTO (reason in *why) when the frame is
+// malformed or has too many unknown, repeated or method fields. It does
+// not apply the AAI_WIRE_DECODE_FACTOR cap; aai_wire_decode does.
+int aai_wire_decode_cost(size_t *costp, const char **why, const void *frame,
+                         size_t len);
 
 // aai_wire_kind_name returns "start", "complete", ... or "none".
 const char *aai_wire_kind_name(aai_wire_kind kind);

@@ -87,7 +87,7 @@ static const char *const checkpoints[] = {
 // Checkpoints that fire with a library lock held: a gate there would hold
 // the lock and stall every thread that needs it, so the tool refuses them.
 static const char *const locked_checkpoints[] = {
-    "op.cancel_wait", "op.deliver_wait", "cancel.disconnect_wait",
+    "op.cancel_wait", "op.deliver_handoff", "cancel.disconnect_wait",
     "timer.cancel_wait"};
 
 static int

@@ -106,8 +106,10 @@ int aa_client_open(aa_client **cp, const aa_client_opts *o);
 // nothing) until the handshake, or fails with the reconnect's error.
 // AA_ENOENT for a method the server does not have (nothing sent),
 // AA_ELIMIT over max_pending, AA_ECLOSED, the loss's error (e.g.
-// AA_ECONNLOST) when disconnected and not reconnecting. On an error no op
-// is made and no handler runs. assoc (may be NULL) carries the
+// AA_ECONNLOST) when disconnected and not reconnecting, AA_ESTATE in a
+// forked child of the process that opened c (a client belongs to that
+// process). On an error no op is made and no handler runs. assoc (may be
+// NULL) carries the
 // handler's executor, the op's allocator and a parent's cancellation slot.
 int aa_client_call(aa_op **opp, aa_client *c, const char *method,
                    const void *payload, size_t len, const aa_call_opts *co,

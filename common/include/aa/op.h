@@ -193,7 +193,9 @@ int aa_op_fail_app(aa_op *op, int32_t code, const char *msg);
 int aa_op_canceled(aa_op *op);
 
 // aa_op_progress runs the progress handler with data, if the op is still
-// STARTED and has one; 0, or AA_EALREADY when the op is final.
+// STARTED and has one; 0, or AA_EALREADY when the op is final. It never
+// waits: while the handler runs on another thread, the report is copied
+// and handed to that thread (the latest wins; AA_ENOMEM if no copy).
 int aa_op_progress(aa_op *op, const void *data, size_t len);
 
 // aa_op_settle records the real outcome explicitly, for outcomes that no
