@@ -21,4 +21,14 @@ int method_fail(aa_op **opp, void *arg, const aa_call_info *call,
 int method_hold(aa_op **opp, void *arg, const aa_call_info *call,
                 const void *payload, size_t len, const aa_assoc *assoc);
 
+// method_fail_app fails at once with the application code given as the
+// decimal payload (aa_op_fail_app) and the message "app failure".
+int method_fail_app(aa_op **opp, void *arg, const aa_call_info *call,
+                    const void *payload, size_t len, const aa_assoc *assoc);
+
+// method_self_cancel's real op cancels itself, unasked (a server-side
+// cancel: the client sees AA_ESRVCANCEL).
+int method_self_cancel(aa_op **opp, void *arg, const aa_call_info *call,
+                       const void *payload, size_t len, const aa_assoc *assoc);
+
 #endif // AA_TEST_METHODS_H

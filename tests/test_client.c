@@ -16,6 +16,7 @@
 #include <aa/client.h>
 #include <aa/server.h>
 
+#include "methods.h"
 #include "testutil.h"
 
 // ---- Hold points: a checkpoint that stops one thread once ----
@@ -151,35 +152,6 @@ m_park(aa_op **opp, void *arg, const aa_call_info *call, const void *payload,
 	return aa_op_alloc(opp, &pv, assoc);
 }
 
-// "fail_app": fails with the application code given as decimal payload.
-static int
-m_fail_app(aa_op **opp, void *arg, const aa_call_info *call,
-           const void *payload, size_t len, const aa_assoc *assoc)
-{
-	char buf[32] = {0};
-	memcpy(buf, payload, len < sizeof(buf) - 1 ? len : sizeof(buf) - 1);
-	aa_op_provider pv = {.cancel_types = AA_CANCEL_ALL};
-	int rv = aa_op_alloc(opp, &pv, assoc);
-	if (rv == 0) {
-		(void)aa_op_fail_app(*opp, (int32_t)strtol(buf, NULL, 10),
-		                     "app failure");
-	}
-	return rv;
-}
-
-// "self_cancel": the real op cancels itself, unasked.
-static int
-m_self_cancel(aa_op **opp, void *arg, const aa_call_info *call,
-              const void *payload, size_t len, const aa_assoc *assoc)
-{
-	aa_op_provider pv = {.cancel_types = AA_CANCEL_ALL};
-	int rv = aa_op_alloc(opp, &pv, assoc);
-	if (rv == 0) {
-		(void)aa_op_canceled(*opp);
-	}
-	return rv;
-}
-
 // "deadline": records the deadline the Start carried, then completes.
 static atomic_uint deadline_seen;
 
@@ -297,9 +269,9 @@ server_up(env *e, const char *kind, uint32_t max_pending)
 	    {.name = "terminal_only",
 	     .start = m_echo,
 	     .cancel_types = AA_CANCEL_TERMINAL},
-	    {.name = "fail_app", .start = m_fail_app},
+	    {.name = "fail_app", .start = method_fail_app},
 	    {.name = "self_cancel",
-	     .start = m_self_cancel,
+	     .start = method_self_cancel,
 	     .cancel_types = AA_CANCEL_ALL},
 	    {.name = "deadline", .start = m_deadline},
 	};

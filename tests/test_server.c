@@ -19,6 +19,7 @@
 #include "../common/src/transport.h"
 #include "../common/src/wire.h"
 #include "../common/src/wire_send.h"
+#include "methods.h"
 #include "testutil.h"
 
 #define WAIT_S 20 // a generous bound that only a bug reaches
@@ -414,35 +415,6 @@ m_fail(aa_op **opp, void *arg, const aa_call_info *call, const void *p,
 	return AA_EAPP;
 }
 
-// "fail_app": fails with the application code given as decimal payload.
-static int
-m_fail_app(aa_op **opp, void *arg, const aa_call_info *call, const void *p,
-           size_t len, const aa_assoc *assoc)
-{
-	char buf[32] = {0};
-	memcpy(buf, p, len < sizeof(buf) - 1 ? len : sizeof(buf) - 1);
-	aa_op_provider prov = {.cancel_types = AA_CANCEL_ALL};
-	int rv = aa_op_alloc(opp, &prov, assoc);
-	if (rv == 0) {
-		(void)aa_op_fail_app(*opp, (int32_t)strtol(buf, NULL, 10),
-		                     "application failure");
-	}
-	return rv;
-}
-
-// "self_cancel": the real op cancels itself, not asked by the client.
-static int
-m_self_cancel(aa_op **opp, void *arg, const aa_call_info *call, const void *p,
-              size_t len, const aa_assoc *assoc)
-{
-	aa_op_provider prov = {.cancel_types = AA_CANCEL_ALL};
-	int rv = aa_op_alloc(opp, &prov, assoc);
-	if (rv == 0) {
-		(void)aa_op_canceled(*opp);
-	}
-	return rv;
-}
-
 static int
 m_stopper(aa_op **opp, void *arg, const aa_call_info *call, const void *p,
           size_t len, const aa_assoc *assoc)
@@ -484,9 +456,9 @@ fx_serve(const aa_server_opts *o)
 	    {.name = "partial",
 	     .start = m_echo,
 	     .cancel_types = AA_CANCEL_PARTIAL},
-	    {.name = "fail_app", .start = m_fail_app},
+	    {.name = "fail_app", .start = method_fail_app},
 	    {.name = "self_cancel",
-	     .start = m_self_cancel,
+	     .start = method_self_cancel,
 	     .cancel_types = AA_CANCEL_ALL},
 	};
 	for (size_t i = 0; i < sizeof(defs) / sizeof(defs[0]); i++) {
