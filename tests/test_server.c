@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -1315,18 +1316,15 @@ raw_open(uint64_t inst)
 	return fd;
 }
 
+// rss_kib returns the peak resident set of this process (each test runs
+// in a process of its own): a growth of it is the peak cost of what ran
+// since, also of memory already given back.
 static long
 rss_kib(void)
 {
-	long pages = 0, resident = 0;
-	FILE *f = fopen("/proc/self/statm", "r");
-	if (f != NULL) {
-		if (fscanf(f, "%ld %ld", &pages, &resident) != 2) {
-			resident = 0;
-		}
-		fclose(f);
-	}
-	return resident * (sysconf(_SC_PAGESIZE) / 1024);
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return ru.ru_maxrss;
 }
 
 typedef struct flood {
@@ -1386,7 +1384,7 @@ Test(server, a_peer_that_never_reads_costs_bounded_memory, .timeout = 120)
 	cr_assert_eq(rawc_complete(other, 1).status, AAI_WIRE_COMPLETED);
 	rawc_free(other);
 	long grew = rss_kib() - rss0;
-	test_note("RSS grew %ld KiB while the peer did not read", grew);
+	test_note("peak RSS grew %ld KiB while the peer did not read", grew);
 	cr_assert_lt(grew, 48 * 1024, "the server's memory grew %ld KiB",
 	             grew);
 	// The client reads now: every call gets its Complete.
@@ -1413,6 +1411,103 @@ Test(server, a_peer_that_never_reads_costs_bounded_memory, .timeout = 120)
 	cr_assert_eq(st.started, 401, "%llu", (unsigned long long)st.started);
 	aai_wire_arena_fini(&a);
 	close(fd);
+}
+
+// Four clients send, at once, the worst amplification frame: a Start of
+// about 1 MiB of 2-byte unknown fields (protobuf-c would take 24-31 times
+// its size while decoding). Each is refused before anything is allocated
+// for it: the server's memory grows by about the four receive buffers,
+// not four times 30 MiB.
+typedef struct amp_sender {
+	int fd;
+	const uint8_t *frame;
+	size_t len;
+} amp_sender;
+
+static void *
+amp_send_main(void *arg)
+{
+	amp_sender *a = arg;
+	for (size_t off = 0; off < a->len;) {
+		ssize_t n = write(a->fd, a->frame + off, a->len - off);
+		if (n <= 0) {
+			break; // refused and closed before the end: fine
+		}
+		off += (size_t)n;
+	}
+	return NULL;
+}
+
+Test(server, four_amplification_frames_at_once_cost_bounded_memory,
+     .timeout = 120)
+{
+	fx_url(true);
+	fx_serve(NULL);
+	// Envelope{start: Start{op_id 1, method "echo", 500,000 x field 15}}
+	size_t nfields = 500000;
+	size_t body = 2 + 6 + 2 * nfields;
+	uint8_t *frame = malloc(body + 16);
+	size_t n = 4;
+	frame[n++] = 0x0a; // Envelope field 1, length-delimited
+	size_t v = body;
+	for (; v >= 0x80; v >>= 7) {
+		frame[n++] = (uint8_t)(v | 0x80);
+	}
+	frame[n++] = (uint8_t)v;
+	static const uint8_t head[] = {0x08, 0x01, 0x12, 0x04,
+	                               'e',  'c',  'h',  'o'};
+	memcpy(frame + n, head, sizeof(head));
+	n += sizeof(head);
+	for (size_t i = 0; i < nfields; i++) {
+		frame[n++] = 0x78; // field 15, varint
+		frame[n++] = 0x00;
+	}
+	size_t flen = n - 4;
+	frame[0] = (uint8_t)(flen >> 24);
+	frame[1] = (uint8_t)(flen >> 16);
+	frame[2] = (uint8_t)(flen >> 8);
+	frame[3] = (uint8_t)flen;
+	cr_assert_lt(flen, 1u << 20, "within the message size limit");
+
+	int fds[4];
+	for (int i = 0; i < 4; i++) {
+		fds[i] = raw_open((uint64_t)i + 1);
+		static uint8_t hello[4096];
+		(void)read_frame(fds[i], hello, sizeof(hello));
+	}
+	long rss0 = rss_kib();
+	amp_sender s[4];
+	thr t[4];
+	for (int i = 0; i < 4; i++) {
+		s[i] = (amp_sender){fds[i], frame, n};
+		thr_start(&t[i], amp_send_main, &s[i]);
+	}
+	for (int i = 0; i < 4; i++) {
+		thr_join(&t[i]);
+	}
+	// Each gets the documented Goodbye{EPROTO}, then the close.
+	static uint8_t buf[4096];
+	aai_wire_arena a;
+	static uint8_t abuf[4096];
+	aai_wire_arena_init(&a, abuf, sizeof(abuf));
+	for (int i = 0; i < 4; i++) {
+		size_t len = read_frame(fds[i], buf, sizeof(buf));
+		aai_wire_msg m;
+		cr_assert_eq(aai_wire_decode(&m, NULL, &a, buf, len, 0), 0);
+		cr_assert_eq(m.kind, AAI_WIRE_GOODBYE);
+		cr_assert_eq(m.goodbye.reason, AA_EPROTO);
+		close(fds[i]);
+	}
+	long grew = rss_kib() - rss0;
+	test_note("4 amplification frames at once: peak RSS grew %ld KiB",
+	          grew);
+	cr_assert_lt(grew, 16 * 1024, "peak grew %ld KiB", grew);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.protocol_errors, 4);
+	cr_assert_eq(st.started, 0);
+	aai_wire_arena_fini(&a);
+	free(frame);
 }
 
 // A client that reads nothing while its pending ops complete with big
