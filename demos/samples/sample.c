@@ -163,19 +163,30 @@ smp_module_free(void *module, aa_cancel_type type)
 	free(m);
 }
 
+void
+smp_spin_lock(atomic_flag *busy)
+{
+	while (atomic_flag_test_and_set_explicit(busy, memory_order_acquire)) {
+		sched_yield();
+	}
+}
+
+void
+smp_spin_unlock(atomic_flag *busy)
+{
+	atomic_flag_clear_explicit(busy, memory_order_release);
+}
+
 static void
 link_lock(smp_link *l)
 {
-	while (atomic_flag_test_and_set_explicit(&l->busy,
-	                                         memory_order_acquire)) {
-		sched_yield();
-	}
+	smp_spin_lock(&l->busy);
 }
 
 static void
 link_unlock(smp_link *l)
 {
-	atomic_flag_clear_explicit(&l->busy, memory_order_release);
+	smp_spin_unlock(&l->busy);
 }
 
 int
