@@ -7,7 +7,6 @@
 // 10,000 cancel-vs-expiry races on real threads with each round's
 // outcome checked, destroy with calls pending and no callback after it.
 #include <stdlib.h>
-#include <string.h>
 
 #include "lowaio.h"
 #include "sample_util.h"
@@ -97,22 +96,6 @@ Test(sample_lowaio, cancel_after_it_expired_does_nothing)
 	tally_fini(&done);
 }
 
-// The parent's signal is emitted the moment the child connects to its
-// slot, inside aa_op_alloc, before the sleep is started.
-static aa_cancel_signal *emit_on_connect;
-
-static void
-emit_at_connect(void *arg, const char *name, void *subject)
-{
-	(void)arg;
-	(void)subject;
-	if (strcmp(name, "op.slot_connected") == 0 && emit_on_connect) {
-		cr_assert_eq(
-		    aa_cancel_signal_emit(emit_on_connect, AA_CANCEL_TERMINAL),
-		    0);
-	}
-}
-
 Test(sample_lowaio, cancel_before_the_sleep_starts)
 {
 	lowaio *m;
@@ -126,10 +109,9 @@ Test(sample_lowaio, cancel_before_the_sleep_starts)
 	cr_assert_eq(lowaio_alloc(&m, HOUR_MS), 0);
 	cr_assert_eq(aa_cancel_signal_alloc(&sig), 0);
 	assoc.slot = aa_cancel_signal_slot(sig);
-	emit_on_connect = sig;
-	aa_checkpoint_set(emit_at_connect, NULL);
+	cancel_at_slot_connect(sig);
 	cr_assert_eq(lowaio_call(m, "e", 1, &assoc, seen_cb, &s, &op), 0);
-	aa_checkpoint_set(NULL, NULL);
+	cancel_at_slot_connect(NULL);
 	// The cancel found nothing to abort; the starter aborted the aio
 	// right after starting it: ended without waiting an hour.
 	tally_wait(&done, 1);
@@ -165,18 +147,10 @@ Test(sample_lowaio, cancel_races_the_expiry_10000_times)
 		cr_assert(rv == 0 || rv == AA_EALREADY, "round %d: %s", i,
 		          aa_strerror(rv));
 		tally_wait(&done, 1);
-		cr_assert_eq(atomic_load(&s.runs), 1, "round %d", i);
-		if (atomic_load(&s.state) == AA_COMPLETED) {
-			cr_assert_str_eq(s.result, "r", "round %d", i);
-			won[1]++;
-		} else {
-			cr_assert_eq(atomic_load(&s.state), AA_CANCELED,
-			             "round %d: %s", i,
-			             aa_op_state_name(atomic_load(&s.state)));
-			cr_assert_eq(rv, 0, "round %d", i);
-			won[0]++;
+		if (round_outcome(&s, "r", i, won) == 0) {
+			cr_assert_eq(rv, 0, "round %d", i); // cancel won
 		}
-		cr_assert_eq(aa_op_status(op), atomic_load(&s.state));
+		cr_assert_eq((int)aa_op_status(op), atomic_load(&s.state));
 		aa_op_unref(op);
 		tally_fini(&done);
 	}

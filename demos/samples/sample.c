@@ -78,11 +78,16 @@ smp_tracker_remove(smp_tracker *t, smp_node *node)
 	node->prev->next = node->next;
 	node->next->prev = node->prev;
 	node->next = node->prev = NULL;
+	pthread_mutex_unlock(&t->mtx);
+	aa_op_unref(op); // may free the node's memory: touched no more
+	// Counted out only now: once a destroy sees nothing tracked, no
+	// thread of the module holds a reference on an op any more (the
+	// calls' own threads, such as nng's, are not joined by destroy).
+	pthread_mutex_lock(&t->mtx);
 	if (--t->count == 0) {
 		pthread_cond_broadcast(&t->empty_cv);
 	}
 	pthread_mutex_unlock(&t->mtx);
-	aa_op_unref(op); // may free the node's memory: touched no more
 }
 
 int
