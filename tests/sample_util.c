@@ -226,6 +226,43 @@ spy_fini(spy *s)
 	tally_fini(&s->ended);
 }
 
+int
+round_outcome(seen *s, const char *want, int round, int won[2])
+{
+	int state = atomic_load(&s->state);
+	int work_won = state == AA_COMPLETED;
+	cr_assert_eq(atomic_load(&s->runs), 1, "round %d", round);
+	if (work_won) {
+		cr_assert_str_eq(s->result, want, "round %d", round);
+	} else {
+		cr_assert_eq(state, AA_CANCELED, "round %d: %s", round,
+		             aa_op_state_name(state));
+	}
+	won[work_won]++;
+	return work_won;
+}
+
+static aa_cancel_signal *_Atomic emit_on_connect;
+
+static void
+emit_at_connect(void *arg, const char *name, void *subject)
+{
+	aa_cancel_signal *sig = atomic_load(&emit_on_connect);
+	(void)arg;
+	(void)subject;
+	if (strcmp(name, "op.slot_connected") == 0 && sig != NULL) {
+		cr_assert_eq(aa_cancel_signal_emit(sig, AA_CANCEL_TERMINAL),
+		             0);
+	}
+}
+
+void
+cancel_at_slot_connect(aa_cancel_signal *sig)
+{
+	atomic_store(&emit_on_connect, sig);
+	aa_checkpoint_set(sig != NULL ? emit_at_connect : NULL, NULL);
+}
+
 typedef struct racer {
 	pthread_barrier_t start;
 	pthread_barrier_t *go;
@@ -295,19 +332,11 @@ race_cancel_completion(int rounds, echo *e, smp_layer layer,
 		pthread_barrier_wait(&go);
 		pthread_barrier_wait(&r.round_end);
 		tally_wait(&done, 1);
-		cr_assert_eq(atomic_load(&s.runs), 1, "round %d", i);
-		if (atomic_load(&s.state) == AA_CANCELED) {
+		if (round_outcome(&s, want, i, won) == 0) {
 			cr_assert_eq(atomic_load(&r.cancel_rv), 0, "round %d",
 			             i);
-			won[0]++;
-		} else {
-			cr_assert_eq(atomic_load(&s.state), AA_COMPLETED,
-			             "round %d: %s", i,
-			             aa_op_state_name(atomic_load(&s.state)));
-			cr_assert_str_eq(s.result, want, "round %d", i);
-			won[1]++;
 		}
-		cr_assert_eq(aa_op_status(keep), atomic_load(&s.state));
+		cr_assert_eq((int)aa_op_status(keep), atomic_load(&s.state));
 		aa_op_unref(keep);
 		tally_fini(&done);
 	}

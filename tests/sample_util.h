@@ -94,6 +94,16 @@ typedef struct spy {
 void spy_init(spy *s, smp_layer lower);
 void spy_fini(spy *s);
 
+// round_outcome checks one race round's end, whoever won: the handler
+// ran once, and the op is CANCELED (returns 0) or COMPLETED with want as
+// result (returns 1: the work won). won[that]++ for the split's note.
+int round_outcome(seen *s, const char *want, int round, int won[2]);
+
+// cancel_at_slot_connect makes the op.slot_connected checkpoint emit sig
+// (TERMINAL) the moment a child op connects to its slot, inside
+// aa_op_alloc, before the module started any work; NULL stops it.
+void cancel_at_slot_connect(aa_cancel_signal *sig);
+
 // race_cancel_completion runs rounds of: start(ctx) starts an op whose
 // work lines up on the echo's barrier; the helper thread, lined up on the
 // same barrier, cancels the op with type; then the round's outcome is

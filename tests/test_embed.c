@@ -1,14 +1,17 @@
 // test_embed.c: the embedding demo as two processes (demos/embed/embed-a.c
-// as process A, aa-server as process B): calls across the boundary with
-// logs that correlate by op id, cancel-all across the boundary, B killed
-// mid-operation (A's calls end in ERROR), and B killed then restarted (A's
-// retries recover). Each test runs A to its exit (waitpid, no sleeps) with
+// as process A, aa-server as process B): calls across the boundary, typed
+// (B's log names each op aa.demo.Demo/Sleep, A decodes B's typed reply),
+// with logs that correlate by op id, cancel-all across the boundary, B killed
+// mid-operation (A's calls end in ERROR), B killed then restarted (A's
+// retries recover), and a B without the typed service (refused at
+// connect). Each test runs A to its exit (waitpid, no sleeps) with
 // its stdout and B's log in files under a mkdtemp directory; A starts and
 // stops B itself. Not run under ThreadSanitizer: nng 1.5.2's dialer
 // reports a race inside libnng when a dial is refused (B not listening
 // yet, or killed), which these scenarios do on purpose.
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,6 +148,8 @@ Test(embed, calls_cross_two_processes_with_correlated_logs)
 	      (const char *const[]){"--calls", "3", "--sleep-ms", "20", NULL});
 	cr_assert_eq(r.status, 0, "%s", r.a);
 	cr_assert_eq(count(r.a, "\"done\"", "\"completed\""), 3, "%s", r.a);
+	// Each top-level result is B's typed reply, decoded in A.
+	cr_assert_eq(count(r.a, "\"done\"", "\"slept_ms\":20,"), 3, "%s", r.a);
 	n = remote_ids(r.a, ids, 16);
 	cr_assert_eq(n, 3);
 	for (int i = 0; i < n; i++) {
@@ -152,6 +157,12 @@ Test(embed, calls_cross_two_processes_with_correlated_logs)
 		snprintf(op, sizeof(op), "{\"op\":%llu,", ids[i]);
 		cr_assert_eq(count(r.b, op, "\"start\""), 1, "%s", r.b);
 		cr_assert_eq(count(r.b, op, "\"completed\""), 1, "%s", r.b);
+		// Every line of B's for this op names the typed method,
+		// not the byte method "sleep".
+		cr_assert_eq(
+		    count(r.b, op, NULL),
+		    count(r.b, op, "\"method\":\"aa.demo.Demo/Sleep\""), "%s",
+		    r.b);
 	}
 	run_fini(&r);
 }
@@ -167,6 +178,9 @@ Test(embed, cancel_all_crosses_the_boundary)
 	cr_assert_eq(count(r.b, "\"completed\"", NULL), 0, "%s", r.b);
 	cr_assert_eq(count(r.b, "\"start\"", NULL),
 	             count(r.b, "\"canceled\"", NULL), "%s", r.b);
+	cr_assert_eq(count(r.b, "\"start\"", NULL),
+	             count(r.b, "\"start\"", "aa.demo.Demo/Sleep"), "%s", r.b);
+	cr_assert_eq(count(r.a, "\"done\"", "\"slept_ms\":-1,"), 3, "%s", r.a);
 	run_fini(&r);
 }
 
@@ -193,8 +207,67 @@ Test(embed, retries_recover_against_a_restarted_b)
 	cr_assert_eq(r.status, 0, "%s", r.a);
 	cr_assert_eq(count(r.a, "\"server_killed\"", NULL), 1, "%s", r.a);
 	cr_assert_eq(count(r.a, "\"done\"", "\"completed\""), 2, "%s", r.a);
+	cr_assert_eq(count(r.a, "\"done\"", "\"slept_ms\":300,"), 2, "%s",
+	             r.a);
 	run_fini(&r);
 }
+
+#ifdef AA_TEST_PEER
+
+// A process B that serves a byte method only (the test peer's "park"):
+// A refuses it at connect, naming the method of aa.demo.Demo it misses,
+// and exits 1 without starting a call.
+Test(embed, a_b_without_the_typed_service_is_refused_at_connect)
+{
+	char dir[64] = "/tmp/aa-embed-XXXXXX";
+	char url[128];
+	char a_err[128];
+	char buf[8] = {0};
+	int fds[2];
+	pid_t peer;
+	pid_t a;
+	int st;
+	char *err;
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(url, sizeof(url), "ipc://%s/b.sock", dir);
+	snprintf(a_err, sizeof(a_err), "%s/a.err", dir);
+	cr_assert_eq(pipe(fds), 0);
+	peer = fork();
+	cr_assert_geq(peer, 0);
+	if (peer == 0) {
+		dup2(fds[1], STDOUT_FILENO);
+		execl(AA_TEST_PEER, AA_TEST_PEER, "server", url, "100",
+		      (char *)NULL);
+		_exit(127);
+	}
+	close(fds[1]);
+	cr_assert_eq(read(fds[0], buf, 6), 6); // "ready\n": it listens
+	close(fds[0]);
+	a = fork();
+	cr_assert_geq(a, 0);
+	if (a == 0) {
+		int fd = open(a_err, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		dup2(fd, STDERR_FILENO);
+		execl(AA_EMBED_A_BIN, AA_EMBED_A_BIN, "--url", url, "--calls",
+		      "1", (char *)NULL);
+		_exit(127);
+	}
+	while (waitpid(a, &st, 0) < 0) {
+		cr_assert_eq(errno, EINTR);
+	}
+	kill(peer, SIGKILL);
+	waitpid(peer, NULL, 0);
+	err = slurp(a_err);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "%s", err);
+	cr_assert_not_null(strstr(err, "does not serve aa.demo.Demo/"), "%s",
+	                   err);
+	cr_assert_not_null(strstr(err, aa_strerror(AA_ENOENT)), "%s", err);
+	free(err);
+	unlink(a_err);
+	rmdir(dir);
+}
+
+#endif
 
 #ifdef AA_EMBED_A_UV_BIN
 
@@ -209,6 +282,8 @@ Test(embed, the_libuv_variant_behaves_the_same)
 	cr_assert_eq(r.status, 0, "%s", r.a);
 	cr_assert_eq(count(r.a, "\"done\"", "\"canceled\""), 3, "%s", r.a);
 	cr_assert_eq(count(r.b, "\"completed\"", NULL), 0, "%s", r.b);
+	cr_assert_eq(count(r.b, "\"start\"", "aa.demo.Demo/Sleep"),
+	             count(r.b, "\"canceled\"", NULL), "%s", r.b);
 	run_fini(&r);
 	run_bin(&r, AA_EMBED_A_UV_BIN,
 	        (const char *const[]){
@@ -217,6 +292,8 @@ Test(embed, the_libuv_variant_behaves_the_same)
 	            "100", "--attempts", "8", "--backoff-ms", "100", NULL});
 	cr_assert_eq(r.status, 0, "%s", r.a);
 	cr_assert_eq(count(r.a, "\"done\"", "\"completed\""), 2, "%s", r.a);
+	cr_assert_eq(count(r.a, "\"done\"", "\"slept_ms\":300,"), 2, "%s",
+	             r.a);
 	run_fini(&r);
 }
 

@@ -477,15 +477,7 @@ Test(sample_afile, cancel_races_completion_10000_times)
 		pthread_barrier_wait(&go);
 		pthread_barrier_wait(&r.end);
 		tally_wait(&got, 1);
-		cr_assert_eq(atomic_load(&s.runs), 1, "round %d", i);
-		if (atomic_load(&s.state) == AA_COMPLETED) {
-			cr_assert_str_eq(s.result, "r", "round %d", i);
-			won[1]++;
-		} else {
-			cr_assert_eq(atomic_load(&s.state), AA_CANCELED,
-			             "round %d", i);
-			won[0]++;
-		}
+		(void)round_outcome(&s, "r", i, won);
 		aa_op_unref(op);
 		tally_fini(&got);
 	}

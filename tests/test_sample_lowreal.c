@@ -7,7 +7,6 @@
 // 10,000 cancel-vs-fire races on real threads, destroy with calls
 // pending.
 #include <stdlib.h>
-#include <string.h>
 
 #include "lowreal.h"
 #include "sample_util.h"
@@ -70,22 +69,6 @@ Test(sample_lowreal, cancel_after_it_fired_does_nothing)
 	tally_fini(&done);
 }
 
-// The parent's signal is emitted the moment the child connects to its
-// slot, inside aa_op_alloc, before the timer is armed.
-static aa_cancel_signal *emit_on_connect;
-
-static void
-emit_at_connect(void *arg, const char *name, void *subject)
-{
-	(void)arg;
-	(void)subject;
-	if (strcmp(name, "op.slot_connected") == 0 && emit_on_connect) {
-		cr_assert_eq(
-		    aa_cancel_signal_emit(emit_on_connect, AA_CANCEL_TERMINAL),
-		    0);
-	}
-}
-
 Test(sample_lowreal, cancel_before_the_timer_is_armed)
 {
 	lowreal *m;
@@ -97,10 +80,9 @@ Test(sample_lowreal, cancel_before_the_timer_is_armed)
 	cr_assert_eq(lowreal_alloc(&m, 3600 * 1000), 0);
 	cr_assert_eq(aa_cancel_signal_alloc(&sig), 0);
 	assoc.slot = aa_cancel_signal_slot(sig);
-	emit_on_connect = sig;
-	aa_checkpoint_set(emit_at_connect, NULL);
+	cancel_at_slot_connect(sig);
 	cr_assert_eq(lowreal_call(m, "e", 1, &assoc, seen_cb, &s, &op), 0);
-	aa_checkpoint_set(NULL, NULL);
+	cancel_at_slot_connect(NULL);
 	// Ended before the call returned, without waiting an hour.
 	cr_assert_eq(atomic_load(&s.runs), 1);
 	cr_assert_eq(atomic_load(&s.state), AA_CANCELED);
@@ -132,14 +114,7 @@ Test(sample_lowreal, cancel_races_the_timer_10000_times)
 		// Either way the op is final once cancel returned: the
 		// cancel disarmed the timer or waited for its function.
 		cr_assert_neq(aa_op_status(op), AA_STARTED, "round %d", i);
-		cr_assert_eq(atomic_load(&s.runs), 1, "round %d", i);
-		if (atomic_load(&s.state) == AA_COMPLETED) {
-			cr_assert_str_eq(s.result, "r");
-			won[1]++;
-		} else {
-			cr_assert_eq(atomic_load(&s.state), AA_CANCELED);
-			won[0]++;
-		}
+		(void)round_outcome(&s, "r", i, won);
 		aa_op_unref(op);
 	}
 	test_note("10000 rounds: cancel won %d, the timer won %d", won[0],

@@ -6,15 +6,18 @@
 // operation that runs in process B, through the proxy. Every completion
 // handler runs on the loop's thread, through a pollable executor.
 //
-// Process B is the demo server (aa-server: its "sleep MS" is a low-level
-// op with real cancel). A starts it (--server BIN) or connects to a
-// running one (--url URL only). Each line A prints is a JSON object;
-// "remote_op" is the op id B's log shows for the same call.
+// Process B is the demo server (aa-server), and B's interface is a .proto
+// service: A calls aa.demo.Demo/Sleep (demos/demo.proto), a low-level op
+// with real cancel in B, with typed messages (aa_service_call), after
+// checking at connect that B serves aa.demo.Demo with the same message
+// types. A starts B (--server BIN) or connects to a running one (--url
+// URL only). Each line A prints is a JSON object; "remote_op" is the op
+// id B's log shows for the same call.
 //
 //   --url URL              B's address (default: aa_default_url())
 //   --server BIN           start B: BIN --listen URL --log FILE
 //   --server-log FILE      B's JSON log (with --server; default stderr)
-//   --calls N              top-level calls, each "sleep MS" (default 3)
+//   --calls N              top-level calls, each Sleep{ms} (default 3)
 //   --sleep-ms MS          (default 50)
 //   --cancel-all-after-ms T   cancel every pending call after T ms
 //   --kill-server-after-ms T  (with --server) SIGKILL B after T ms ...
@@ -24,7 +27,14 @@
 // Exit 0 when every call ended and no handler ran off the loop's thread;
 // the "done" lines say how each ended.
 //
-// Design notes. One thread (main) runs the loop: epoll (or a uv_poll) on
+// Design notes. The modules between the top-level call and B (high over
+// retry) pass bytes, as every sample does; here those bytes are the
+// encoding of the method's input, an aa.demo.SleepRequest, so that the
+// retries keep a copy of a typed request. The lowest layer (remote_call)
+// decodes it and makes the typed call; the top-level handler decodes the
+// typed reply (an aa.demo.SleepReply) that the layers passed up.
+//
+// One thread (main) runs the loop: epoll (or a uv_poll) on
 // the pollable executor's eventfd, and a timerfd (or a uv_timer) for the
 // scripted moments (cancel-all, kill, restart). Library threads (the client's,
 // the retry timers) only ever post handlers to the executor; the loop drains
@@ -44,10 +54,12 @@
 
 #include <aa/aa.h>
 #include <aa/client.h>
+#include <aa/service.h>
 #ifdef AA_EMBED_LIBUV
 #include <uv.h>
 #endif
 
+#include "demo.pb-c.h" // aa.demo.Demo, generated from demos/demo.proto
 #include "high.h"
 
 typedef struct app {
@@ -140,7 +152,25 @@ connect_client(app *a)
 	return rv;
 }
 
-// ---- The low-level layer: "sleep MS" in process B ----
+// check_b says whether B serves every method of aa.demo.Demo with A's
+// own message types (B's Hello carries their fingerprints): a B built
+// from another demo.proto, or without the service, is refused here.
+static int
+check_b(app *a)
+{
+	const char *bad = NULL;
+	int rv =
+	    aa_service_check(a->client, &aa__demo__demo__descriptor, &bad);
+	if (rv != 0) {
+		fprintf(stderr,
+		        "embed-a: %s does not serve aa.demo.Demo/%s as "
+		        "demo.proto says: %s\n",
+		        a->url, bad != NULL ? bad : "?", aa_strerror(rv));
+	}
+	return rv;
+}
+
+// ---- The low-level layer: aa.demo.Demo/Sleep in process B ----
 
 typedef struct remote_cb {
 	app *a;
@@ -169,14 +199,23 @@ remote_call(void *handle, const void *in, size_t len, const aa_assoc *assoc,
             aa_op_cb cb, void *arg, aa_op **opp)
 {
 	app *a = handle;
-	remote_cb *rc = malloc(sizeof(*rc));
+	Aa__Demo__SleepRequest *req;
+	remote_cb *rc;
 	aa_op *op;
 	int rv;
-	if (rc == NULL) {
+	// The layers above pass the request's encoding; a call whose bytes
+	// are not a SleepRequest is refused here, before anything is sent.
+	if ((req = aa__demo__sleep_request__unpack(NULL, len, in)) == NULL) {
+		return AA_EINVAL;
+	}
+	if ((rc = malloc(sizeof(*rc))) == NULL) {
+		aa__demo__sleep_request__free_unpacked(req, NULL);
 		return AA_ENOMEM;
 	}
 	*rc = (remote_cb){a, cb, arg};
-	rv = aa_client_call(&op, a->client, "sleep", in, len, NULL, assoc);
+	rv = aa_service_call(&op, a->client, &aa__demo__demo__descriptor,
+	                     "Sleep", &req->base, NULL, assoc);
+	aa__demo__sleep_request__free_unpacked(req, NULL); // packed: done
 	if (rv != 0) {
 		free(rc);
 		printf("{\"side\":\"A\",\"event\":\"remote_refused\","
@@ -202,16 +241,25 @@ call_done(aa_op *op, void *arg)
 {
 	app *a = the_app;
 	int i = (int)(intptr_t)arg;
+	ProtobufCMessage *out;
+	long slept = -1; // -1: no reply (cancelled or failed)
 	if (!pthread_equal(pthread_self(), a->loop_thread)) {
 		a->off_thread++;
 	}
+	// A completed call's result is B's typed reply, passed up as bytes.
+	if (aa_op_status(op) == AA_COMPLETED &&
+	    aa_service_result(&out, op, &aa__demo__sleep_reply__descriptor) ==
+	        0) {
+		slept = ((Aa__Demo__SleepReply *)out)->slept_ms;
+		aa_service_result_free(op, out);
+	}
 	printf("{\"side\":\"A\",\"event\":\"done\",\"call\":%d,\"op\":%llu,"
 	       "\"state\":\"%s\",\"error\":\"%s\",\"message\":\"%s\","
-	       "\"t_ms\":%llu}\n",
+	       "\"slept_ms\":%ld,\"t_ms\":%llu}\n",
 	       i, (unsigned long long)aa_op_id(op),
 	       aa_op_state_name(aa_op_status(op)),
 	       aa_op_error(op) != 0 ? aa_strerror(aa_op_error(op)) : "",
-	       aa_op_error_msg(op), (unsigned long long)ms_since(a));
+	       aa_op_error_msg(op), slept, (unsigned long long)ms_since(a));
 	a->ended++;
 	aa_op_unref(op);
 }
@@ -256,12 +304,14 @@ moment(app *a)
 }
 
 // start_calls starts every top-level call, its handler bound to the
-// loop's executor.
+// loop's executor, its input an encoded aa.demo.SleepRequest.
 static int
 start_calls(app *a)
 {
+	Aa__Demo__SleepRequest req = AA__DEMO__SLEEP_REQUEST__INIT;
 	aa_assoc assoc = {0};
-	char ms[32];
+	uint8_t in[16]; // a uint32 field: at most 6 bytes
+	size_t len;
 	moments[0] = a->cancel_all_after_ms;
 	moments[1] = a->kill_after_ms;
 	moments[2] = a->kill_after_ms >= 0 && a->restart_after_ms >= 0
@@ -272,10 +322,11 @@ start_calls(app *a)
 		return 1;
 	}
 	assoc.executor = a->loop_ex; // every handler on this thread
-	snprintf(ms, sizeof(ms), "%ld", a->sleep_ms);
+	req.ms = (uint32_t)a->sleep_ms;
+	len = aa__demo__sleep_request__pack(&req, in);
 	for (int i = 0; i < a->calls; i++) {
 		aa_op *op;
-		int rv = high_call(a->h, ms, strlen(ms), &assoc, call_done,
+		int rv = high_call(a->h, in, len, &assoc, call_done,
 		                   (void *)(intptr_t)i, &op);
 		if (rv != 0) {
 			printf("{\"side\":\"A\",\"event\":\"refused\","
@@ -458,6 +509,7 @@ main(int argc, char **argv)
 		}
 	}
 	if (a.url == NULL || a.policy.max_attempts < 1 ||
+	    a.sleep_ms > 24L * 3600 * 1000 || // demo.proto: at most a day
 	    (a.kill_after_ms >= 0 && a.server_bin == NULL)) {
 		fprintf(stderr, "embed-a: bad options (see the source's "
 		                "opening comment)\n");
@@ -471,6 +523,11 @@ main(int argc, char **argv)
 	if ((rv = connect_client(&a)) != 0) {
 		fprintf(stderr, "embed-a: cannot reach %s: %s\n", a.url,
 		        aa_strerror(rv));
+		stop_server(&a, SIGTERM);
+		return 1;
+	}
+	if (check_b(&a) != 0) {
+		aa_client_free(a.client);
 		stop_server(&a, SIGTERM);
 		return 1;
 	}

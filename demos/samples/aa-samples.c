@@ -12,6 +12,7 @@
 #include "afile.h"
 #include "chain.h"
 #include "high.h"
+#include "lowaio.h"
 #include "lowfake.h"
 #include "lowreal.h"
 #include "passthru.h"
@@ -189,6 +190,26 @@ story_low_level(aa_executor *pool)
 	       aa_settlement_name(aa_op_settlement(op)));
 	aa_op_unref(op);
 	lowreal_free(lr);
+}
+
+// Real cancel on nng's own asynchronous I/O: an hour's nng_sleep_aio,
+// aborted by nng_aio_cancel; nng's callback ends the op.
+static void
+story_low_level_aio(void)
+{
+	outcome slept = OUTCOME("real cancel, nng aio");
+	lowaio *la;
+	aa_op *op;
+	printf("low level: an nng aio that can stop\n");
+	EXPECT(lowaio_alloc(&la, 3600 * 1000) == 0);
+	EXPECT(lowaio_call(la, "nap", 3, NULL, outcome_cb, &slept, &op) == 0);
+	aa_op_ref(op);
+	EXPECT(aa_op_cancel(op, AA_CANCEL_TOTAL) == 0);
+	EXPECT(outcome_wait(&slept) == AA_CANCELED); // from nng's callback
+	printf("  the aio was aborted: settlement %s\n",
+	       aa_settlement_name(aa_op_settlement(op)));
+	aa_op_unref(op);
+	lowaio_free(la);
 }
 
 static void
@@ -372,6 +393,7 @@ main(void)
 		return 1;
 	}
 	story_low_level(pool);
+	story_low_level_aio();
 	story_middle_level(pool);
 	story_high_level(pool);
 	story_file(pool);

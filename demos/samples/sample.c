@@ -78,11 +78,16 @@ smp_tracker_remove(smp_tracker *t, smp_node *node)
 	node->prev->next = node->next;
 	node->next->prev = node->prev;
 	node->next = node->prev = NULL;
+	pthread_mutex_unlock(&t->mtx);
+	aa_op_unref(op); // may free the node's memory: touched no more
+	// Counted out only now: once a destroy sees nothing tracked, no
+	// thread of the module holds a reference on an op any more (the
+	// calls' own threads, such as nng's, are not joined by destroy).
+	pthread_mutex_lock(&t->mtx);
 	if (--t->count == 0) {
 		pthread_cond_broadcast(&t->empty_cv);
 	}
 	pthread_mutex_unlock(&t->mtx);
-	aa_op_unref(op); // may free the node's memory: touched no more
 }
 
 int
@@ -163,19 +168,30 @@ smp_module_free(void *module, aa_cancel_type type)
 	free(m);
 }
 
+void
+smp_spin_lock(atomic_flag *busy)
+{
+	while (atomic_flag_test_and_set_explicit(busy, memory_order_acquire)) {
+		sched_yield();
+	}
+}
+
+void
+smp_spin_unlock(atomic_flag *busy)
+{
+	atomic_flag_clear_explicit(busy, memory_order_release);
+}
+
 static void
 link_lock(smp_link *l)
 {
-	while (atomic_flag_test_and_set_explicit(&l->busy,
-	                                         memory_order_acquire)) {
-		sched_yield();
-	}
+	smp_spin_lock(&l->busy);
 }
 
 static void
 link_unlock(smp_link *l)
 {
-	atomic_flag_clear_explicit(&l->busy, memory_order_release);
+	smp_spin_unlock(&l->busy);
 }
 
 int

@@ -95,6 +95,14 @@ int smp_module_alloc(void **mp, size_t size, bool with_timers);
 // has ended, stops the timer thread and frees the module (may be NULL).
 void smp_module_free(void *m, aa_cancel_type type);
 
+// ---- A spin lock, for state in an op's extra memory ----
+
+// Zeroed memory is an unlocked lock and nothing needs freeing, so it fits
+// memory that ends with the op (no destructor runs). For critical
+// sections of a few instructions only.
+void smp_spin_lock(atomic_flag *busy);
+void smp_spin_unlock(atomic_flag *busy);
+
 // ---- Link to the current child ----
 
 // Lives in the parent op's extra memory, so that it outlives any call of
