@@ -227,7 +227,9 @@ aai_cop_cancel(aa_op *op, aa_cancel_type type, void *arg)
 	// The injected bug: a result already in hand wins over the cancel,
 	// so the op ends COMPLETED although cancel said it cancelled it.
 	if (t != AA_TIMELINE_ALREADY_COMPLETE) {
-		aa_op_canceled(op);
+		// As the immediate policy would: the real outcome (the late
+		// Complete, or "never started") is still the settlement.
+		aai_op_canceled_unsettled(op);
 	}
 #endif
 	return (int)t;

@@ -57,6 +57,11 @@ aa_op_cancel_fn aai_op_cancel_fn(const aa_op *op);
 // an explicit aa_op_settle) to give.
 int aai_op_fail_unsettled(aa_op *op, int err, const char *msg);
 
+// aai_op_canceled_unsettled is aa_op_canceled leaving the settlement
+// pending, for a provider that cancels at once what still runs elsewhere
+// (the replay tool's test-only client build).
+int aai_op_canceled_unsettled(aa_op *op);
+
 // aai_panic reports a broken invariant and aborts.
 _Noreturn void aai_panic(const char *fmt, ...);
 

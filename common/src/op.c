@@ -770,6 +770,12 @@ aai_op_fail_unsettled(aa_op *op, int err, const char *msg)
 }
 
 int
+aai_op_canceled_unsettled(aa_op *op)
+{
+	return finish(op, AA_CANCELED, NULL, 0, NULL, 0, 0, NULL, false);
+}
+
+int
 aa_op_fail_app(aa_op *op, int32_t code, const char *msg)
 {
 	return finish(op, AA_ERROR, NULL, 0, NULL, AA_EAPP, code,
