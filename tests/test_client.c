@@ -21,14 +21,6 @@
 
 // ---- Hold points: a checkpoint that stops one thread once ----
 
-typedef struct hold_point {
-	const char *name;
-	atomic_int armed;
-	void *subject;
-	gate reached;
-	gate release;
-} hold_point;
-
 static hold_point hp_submit = {.name = "client.before_submit"};
 static hold_point hp_deliver = {.name = "client.before_deliver"};
 static hold_point hp_reply = {.name = "server.before_reply"};
@@ -36,9 +28,10 @@ static hold_point hp_start = {.name = "server.before_start"};
 static hold_point hp_closing = {.name = "server.closing"};
 static hold_point hp_fail = {.name = "client.before_fail"};
 static hold_point hp_cclosing = {.name = "client.closing"};
-static hold_point *const points[] = {&hp_submit,  &hp_deliver, &hp_reply,
-                                     &hp_start,   &hp_closing, &hp_fail,
-                                     &hp_cclosing};
+static hold_point hp_reconnect = {.name = "client.reconnect"};
+static hold_point *const points[] = {&hp_submit,   &hp_deliver,  &hp_reply,
+                                     &hp_start,    &hp_closing,  &hp_fail,
+                                     &hp_cclosing, &hp_reconnect};
 
 // Actions at "op.slot_connected" (inside aa_op_alloc, during a call).
 static aa_cancel_signal *emit_at_connect;
@@ -58,23 +51,8 @@ on_checkpoint(void *arg, const char *name, void *subject)
 		}
 		return;
 	}
-	for (size_t i = 0; i < sizeof(points) / sizeof(points[0]); i++) {
-		hold_point *h = points[i];
-		if (strcmp(name, h->name) == 0 &&
-		    atomic_exchange(&h->armed, 0) == 1) {
-			h->subject = subject;
-			gate_open(&h->reached);
-			gate_wait(&h->release);
-		}
-	}
-}
-
-static void
-arm(hold_point *h)
-{
-	gate_init(&h->reached);
-	gate_init(&h->release);
-	atomic_store(&h->armed, 1);
+	hold_points_hit(points, sizeof(points) / sizeof(points[0]), name,
+	                subject);
 }
 
 // ---- Server methods ----
@@ -480,7 +458,7 @@ Test(client, cancel_type_the_method_does_not_honour)
 	static seen s;
 	seen_init(&s);
 	env_up("inproc");
-	arm(&hp_submit); // keep it pre-submit so the test is not racing
+	hold_arm(&hp_submit); // keep it pre-submit so the test is not racing
 	aa_op *op = NULL;
 	aa_client_cork(E.cli);
 	cr_assert_eq(
@@ -560,7 +538,7 @@ Test(client, pre_submit_while_the_submitting_thread_is_held)
 	static seen s;
 	seen_init(&s);
 	env_up("ipc");
-	arm(&hp_submit);
+	hold_arm(&hp_submit);
 	caller c = {0};
 	thr_start(&c.t, caller_main, &c);
 	gate_wait(&hp_submit.reached); // the Start is about to be sent
@@ -678,7 +656,7 @@ already_complete_result_in_hand(const char *kind)
 	static seen s;
 	seen_init(&s);
 	env_up(kind);
-	arm(&hp_deliver);
+	hold_arm(&hp_deliver);
 	aa_op *op = call("echo", "x", &s);
 	gate_wait(&hp_deliver.reached); // the Complete is in the client
 	cr_assert_eq(hp_deliver.subject, op);
@@ -714,7 +692,7 @@ already_complete_cancel_crosses(const char *kind)
 	static seen s;
 	seen_init(&s);
 	env_up(kind);
-	arm(&hp_reply);
+	hold_arm(&hp_reply);
 	aa_op *op = call("echo", "x", &s);
 	gate_wait(&hp_reply.reached); // the server finished, not replied
 	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
@@ -815,7 +793,7 @@ timelines(const char *kind)
 	S.stubborn = false;
 
 	// Already-complete: the Complete and the Cancel cross.
-	arm(&hp_reply);
+	hold_arm(&hp_reply);
 	aa_op *done = call("echo", "x", &s4);
 	gate_wait(&hp_reply.reached);
 	cr_assert_eq(aa_op_cancel(done, AA_CANCEL_TERMINAL), 0);
@@ -915,7 +893,7 @@ Test(client, cancel_between_done_and_failed_has_a_timeline)
 	seen_init(&s);
 	env_up("inproc");
 	aa_client_cork(E.cli);
-	arm(&hp_fail);
+	hold_arm(&hp_fail);
 	aa_op *op;
 	aa_call_opts co = {.deadline_ms = 1};
 	cr_assert_eq(aa_client_call(&op, E.cli, "echo", "x", 1, &co, NULL), 0);
@@ -1260,7 +1238,7 @@ Test(client, server_close_while_method_runs_is_unavailable)
 	env_up("inproc");
 	aa_op *op = call("hold", "x", &s);
 	gate_wait(&S.started);
-	arm(&hp_closing);
+	hold_arm(&hp_closing);
 	pthread_t t;
 	cr_assert_eq(pthread_create(&t, NULL, close_main, E.srv), 0);
 	gate_wait(&hp_closing.reached);
@@ -1367,7 +1345,7 @@ Test(client, stop_waits_for_a_close_running_on_another_thread)
 	env_up("ipc");
 	aa_op *op = call("hold", "x", &s);
 	gate_wait(&S.started);
-	arm(&hp_cclosing);
+	hold_arm(&hp_cclosing);
 	lifecycle_call closer, stopper;
 	lifecycle_start(&closer, client_close_main, E.cli);
 	gate_wait(&hp_cclosing.reached);
@@ -1388,7 +1366,7 @@ Test(client, stop_waits_for_a_close_running_on_another_thread)
 Test(client, server_stop_waits_for_a_close_running_on_another_thread)
 {
 	env_up("ipc");
-	arm(&hp_closing);
+	hold_arm(&hp_closing);
 	lifecycle_call closer, stopper;
 	lifecycle_start(&closer, server_close_main, E.srv);
 	gate_wait(&hp_closing.reached);
@@ -1565,18 +1543,6 @@ Test(client, reconnects_after_the_server_restarts)
 // once (the dial runs on a thread of its own, held here at its
 // checkpoint): cancelled, it sends nothing; a failed reconnect fails the
 // calls queued meanwhile; a good one sends them.
-static hold_point hp_reconnect = {.name = "client.reconnect"};
-
-static void
-reconnect_checkpoint(void *arg, const char *name, void *subject)
-{
-	if (strcmp(name, hp_reconnect.name) == 0 &&
-	    atomic_exchange(&hp_reconnect.armed, 0) == 1) {
-		gate_open(&hp_reconnect.reached);
-		gate_wait(&hp_reconnect.release);
-	}
-}
-
 Test(client, a_call_while_reconnecting_never_blocks)
 {
 	static seen s1, s2, s3, s4;
@@ -1584,7 +1550,6 @@ Test(client, a_call_while_reconnecting_never_blocks)
 	seen_init(&s2);
 	seen_init(&s3);
 	seen_init(&s4);
-	aa_checkpoint_set(reconnect_checkpoint, NULL);
 	server_up(&E, "ipc", 0);
 	aa_client_opts co = {.url = E.url, .reconnect = true};
 	cr_assert_eq(aa_client_open(&E.cli, &co), 0);
@@ -1599,7 +1564,7 @@ Test(client, a_call_while_reconnecting_never_blocks)
 	client_stats(&before);
 
 	// No server: the reconnect is held before it dials.
-	arm(&hp_reconnect);
+	hold_arm(&hp_reconnect);
 	aa_op *b = call("echo", "two", &s2); // returns, though nobody dials
 	gate_wait(&hp_reconnect.reached);
 	cr_assert_eq(aa_op_status(b), AA_STARTED);
@@ -1617,7 +1582,7 @@ Test(client, a_call_while_reconnecting_never_blocks)
 
 	// A server again: the reconnect succeeds and sends what queued.
 	server_up(&E, "ipc", 0);
-	arm(&hp_reconnect);
+	hold_arm(&hp_reconnect);
 	aa_op *d = call("echo", "four", &s4);
 	gate_wait(&hp_reconnect.reached);
 	cr_assert_eq(aa_op_status(d), AA_STARTED);

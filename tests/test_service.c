@@ -23,14 +23,6 @@
 
 // ---- Hold points: a checkpoint that stops one thread once ----
 
-typedef struct hold_point {
-	const char *name;
-	atomic_int armed;
-	void *subject;
-	gate reached;
-	gate release;
-} hold_point;
-
 static hold_point hp_deliver = {.name = "client.before_deliver"};
 static hold_point hp_reply = {.name = "server.before_reply"};
 static hold_point *const points[] = {&hp_deliver, &hp_reply};
@@ -39,23 +31,8 @@ static void
 on_checkpoint(void *arg, const char *name, void *subject)
 {
 	(void)arg;
-	for (size_t i = 0; i < sizeof(points) / sizeof(points[0]); i++) {
-		hold_point *h = points[i];
-		if (strcmp(name, h->name) == 0 &&
-		    atomic_exchange(&h->armed, 0) == 1) {
-			h->subject = subject;
-			gate_open(&h->reached);
-			gate_wait(&h->release);
-		}
-	}
-}
-
-static void
-arm(hold_point *h)
-{
-	gate_init(&h->reached);
-	gate_init(&h->release);
-	atomic_store(&h->armed, 1);
+	hold_points_hit(points, sizeof(points) / sizeof(points[0]), name,
+	                subject);
 }
 
 // ---- The server's handlers ----
@@ -685,7 +662,7 @@ Test(service, already_complete_result_in_hand)
 	seen_init(&s);
 	sample_order(&b);
 	env_up("ipc");
-	arm(&hp_deliver);
+	hold_arm(&hp_deliver);
 	aa_op *op = call("Place", &b.o.base, &s);
 	gate_wait(&hp_deliver.reached); // the typed result is in the client
 	cr_assert_eq(hp_deliver.subject, op);
@@ -736,7 +713,7 @@ Test(service, already_complete_crossing)
 	aa_op *probe = call("Place", &b.o.base, &p);
 	gate_wait(&p.done);
 	aa_op_unref(probe);
-	arm(&hp_reply);
+	hold_arm(&hp_reply);
 	// A thread completes the real op with a typed reply and is held at
 	// server.before_reply while the client cancels.
 	finisher fin = {.op = S.held};

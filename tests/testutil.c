@@ -149,3 +149,26 @@ aa_test_check_live(void)
 		abort();
 	}
 }
+
+void
+hold_arm(hold_point *h)
+{
+	gate_init(&h->reached);
+	gate_init(&h->release);
+	atomic_store(&h->armed, 1);
+}
+
+void
+hold_points_hit(hold_point *const *pts, size_t n, const char *name,
+                void *subject)
+{
+	for (size_t i = 0; i < n; i++) {
+		hold_point *h = pts[i];
+		if (strcmp(name, h->name) == 0 &&
+		    atomic_exchange(&h->armed, 0) == 1) {
+			h->subject = subject;
+			gate_open(&h->reached);
+			gate_wait(&h->release);
+		}
+	}
+}

@@ -31,6 +31,25 @@ bool gate_is_open(gate *g);
 // to wait for a result.
 bool gate_wait_ms(gate *g, int ms);
 
+// A hold point: a named checkpoint (docs/checkpoints.md) that stops the
+// thread reaching it once, after hold_arm: it records the subject, opens
+// `reached`, and waits for `release`.
+typedef struct hold_point {
+	const char *name;
+	atomic_int armed;
+	void *subject;
+	gate reached;
+	gate release;
+} hold_point;
+
+// hold_arm makes h stop the next thread that reaches its checkpoint.
+void hold_arm(hold_point *h);
+
+// hold_points_hit is called from a checkpoint function: it stops the
+// thread at the armed point of pts[0..n) named name, if any.
+void hold_points_hit(hold_point *const *pts, size_t n, const char *name,
+                     void *subject);
+
 // A thread running fn(arg), joined by thr_join.
 typedef struct thr {
 	pthread_t t;
