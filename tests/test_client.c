@@ -861,7 +861,9 @@ already_complete_by_reply_delay(const char *kind)
 	int completed = log_wait(AA_SEV_COMPLETED, id);
 	int cancel = log_wait(AA_SEV_CANCEL_RECEIVED, id);
 	int sent = log_wait(AA_SEV_REPLY_SENT, id);
-	cr_assert(completed >= 0 && completed < cancel && cancel < sent,
+	// The server logged success before the Cancel came (the reply may
+	// go out before or after the server reads that Cancel: a slow link).
+	cr_assert(completed >= 0 && completed < cancel && completed < sent,
 	          "log order: completed %d, cancel_received %d, reply %d",
 	          completed, cancel, sent);
 	cr_assert_not_null(strstr(L.recs[cancel].detail, "after completion"));
