@@ -184,6 +184,21 @@ int aai_wire_encode(size_t *lenp, void *buf, size_t cap, const aai_wire_msg *m,
 int aai_wire_decode(aai_wire_msg *m, const char **why, aai_wire_arena *a,
                     const void *frame, size_t len, size_t max_size);
 
+// The arena's alignment: every allocation is rounded up to it (wire.c),
+// and the cost walk counts the same way (wire_scan.c).
+#define AAI_WIRE_ARENA_ALIGN 8u
+
+// aai_wire_utf8_seq returns the length (1-4) of the well-formed UTF-8
+// sequence at p[0..n), or 0; aai_wire_utf8_ok says whether p[0..n) is
+// well-formed UTF-8 without NUL bytes (wire_scan.c).
+size_t aai_wire_utf8_seq(const uint8_t *p, size_t n);
+bool aai_wire_utf8_ok(const uint8_t *p, size_t n);
+
+// aai_wire_scan_envelope checks a frame's raw bytes: exactly one body, of
+// a known kind, whose strings are UTF-8 without NUL bytes. 0, or
+// AA_EPROTO with a static reason in *why (wire_scan.c).
+int aai_wire_scan_envelope(const char **why, const uint8_t *p, size_t len);
+
 // aai_wire_decode_cost stores in *costp an upper bound of the arena bytes
 // decoding frame[0..len) takes, from a walk of its wire format that
 // allocates nothing: 0, or AA_EPROTO (reason in *why) when the frame is
