@@ -383,7 +383,7 @@ aa_client_stop(aa_client *c)
 	if (aai_client_forked(c)) {
 		return AA_ESTATE;
 	}
-	if (aai_cb_inside(AAI_CB_CLIENT, c)) {
+	if (aai_cb_inside(AAI_CB_CLIENT, c) || aai_cop_cancelling(c)) {
 		return AA_EDEADLK;
 	}
 	aa_client_close(c);
@@ -391,7 +391,7 @@ aa_client_stop(aa_client *c)
 	// The link's down callback runs on its own thread; flushers finish
 	// their loop; a close running on another thread finishes with c.
 	while (c->link != NULL || c->live_links > 0 || c->flushing ||
-	       c->closers > 0 || c->reconnectors > 0) {
+	       c->closers > 0 || c->reconnectors > 0 || c->cancels_owed > 0) {
 		aai_cv_wait(&c->cv, &c->mtx);
 	}
 	aai_mtx_unlock(&c->mtx);
@@ -429,7 +429,7 @@ aa_client_free(aa_client *c)
 	if (c == NULL || aai_client_forked(c)) {
 		return; // a forked child leaves its copy alone
 	}
-	if (!aai_cb_inside(AAI_CB_CLIENT, c)) {
+	if (!aai_cb_inside(AAI_CB_CLIENT, c) && !aai_cop_cancelling(c)) {
 		client_free_now(c);
 		return;
 	}

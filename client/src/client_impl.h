@@ -44,6 +44,11 @@ struct cop {
 	bool was_sent;   // its Start was handed to the transport
 	bool in_flusher; // taken off the queue by a flusher
 	bool has_deadline;
+	// An in-flight cancel's Cancel frame, written after the user's
+	// handler (aai_cop_after_cancel): its type (0: none owed) and the
+	// link it was owed on. Only the cancelling thread touches them.
+	uint8_t cancel_owed;
+	uint32_t cancel_gen;
 	uint64_t t0_us; // when the call was made (the deadline counts from)
 	cop *qnext;     // submit queue
 	cop *qprev;
@@ -86,7 +91,11 @@ struct aa_client {
 	uint8_t heartbeat[32];
 	uint64_t instance_id;
 	uint64_t next_id;
-	clink *link;      // NULL when not connected
+	clink *link; // NULL when not connected
+	uint32_t
+	    link_gen;     // counts links made: which one a cop's Cancel is for
+	int cancels_owed; // cancels whose Cancel frame is not written yet:
+	                  // stop waits for them
 	clink *dead;      // links that went down, freed outside them
 	int live_links;   // links whose down callback has not ended
 	uint64_t conn_id; // the server's id for the link
@@ -134,6 +143,15 @@ aai_cop_find(aa_client *c, uint64_t id)
 
 // aai_cop_cancel is the provider's cancel function of every client op.
 int aai_cop_cancel(aa_op *op, aa_cancel_type type, void *arg);
+
+// aai_cop_after_cancel is its after-cancel function: it writes the Cancel
+// frame that aai_cop_cancel owed, once the user's handler was delivered.
+void aai_cop_after_cancel(aa_op *op, void *arg);
+
+// aai_cop_cancelling says whether this thread is between the two halves
+// of a cancel of one of c's ops (its handler may run inside): c must not
+// be stopped or freed under it (client.c treats it as inside a callback).
+bool aai_cop_cancelling(const aa_client *c);
 
 // aai_cop_deadline is the deadline timer's function (arg: the cop).
 void aai_cop_deadline(void *arg);

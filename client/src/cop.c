@@ -155,6 +155,79 @@ aai_cop_fail(cop *p, int err, aa_settlement s, const char *why)
 }
 
 // ---- The provider's cancel function ----
+//
+// An in-flight cancel is two halves. aai_cop_cancel decides the timeline
+// under the client's lock and owes the Cancel frame; aa_op then runs the
+// user's handler; aai_cop_after_cancel writes the frame. The handler so
+// never waits for a write (a syscall on ipc and tcp, 2 to 3 us here), and
+// the Cancel leaves right after the handler returns, on the same thread:
+// handing the write to another thread instead would cost a wake-up, which
+// is slower than the write itself on two cores (docs/PERFORMANCE.md).
+//
+// Between the halves the handler may close, stop or free the client. The
+// thread is marked (cancelling, below): stop from it is AA_EDEADLK and a
+// free from it is deferred, as inside the client's own callbacks, and stop
+// waits until every owed Cancel was written or dropped (cancels_owed). A
+// handler that cancels another op of the same client nests (depth); one
+// that cancels an op of another client while a first is owed writes that
+// Cancel at once, as before the split. The frame is dropped when the
+// client closed meanwhile (its Goodbye says it all) or the link it was
+// owed on went down (the server then cancels the orphan itself).
+
+static _Thread_local const aa_client *cancelling;
+static _Thread_local int cancelling_depth;
+
+bool
+aai_cop_cancelling(const aa_client *c)
+{
+	return cancelling == c;
+}
+
+// owe_cancel marks this thread as between the halves for c, if it may.
+static bool
+owe_cancel(aa_client *c)
+{
+	if (cancelling != NULL && cancelling != c) {
+		return false;
+	}
+	cancelling = c;
+	cancelling_depth++;
+	return true;
+}
+
+// send_cancel writes p's Cancel on the current link. Expects c->mtx.
+static void
+send_cancel(aa_client *c, cop *p, aa_cancel_type type)
+{
+	aai_wire_msg m;
+	aai_wire_cancel(&m, p->node.id, (uint32_t)type);
+	if (aai_wire_send(c->link->conn, &m, 0) == 0) {
+		c->st.sent_cancel++;
+	}
+}
+
+void
+aai_cop_after_cancel(aa_op *op, void *arg)
+{
+	cop *p = aa_op_extra(op);
+	aa_client *c = arg;
+
+	if (p->cancel_owed == 0) {
+		return;
+	}
+	aai_mtx_lock(&c->mtx);
+	if (c->link != NULL && !c->closed && c->link_gen == p->cancel_gen) {
+		send_cancel(c, p, (aa_cancel_type)p->cancel_owed);
+	}
+	p->cancel_owed = 0;
+	if (--c->cancels_owed == 0) {
+		aai_cv_broadcast(&c->cv);
+	}
+	aai_mtx_unlock(&c->mtx); // c may be freed from here on
+	if (--cancelling_depth == 0) {
+		cancelling = NULL;
+	}
+}
 
 int
 aai_cop_cancel(aa_op *op, aa_cancel_type type, void *arg)
@@ -193,10 +266,13 @@ aai_cop_cancel(aa_op *op, aa_cancel_type type, void *arg)
 		t = AA_TIMELINE_IN_FLIGHT;
 		// A closing client says one Goodbye instead of a Cancel each.
 		if (c->link != NULL && !c->closed) {
-			aai_wire_msg m;
-			aai_wire_cancel(&m, p->node.id, (uint32_t)type);
-			if (aai_wire_send(c->link->conn, &m, 0) == 0) {
-				c->st.sent_cancel++;
+			if (owe_cancel(c)) {
+				// Written after the handler (after_cancel).
+				p->cancel_owed = (uint8_t)type;
+				p->cancel_gen = c->link_gen;
+				c->cancels_owed++;
+			} else {
+				send_cancel(c, p, type);
 			}
 		}
 		break;

@@ -380,6 +380,7 @@ aai_link_connect(aa_client *c)
 	    c->link == NULL) {
 		l->pins--;
 		c->link = l;
+		c->link_gen++;
 		c->conn_id = l->conn_id;
 		c->down_err = 0;
 		c->st.connects++;

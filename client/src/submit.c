@@ -147,6 +147,7 @@ aa_client_call(aa_op **opp, aa_client *c, const char *method_name,
 	}
 	aa_op_provider pv = {
 	    .cancel = aai_cop_cancel,
+	    .after_cancel = aai_cop_after_cancel,
 	    .arg = c,
 #ifdef AA_REPLAY_INJECT_BUG
 	    // Test-only bug, compiled into aa-replay-bug alone (see

@@ -96,6 +96,7 @@ struct aa_op {
 
 	// Provider.
 	aa_op_cancel_fn cancel_fn;
+	aa_op_after_cancel_fn after_cancel_fn;
 	void *prov_arg;
 	aa_cancel_policy policy;
 	unsigned cancel_types;
@@ -182,6 +183,7 @@ aa_op_alloc(aa_op **opp, const aa_op_provider *prov, const aa_assoc *assoc)
 	atomic_init(&op->detail, -1);
 	op->id = atomic_fetch_add(&next_op_id, 1);
 	op->cancel_fn = prov->cancel;
+	op->after_cancel_fn = prov->after_cancel;
 	op->prov_arg = prov->arg;
 	op->policy = prov->policy;
 	op->cancel_types = prov->cancel_types;
@@ -630,6 +632,9 @@ cancel(aa_op *op, aa_cancel_type type, bool may_wait)
 			aa_op_ref(op);
 			atomic_store(&op->detail,
 			             op->cancel_fn(op, type, op->prov_arg));
+			if (op->after_cancel_fn != NULL) {
+				op->after_cancel_fn(op, op->prov_arg);
+			}
 			aa_op_unref(op);
 		}
 		return 0;
@@ -648,7 +653,14 @@ cancel(aa_op *op, aa_cancel_type type, bool may_wait)
 		             op->cancel_fn(op, type, op->prov_arg));
 	}
 	pthread_t to;
-	if (after_final(op, run, &to) && may_wait) {
+	bool handed = after_final(op, run, &to);
+	// The handler has run inline, been posted, or been handed to another
+	// thread: now the slow part of the cancel (the client layer writes
+	// its Cancel frame here), which the handler never waits for.
+	if (call_fn && op->after_cancel_fn != NULL) {
+		op->after_cancel_fn(op, op->prov_arg);
+	}
+	if (handed && may_wait) {
 		// The handler was handed to a progress callback running on
 		// another thread: cancel still returns only after that thread
 		// has delivered it (run it, or posted it to the executor), as

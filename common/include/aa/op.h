@@ -69,6 +69,14 @@ typedef void (*aa_op_progress_cb)(aa_op *op, void *arg, const void *data,
 // timeline applied), kept in the op for aa_op_cancel_detail.
 typedef int (*aa_op_cancel_fn)(aa_op *op, aa_cancel_type type, void *arg);
 
+// The provider's after-cancel function (optional): the slow part of a
+// cancel, such as telling a peer. Called once, right after the cancel
+// function, on the same thread, and after the completion handler was
+// delivered (run inline, or posted to the associated executor) when the
+// cancel made the op final: the user's handler never waits for it. Not
+// called when the cancel function was not.
+typedef void (*aa_op_after_cancel_fn)(aa_op *op, void *arg);
+
 // Releases a result buffer handed to aa_op_complete.
 typedef void (*aa_free_fn)(void *ptr);
 
@@ -90,6 +98,7 @@ typedef struct aa_op_provider {
 	aa_cancel_policy policy;
 	unsigned cancel_types; // aa_cancel_type mask it honours
 	size_t extra;          // bytes of provider memory in the op
+	aa_op_after_cancel_fn after_cancel; // may be NULL; gets arg
 } aa_op_provider;
 
 // ---- Caller side ----
