@@ -597,6 +597,128 @@ Test(client, in_flight_inproc)
 {
 	in_flight("inproc");
 }
+
+// ---- An in-flight cancel in two halves: handler first, then the Cancel ----
+
+typedef struct halves {
+	aa_client *cli;
+	uint64_t sent_cancel_in_handler;
+	int stop_rv;
+	bool free_client; // the handler frees the client
+	bool stop_client; // the handler tries to stop it
+	bool close_client;
+	atomic_int calls;
+} halves;
+
+static void
+halves_handler(aa_op *op, void *arg)
+{
+	halves *h = arg;
+	aa_client_stats cs;
+	aa_client_stats_get(h->cli, &cs);
+	h->sent_cancel_in_handler = cs.sent_cancel;
+	if (h->stop_client) {
+		h->stop_rv = aa_client_stop(h->cli);
+	}
+	if (h->close_client) {
+		aa_client_close(h->cli);
+	}
+	if (h->free_client) {
+		aa_client_free(h->cli); // deferred: this thread owes a Cancel
+	}
+	atomic_fetch_add(&h->calls, 1);
+}
+
+// in_flight_halves cancels a started "hold" op with h's handler; returns
+// the op.
+static aa_op *
+in_flight_halves(const char *kind, halves *h)
+{
+	env_up(kind);
+	h->cli = E.cli;
+	aa_op *op;
+	cr_assert_eq(aa_client_call(&op, E.cli, "hold", "x", 1, NULL, NULL),
+	             0);
+	cr_assert_eq(aa_op_set_handler(op, halves_handler, h), 0);
+	gate_wait(&S.started);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(atomic_load(&h->calls), 1);
+	return op;
+}
+
+static void
+handler_before_cancel_frame(const char *kind)
+{
+	static halves h;
+	memset(&h, 0, sizeof(h));
+	aa_op *op = in_flight_halves(kind, &h);
+	// The handler ran before the frame was written; the Cancel left
+	// before aa_op_cancel returned, and the server acts on it.
+	cr_assert_eq(h.sent_cancel_in_handler, 0);
+	aa_client_stats cs;
+	client_stats(&cs);
+	cr_assert_eq(cs.sent_cancel, 1);
+	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_IN_FLIGHT);
+	log_wait(AA_SEV_CANCEL_RECEIVED, aa_client_op_id(op));
+	aa_op_unref(op);
+}
+
+Test(client, handler_runs_before_the_cancel_frame_inproc)
+{
+	handler_before_cancel_frame("inproc");
+}
+
+Test(client, handler_runs_before_the_cancel_frame_ipc)
+{
+	handler_before_cancel_frame("ipc");
+}
+
+Test(client, handler_frees_the_client_between_the_cancel_halves)
+{
+	static halves h;
+	memset(&h, 0, sizeof(h));
+	h.free_client = true;
+	aa_op *op = in_flight_halves("ipc", &h);
+	E.cli = NULL; // the handler freed it (deferred until the Cancel)
+	cr_assert_eq(aa_op_status(op), AA_CANCELED);
+	// The free waited for the owed Cancel, which went out: the server
+	// cancels its real op because of it (or as an orphan once the
+	// client is gone; either way it is cancelled).
+	log_wait(AA_SEV_CANCELED, aa_client_op_id(op));
+	aa_op_unref(op);
+	while (aa_live(AA_LIVE_CLIENT) != 0) { // the deferred free ends
+		sched_yield();
+	}
+}
+
+Test(client, stop_between_the_cancel_halves_is_edeadlk)
+{
+	static halves h;
+	memset(&h, 0, sizeof(h));
+	h.stop_client = true;
+	aa_op *op = in_flight_halves("inproc", &h);
+	cr_assert_eq(h.stop_rv, AA_EDEADLK);
+	aa_client_stats cs;
+	client_stats(&cs);
+	cr_assert_eq(cs.sent_cancel, 1);
+	aa_op_unref(op);
+}
+
+Test(client, close_between_the_cancel_halves_drops_the_cancel)
+{
+	static halves h;
+	memset(&h, 0, sizeof(h));
+	h.close_client = true;
+	aa_op *op = in_flight_halves("inproc", &h);
+	// A closing client says one Goodbye instead of a Cancel each; the
+	// server cancels the op as the client's connection ends.
+	aa_client_stats cs;
+	client_stats(&cs);
+	cr_assert_eq(cs.sent_cancel, 0);
+	log_wait(AA_SEV_CANCELED, aa_client_op_id(op));
+	aa_op_unref(op);
+}
+
 Test(client, in_flight_ipc)
 {
 	in_flight("ipc");

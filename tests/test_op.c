@@ -215,6 +215,86 @@ Test(op, immediate_cancel_runs_handler_inline_and_absorbs_completion)
 	aa_op_unref(op);
 }
 
+// The after-cancel function: once per cancel function call, on the
+// cancelling thread, after the handler was delivered.
+typedef struct after {
+	seen *s;
+	prov *p;
+	int calls;
+	int handler_calls_then; // handler runs seen when it was called
+	int cancel_calls_then;
+} after;
+
+static void
+after_cancel(aa_op *op, void *arg)
+{
+	after *a = arg;
+	a->calls++;
+	a->handler_calls_then = a->s->calls;
+	a->cancel_calls_then = a->p->cancel_calls;
+}
+
+static int
+after_prov_cancel(aa_op *op, aa_cancel_type type, void *arg)
+{
+	after *a = arg;
+	return prov_cancel(op, type, a->p);
+}
+
+static aa_op *
+make_after_op(after *a, aa_cancel_policy policy)
+{
+	aa_op_provider pv = {.cancel = after_prov_cancel,
+	                     .after_cancel = after_cancel,
+	                     .arg = a,
+	                     .policy = policy,
+	                     .cancel_types = AA_CANCEL_ALL};
+	aa_op *op = NULL;
+	cr_assert_eq(aa_op_alloc(&op, &pv, NULL), 0);
+	return op;
+}
+
+Test(op, after_cancel_runs_after_the_handler)
+{
+	prov p = {0};
+	seen s = {0};
+	after a = {.s = &s, .p = &p};
+	aa_op *op = make_after_op(&a, AA_POLICY_IMMEDIATE);
+	cr_assert_eq(aa_op_set_handler(op, on_done, &s), 0);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(a.calls, 1);
+	cr_assert_eq(a.cancel_calls_then, 1, "after the cancel function");
+	cr_assert_eq(a.handler_calls_then, 1, "after the handler");
+	// A repeated cancel calls neither function again.
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), AA_EALREADY);
+	cr_assert_eq(a.calls, 1);
+	aa_op_unref(op);
+
+	// Cooperative: right after the cancel function (here the provider
+	// finishes inside it, so the handler has run too).
+	prov p2 = {0};
+	seen s2 = {0};
+	after a2 = {.s = &s2, .p = &p2};
+	op = make_after_op(&a2, AA_POLICY_COOPERATIVE);
+	p2.finish_inside = op;
+	cr_assert_eq(aa_op_set_handler(op, on_done, &s2), 0);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(a2.calls, 1);
+	cr_assert_eq(a2.handler_calls_then, 1);
+	aa_op_unref(op);
+
+	// A final op: neither is called.
+	prov p3 = {0};
+	seen s3 = {0};
+	after a3 = {.s = &s3, .p = &p3};
+	op = make_after_op(&a3, AA_POLICY_IMMEDIATE);
+	cr_assert_eq(aa_op_complete(op, NULL, 0, NULL), 0);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), AA_EALREADY);
+	cr_assert_eq(a3.calls, 0);
+	cr_assert_eq(p3.cancel_calls, 0);
+	aa_op_unref(op);
+}
+
 Test(op, cooperative_cancel_waits_for_the_provider)
 {
 	prov p = {0};
