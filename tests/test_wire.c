@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "../common/src/wire.h"
+#include "../common/src/wire_impl.h"
 #include "testutil.h"
 
 TestSuite(wire, .timeout = 300, .fini = aa_test_check_live);
@@ -828,6 +829,16 @@ Test(wire, size_limits, .init = arena_setup)
 	cr_assert_eq(aai_wire_decode(&d, &why, &arena, buf, len, len), 0);
 	assert_bytes(d.start.payload, d.start.payload_len, payload,
 	             sizeof(payload));
+	// The payload is read where it is, in the frame: nothing of its 70 KB
+	// is copied into the arena (16 KiB), so nothing spills.
+	cr_assert_eq(arena.spills, 0);
+	cr_assert(d.start.payload > (const void *)buf &&
+	          d.start.payload < (const void *)(buf + len));
+	aai_wire_fast_off = true; // the protobuf-c path copies it
+	cr_assert_eq(aai_wire_decode(&d, &why, &arena, buf, len, len), 0);
+	aai_wire_fast_off = false;
+	assert_bytes(d.start.payload, d.start.payload_len, payload,
+	             sizeof(payload));
 	cr_assert_gt(arena.spills, 0); // 70 KB did not fit 16 KiB
 	aai_wire_arena_fini(&arena);
 }
@@ -1422,4 +1433,176 @@ Test(wire, method_fingerprint_is_field_10, .init = arena_setup)
 	cr_assert_eq(d.hello.n_methods, 2);
 	cr_assert_eq(d.hello.methods[0].fingerprint, 0x1122334455667788ULL);
 	cr_assert_eq(d.hello.methods[1].fingerprint, 0, "untyped");
+}
+
+// ---------------------------------------------------------------------------
+// The fast path (wire_fast.c) against the protobuf-c path: the same bytes
+// on encode, the same verdict, reason and message on decode.
+
+// random_msg fills m with a random Start, Complete, Cancel or Progress,
+// zero fields and odd texts included; the strings live in text.
+static void
+random_msg(aai_wire_msg *m, char *text, size_t cap, const uint8_t *payload)
+{
+	static const char *const texts[] = {"", "boom", "caf\xc3\xa9",
+	                                    "bad \xff byte", "m"};
+	uint64_t ids[] = {1, 127, 128, 300, 1ull << 35, UINT64_MAX};
+	uint64_t id = rng() % 8 == 0 ? 0 : ids[rng() % 6];
+	size_t plen = rng() % 4 == 0 ? 0 : (size_t)(rng() % 300);
+	uint32_t u32s[] = {0, 1, 5, 127, 128, 70000, UINT32_MAX};
+	snprintf(text, cap, "%s", texts[rng() % 5]);
+	if (rng() % 16 == 0) { // over-long: cut by encode
+		memset(text, 'x', cap - 1);
+		text[cap - 1] = '\0';
+	}
+	switch (rng() % 4) {
+	case 0:
+		aai_wire_start(m, id, text[0] ? text : "echo", payload, plen,
+		               u32s[rng() % 7], (uint32_t)(rng() % 9));
+		break;
+	case 1: {
+		aai_wire_status st = (aai_wire_status)(rng() % 5);
+		uint32_t err = rng() % 2 ? 0 : (uint32_t)(rng() % 30);
+		aai_wire_complete(m, id, st, err, text, payload, plen);
+		m->complete.cancel_received = rng() % 2;
+		int32_t apps[] = {0, 1, -1, 7, INT32_MIN, INT32_MAX};
+		m->complete.app_code = apps[rng() % 6];
+		break;
+	}
+	case 2:
+		aai_wire_cancel(m, id, (uint32_t)(rng() % 6));
+		break;
+	default:
+		aai_wire_progress(m, id, payload, plen);
+		break;
+	}
+}
+
+static void
+assert_same_msg(const aai_wire_msg *a, const aai_wire_msg *b)
+{
+	cr_assert_eq(a->kind, b->kind);
+	cr_assert_eq(a->op_id, b->op_id);
+	switch (a->kind) {
+	case AAI_WIRE_START:
+		cr_assert_str_eq(a->start.method, b->start.method);
+		assert_bytes(a->start.payload, a->start.payload_len,
+		             b->start.payload, b->start.payload_len);
+		cr_assert_eq(a->start.deadline_ms, b->start.deadline_ms);
+		cr_assert_eq(a->start.cancel_types, b->start.cancel_types);
+		break;
+	case AAI_WIRE_COMPLETE:
+		cr_assert_eq(a->complete.status, b->complete.status);
+		cr_assert_eq(a->complete.error, b->complete.error);
+		cr_assert_str_eq(a->complete.message, b->complete.message);
+		assert_bytes(a->complete.payload, a->complete.payload_len,
+		             b->complete.payload, b->complete.payload_len);
+		cr_assert_eq(a->complete.cancel_received,
+		             b->complete.cancel_received);
+		cr_assert_eq(a->complete.app_code, b->complete.app_code);
+		break;
+	case AAI_WIRE_CANCEL:
+		cr_assert_eq(a->cancel.type, b->cancel.type);
+		break;
+	case AAI_WIRE_PROGRESS:
+		assert_bytes(a->progress.payload, a->progress.payload_len,
+		             b->progress.payload, b->progress.payload_len);
+		break;
+	default:
+		break;
+	}
+}
+
+Test(wire, fast_encode_gives_the_protobuf_c_bytes)
+{
+	static uint8_t payload[300], fast[2048], slow[2048];
+	char text[AAI_WIRE_TEXT_MAX + 8];
+	for (size_t i = 0; i < sizeof(payload); i++) {
+		payload[i] = (uint8_t)rng();
+	}
+	int encoded = 0;
+	for (int i = 0; i < 100000; i++) {
+		aai_wire_msg m;
+		random_msg(&m, text, sizeof(text), payload);
+		size_t n1 = 0, n2 = 0, s1 = 0, s2 = 0;
+		int r1 = aai_wire_encode(&n1, fast, sizeof(fast), &m, 0);
+		int z1 = aai_wire_size(&s1, &m);
+		aai_wire_fast_off = true;
+		int r2 = aai_wire_encode(&n2, slow, sizeof(slow), &m, 0);
+		int z2 = aai_wire_size(&s2, &m);
+		aai_wire_fast_off = false;
+		cr_assert_eq(r1, r2, "kind %d", m.kind);
+		cr_assert_eq(z1, z2);
+		cr_assert_eq(s1, s2);
+		if (r1 == 0) {
+			encoded++;
+			cr_assert_eq(n1, n2, "kind %d", m.kind);
+			cr_assert_eq(memcmp(fast, slow, n1), 0, "kind %d",
+			             m.kind);
+			cr_assert_eq(n1, s1);
+		}
+	}
+	test_note("%d of 100000 random messages encoded", encoded);
+	cr_assert_gt(encoded, 30000);
+}
+
+Test(wire, fast_decode_agrees_with_protobuf_c, .init = arena_setup)
+{
+	static uint8_t payload[300], frame[2048];
+	static uint8_t buf2[16384];
+	char text[AAI_WIRE_TEXT_MAX + 8];
+	aai_wire_arena a2;
+	aai_wire_arena_init(&a2, buf2, sizeof(buf2));
+	for (size_t i = 0; i < sizeof(payload); i++) {
+		payload[i] = (uint8_t)rng();
+	}
+	int fast_ok = 0, agreed_err = 0;
+	for (int i = 0; i < 200000; i++) {
+		aai_wire_msg m, d1, d2;
+		size_t len;
+		random_msg(&m, text, sizeof(text), payload);
+		if (aai_wire_encode(&len, frame, sizeof(frame), &m, 0) != 0) {
+			continue;
+		}
+		// Mutate most frames: bytes flipped, cut, extended, or a
+		// field appended (unknown, repeated, or of the wrong type).
+		int how = (int)(rng() % 6);
+		if (how == 1) {
+			frame[rng() % len] ^= (uint8_t)(1u << (rng() % 8));
+		} else if (how == 2) {
+			frame[rng() % len] = (uint8_t)rng();
+		} else if (how == 3) {
+			len = (size_t)(rng() % len);
+		} else if (how >= 4 && len < 120) {
+			// One more body field (the Envelope's length grows).
+			uint8_t key = (uint8_t)(rng() % 80);
+			frame[len++] = key;
+			frame[len++] = (uint8_t)(rng() % 3);
+			frame[len++] = 'a';
+			frame[len++] = 'b';
+			frame[1] = (uint8_t)(len - 2);
+		}
+		const char *w1 = NULL, *w2 = NULL;
+		int r1 = aai_wire_decode(&d1, &w1, &arena, frame, len, 0);
+		aai_wire_fast_off = true;
+		int r2 = aai_wire_decode(&d2, &w2, &a2, frame, len, 0);
+		aai_wire_fast_off = false;
+		cr_assert_eq(r1, r2,
+		             "frame %d: fast %d (%s), protobuf-c %d (%s)", i,
+		             r1, w1 ? w1 : "", r2, w2 ? w2 : "");
+		if (r1 == 0) {
+			fast_ok++;
+			assert_same_msg(&d1, &d2);
+		} else {
+			agreed_err++;
+			cr_assert_str_eq(w1, w2);
+			cr_assert_eq(d1.kind, AAI_WIRE_NONE);
+		}
+	}
+	test_note("fast vs protobuf-c: %d decoded alike, %d refused alike",
+	          fast_ok, agreed_err);
+	cr_assert_gt(fast_ok, 10000);
+	cr_assert_gt(agreed_err, 10000);
+	aai_wire_arena_fini(&a2);
+	aai_wire_arena_fini(&arena);
 }

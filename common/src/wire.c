@@ -55,6 +55,7 @@
 
 #include "aa.pb-c.h"
 #include "wire.h"
+#include "wire_impl.h"
 
 // ---------------------------------------------------------------------------
 // The arena.
@@ -161,6 +162,12 @@ arena_alloc(void *ctx, size_t size)
 	void *p = c->data + c->used;
 	c->used += need;
 	return p;
+}
+
+void *
+aai_wire_arena_alloc(aai_wire_arena *a, size_t size)
+{
+	return arena_alloc(a, size);
 }
 
 // arena_free is a no-op: the arena is released as a whole.
@@ -429,6 +436,12 @@ check_msg(const char **why, const aai_wire_msg *m, bool encoding)
 }
 
 int
+aai_wire_rules(const char **why, const aai_wire_msg *m, bool encoding)
+{
+	return check_msg(why, m, encoding);
+}
+
+int
 aai_wire_check(const char **why, const aai_wire_msg *m)
 {
 	const char *unused;
@@ -657,6 +670,9 @@ aai_wire_size(size_t *sizep, const aai_wire_msg *m)
 	int rv;
 
 	*sizep = 0;
+	if ((rv = aai_wire_fast_size(sizep, m)) != AAI_WIRE_NOT_FAST) {
+		return rv;
+	}
 	if ((rv = fill(&pk, m)) == 0) {
 		size_t body = protobuf_c_message_get_packed_size(body_of(&pk));
 		*sizep = 1 + varint_len(body) + body;
@@ -675,6 +691,10 @@ aai_wire_encode(size_t *lenp, void *buf, size_t cap, const aai_wire_msg *m,
 	int rv;
 
 	*lenp = 0;
+	if ((rv = aai_wire_fast_encode(lenp, buf, cap, m, max_size)) !=
+	    AAI_WIRE_NOT_FAST) {
+		return rv;
+	}
 	if ((rv = fill(&pk, m)) != 0) {
 		packer_fini(&pk);
 		return rv;
@@ -822,6 +842,16 @@ aai_wire_decode(aai_wire_msg *m, const char **why, aai_wire_arena *a,
 			return AA_EPROTO;
 		}
 		frame = empty;
+	}
+	// Start, Complete, Cancel and Progress in their usual form, in one
+	// pass (wire_fast.c); the rest, and whatever it refuses, here.
+	if ((rv = aai_wire_fast_decode(m, why, a, frame, len)) !=
+	    AAI_WIRE_NOT_FAST) {
+		if (rv != 0) {
+			memset(m, 0, sizeof(*m));
+			aai_wire_arena_reset(a);
+		}
+		return rv;
 	}
 	if ((rv = aai_wire_scan_envelope(why, frame, len)) != 0) {
 		return rv;

@@ -1,0 +1,31 @@
+// wire_impl.h: what the codec's files share (wire.c, wire_fast.c). Not
+// for the layers: they use wire.h.
+#ifndef AA_WIRE_IMPL_H
+#define AA_WIRE_IMPL_H
+
+#include "wire.h"
+
+// Returned by the fast path for a message or frame it leaves to the
+// protobuf-c path.
+#define AAI_WIRE_NOT_FAST (-1)
+
+// Tests only: true turns the fast path off (wire_fast.c).
+extern bool aai_wire_fast_off;
+
+// aai_wire_rules applies the protocol's rules (wire.c); encoding relaxes
+// the text limit (encode cuts texts instead).
+int aai_wire_rules(const char **why, const aai_wire_msg *m, bool encoding);
+
+// aai_wire_arena_alloc takes size bytes from the arena within its budget,
+// or NULL (wire.c).
+void *aai_wire_arena_alloc(aai_wire_arena *a, size_t size);
+
+// The fast path (wire_fast.c): each returns AAI_WIRE_NOT_FAST or what the
+// generic function would return, with the same effects.
+int aai_wire_fast_decode(aai_wire_msg *m, const char **why, aai_wire_arena *a,
+                         const uint8_t *frame, size_t len);
+int aai_wire_fast_size(size_t *sizep, const aai_wire_msg *m);
+int aai_wire_fast_encode(size_t *lenp, uint8_t *out, size_t cap,
+                         const aai_wire_msg *m, size_t max_size);
+
+#endif // AA_WIRE_IMPL_H
