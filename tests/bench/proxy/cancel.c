@@ -166,20 +166,47 @@ direct_call(int count, cancel_result *res)
 static const char *const cmode_keys[3] = {"pre_submit", "in_flight",
                                           "in_flight_stopped"};
 
+// cancel_median folds the rounds into one result: N is their sum, every
+// other figure the median over the rounds; *p50s gets the spread of the
+// per-round "inside" p50.
+static void
+cancel_median(cancel_result *rounds, cancel_result *m, spread *p50s)
+{
+	double v[6][MAX_REPS];
+	m->n = 0;
+	for (int r = 0; r < reps; r++) {
+		m->n += rounds[r].n;
+		v[0][r] = rounds[r].in_p50;
+		v[1][r] = rounds[r].in_p99;
+		v[2][r] = rounds[r].hd_p50;
+		v[3][r] = rounds[r].hd_p99;
+		v[4][r] = rounds[r].share_1us;
+	}
+	*p50s = spread_of(v[0], reps);
+	m->in_p50 = median(v[0], reps);
+	m->in_p99 = median(v[1], reps);
+	m->hd_p50 = median(v[2], reps);
+	m->hd_p99 = median(v[3], reps);
+	m->share_1us = median(v[4], reps);
+}
+
 // print_cancel prints one row and records it under cancel.<t>.<key>.
 static void
 print_cancel(const char *t, const char *what, const char *key,
-             const cancel_result *r)
+             const cancel_result *r, spread s)
 {
 	json_num(r->n, "cancel.%s.%s.n", t, key);
 	json_num(r->in_p50, "cancel.%s.%s.inside_p50_us", t, key);
+	json_num(s.min, "cancel.%s.%s.inside_p50_us_min", t, key);
+	json_num(s.max, "cancel.%s.%s.inside_p50_us_max", t, key);
 	json_num(r->in_p99, "cancel.%s.%s.inside_p99_us", t, key);
 	json_num(r->share_1us, "cancel.%s.%s.within_1us_pct", t, key);
 	json_num(r->hd_p50, "cancel.%s.%s.to_handler_p50_us", t, key);
 	json_num(r->hd_p99, "cancel.%s.%s.to_handler_p99_us", t, key);
-	md("| %s | %s | %.0f | %.3f / %.3f | %.1f %% | %.3f / %.3f |\n", t,
-	   what, r->n, r->in_p50, r->in_p99, r->share_1us, r->hd_p50,
-	   r->hd_p99);
+	md("| %s | %s | %.0f | %.3f / %.3f | %.3f / %.3f | %.1f %% | %.3f / "
+	   "%.3f |\n",
+	   t, what, r->n, r->in_p50, r->in_p99, s.min, s.max, r->share_1us,
+	   r->hd_p50, r->hd_p99);
 }
 
 double aa_cancel_hd_p50[3] = {NAN, NAN, NAN};
@@ -190,19 +217,30 @@ void
 bench_cancel(void)
 {
 	int nt = smoke ? 2 : 3;
-	cancel_result r;
+	// Each round cancels an equal share of cancel_count (batches of at
+	// most 1000), with the cases in a new random order.
+	int per_round = cancel_count / reps > 0 ? cancel_count / reps : 1;
+	cancel_result rounds[3][MAX_REPS], r;
+	spread s;
 
 	md("\n## Cancel latency\n\nTime inside aa_op_cancel (the "
 	   "handler runs inline, so this is \"handler done\") and from "
 	   "the call to the handler's first instruction, p50 / p99 in "
-	   "us, over N cancels (batches of 1000 ops); each figure "
-	   "includes one clock_gettime pair, as the direct call "
-	   "does.\n\n");
-	md("| transport | case | N | inside cancel p50 / p99 us | "
-	   "returned within 1 us | to handler p50 / p99 us |\n"
-	   "| --- | --- | --- | --- | --- | --- |\n");
-	direct_call(cancel_count, &r);
-	print_cancel("-", "direct call of the callback (floor)", "floor", &r);
+	   "us, over N cancels (%d rounds of %d, batches of at most 1000 "
+	   "ops, the cases in a random order in each round; medians of the "
+	   "rounds, and the min / max of the per-round p50 inside cancel); "
+	   "each figure includes one clock_gettime pair, as the direct call "
+	   "does.\n\n",
+	   reps, per_round);
+	md("| transport | case | N | inside cancel p50 / p99 us | inside p50 "
+	   "min / max us | returned within 1 us | to handler p50 / p99 us "
+	   "|\n| --- | --- | --- | --- | --- | --- | --- |\n");
+	for (int i = 0; i < reps; i++) {
+		direct_call(per_round, &rounds[0][i]);
+	}
+	cancel_median(rounds[0], &r, &s);
+	print_cancel("-", "direct call of the callback (floor)", "floor", &r,
+	             s);
 	for (int t = 0; t < nt; t++) {
 		if (skip_transport(transports[t])) {
 			continue;
@@ -211,17 +249,26 @@ bench_cancel(void)
 		server_start(&se, transports[t], "aa");
 		aa_client *c = client_open(se.url);
 		int nm = se.pid > 0 ? 3 : 2;
+		for (int i = 0; i < reps; i++) {
+			int order[3];
+			shuffle(order, nm);
+			for (int k = 0; k < nm; k++) {
+				int m = order[k];
+				cancel_batches(c, se.pid, (cmode)m, per_round,
+				               &rounds[m][i]);
+			}
+		}
 		for (int m = 0; m < nm; m++) {
-			cancel_batches(c, se.pid, (cmode)m, cancel_count, &r);
+			cancel_median(rounds[m], &r, &s);
 			print_cancel(transports[t], cmode_names[m],
-			             cmode_keys[m], &r);
+			             cmode_keys[m], &r, s);
 			if (m == CM_IN_FLIGHT) {
 				aa_cancel_hd_p50[t] = r.hd_p50;
 				aa_cancel_hd_p99[t] = r.hd_p99;
 				aa_cancel_in_p50[t] = r.in_p50;
 			}
-			md_flush();
 		}
+		md_flush();
 		aa_client_stats cs;
 		aa_client_stats_get(c, &cs);
 		check(cs.pending == 0, "no op left pending after cancels");
