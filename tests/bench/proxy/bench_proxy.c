@@ -360,6 +360,13 @@ main(int argc, char **argv)
 			part_fns[k]();
 		}
 	}
+	// Every client and in-process server was freed: no library object
+	// may be left (a last reference may drop on a library thread just
+	// after a free returned, hence the short wait).
+	for (int i = 0; i < 2000 && aa_live_total() != 0; i++) {
+		sleep_us(1000);
+	}
+	check(aa_live_total() == 0, "no library object left alive");
 	double secs = (double)(now_ns() - t0) / 1e9;
 	json_num(load_average(), "load_average.end");
 	json_num(secs, "seconds");
