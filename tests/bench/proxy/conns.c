@@ -11,6 +11,16 @@
 // its completion handler until the deadline; round trip p50/p99 and
 // calls/s per round, medians over the rounds. Then the clients are freed.
 //
+// With every connection busy, latency is bounded by Little's law: N calls
+// in flight at X calls/s take N / X each, so the p50 at 1,000 busy
+// connections says how fast the server is, not how it copes with many
+// connections. So a second measurement, "one op each outstanding": every
+// client holds one pending "hold" op (a real op at the server) and echo
+// calls go one at a time, each on the next client in turn; its p50 at N
+// connections over its p50 at one is the target's ratio (a server whose
+// cost grows with its connections, pending ops, timers or heartbeats
+// shows there).
+//
 // Threads: handlers run on the clients' threads, many at once. A conn is
 // touched by one handler at a time (one call outstanding on it); the run's
 // counters are atomics, its latency slots are claimed with an atomic
@@ -109,9 +119,58 @@ conns_go(conn *cs, int n, conns_run *run, double secs)
 	check(atomic_load(&run->errors) == 0, "conns: echo results");
 }
 
+// One call at a time, on each conn in turn (see the notes).
+typedef struct seq_call {
+	waiter w;
+	uint64_t t_done;
+} seq_call;
+
+static void
+seq_done(aa_op *op, void *arg)
+{
+	seq_call *q = arg;
+	q->t_done = now_ns();
+	const void *data;
+	size_t len;
+	check(aa_op_result(op, &data, &len) == 0 && len == PAYLOAD,
+	      "conns: sequential echo result");
+	waiter_signal(&q->w);
+}
+
+// conns_sequential: count echo calls, one at a time, rotating over cs;
+// p50 and p99 in us.
+static void
+conns_sequential(conn *cs, int n, int count, uint64_t *lat, double *p50,
+                 double *p99)
+{
+	seq_call q;
+	waiter_init(&q.w);
+	for (int i = 0; i < count; i++) {
+		aa_op *op;
+		uint64_t t0 = now_ns();
+		int rv = aa_client_call(&op, cs[i % n].c, "echo", payload,
+		                        PAYLOAD, NULL, NULL);
+		if (rv != 0) {
+			die("aa_client_call echo (conns, sequential)", rv);
+		}
+		aa_op_set_handler(op, seq_done, &q);
+		if (!waiter_wait(&q.w, 30)) {
+			die("conns: sequential call timed out", AA_ETIMEDOUT);
+		}
+		q.w.done = false;
+		lat[i] = q.t_done - t0;
+		aa_op_unref(op);
+	}
+	*p50 = pct(lat, (size_t)count, 50);
+	*p99 = pct(lat, (size_t)count, 99);
+	waiter_fini(&q.w);
+}
+
 typedef struct conns_result {
 	int n;
 	double p50, p99, ops;
+	double seq_p50, seq_p99; // one call at a time, every conn holding one
+	spread seq_p50s;
 	spread p50s;
 	double srv_heap, srv_rss, cli_heap, cli_rss; // bytes per connection
 } conns_result;
@@ -158,6 +217,36 @@ conns_case(const char *url, aa_client *ctl, int n, conns_run *run,
 	res->p50 = res->p50s.med;
 	res->p99 = median(p99, reps);
 	res->ops = median(ops, reps);
+
+	// One op each outstanding: a "hold" on every conn, then echo calls
+	// one at a time in turn.
+	aa_op **held = calloc((size_t)n, sizeof(*held));
+	if (held == NULL) {
+		die("calloc", AA_ENOMEM);
+	}
+	for (int i = 0; i < n; i++) {
+		int rv = aa_client_call(&held[i], cs[i].c, "hold", NULL, 0,
+		                        NULL, NULL);
+		if (rv != 0) {
+			die("aa_client_call hold (conns)", rv);
+		}
+	}
+	int count = smoke ? 200 : n > 2000 ? n : 2000;
+	if (count > LAT_MAX) {
+		count = LAT_MAX;
+	}
+	double sp50[MAX_REPS], sp99[MAX_REPS];
+	for (int r = 0; r < reps; r++) {
+		conns_sequential(cs, n, count, run->lat, &sp50[r], &sp99[r]);
+	}
+	res->seq_p50s = spread_of(sp50, reps);
+	res->seq_p50 = res->seq_p50s.med;
+	res->seq_p99 = median(sp99, reps);
+	for (int i = 0; i < n; i++) {
+		aa_op_cancel(held[i], AA_CANCEL_TERMINAL);
+		aa_op_unref(held[i]);
+	}
+	free(held);
 	for (int i = 0; i < n; i++) {
 		aa_client_free(cs[i].c);
 	}
@@ -219,8 +308,31 @@ bench_conns(void)
 		json_num(r->cli_rss, "conns.%d.client_rss_per_conn", r->n);
 	}
 	conns_result *last = &res[ncounts - 1];
-	md("\np50 at %d connections / p50 at 1: %.2fx\n", last->n,
-	   last->p50 / res[0].p50);
+	md("\np50 at %d busy connections / p50 at 1: %.2fx (Little's law: "
+	   "N in flight at X calls/s take N / X each)\n",
+	   last->n, last->p50 / res[0].p50);
 	json_num(last->p50 / res[0].p50, "conns.ratio_p50_most_to_1");
+
+	md("\n### One op each outstanding\n\n"
+	   "Every client holds one pending `hold` op at the server; echo "
+	   "calls go one at a time, each on the next client in turn "
+	   "(max(2000, N) calls per round, medians of %d rounds). Target: "
+	   "p50 at 1,000 <= 2x p50 at 1.\n\n"
+	   "| connections | p50 / p99 us | p50 per round min / median / max "
+	   "|\n| --- | --- | --- |\n",
+	   reps);
+	for (int i = 0; i < ncounts; i++) {
+		conns_result *r = &res[i];
+		md("| %d | %.1f / %.1f | %.1f / %.1f / %.1f |\n", r->n,
+		   r->seq_p50, r->seq_p99, r->seq_p50s.min, r->seq_p50s.med,
+		   r->seq_p50s.max);
+		json_num(r->seq_p50, "conns.%d.one_each.p50_us", r->n);
+		json_num(r->seq_p99, "conns.%d.one_each.p99_us", r->n);
+	}
+	md("\np50 at %d connections / p50 at 1, one op each outstanding: "
+	   "%.2fx\n",
+	   last->n, last->seq_p50 / res[0].seq_p50);
+	json_num(last->seq_p50 / res[0].seq_p50,
+	         "conns.one_each.ratio_p50_most_to_1");
 	md_flush();
 }
