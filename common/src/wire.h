@@ -9,8 +9,8 @@
 // buffer and encode straight into it.
 //
 // Decoding: aai_wire_decode unpacks one frame (one encoded Envelope, without
-// the transport's length prefix) into an aai_wire_msg whose strings and
-// payloads live in a caller-owned aai_wire_arena. The arena bump-allocates
+// the transport's length prefix) into an aai_wire_msg whose strings (and,
+// off the fast path, payloads) live in a caller-owned aai_wire_arena. The arena bump-allocates
 // from a buffer the caller gives it, so steady-state decoding calls malloc
 // zero times; a frame that does not fit spills into counted heap chunks
 // (aai_alloc) that the next decode or reset frees. The message is then
@@ -180,7 +180,8 @@ int aai_wire_encode(size_t *lenp, void *buf, size_t cap, const aai_wire_msg *m,
 // rule, or would need more arena memory than the decoding cost allows
 // (refused before anything is allocated). On error *why (may be NULL)
 // gets a static reason. *m stays valid until the next decode into the
-// arena, or its reset or fini.
+// arena, or its reset or fini, and while frame does: a payload may point
+// into the frame itself (wire_fast.c reads it in place).
 int aai_wire_decode(aai_wire_msg *m, const char **why, aai_wire_arena *a,
                     const void *frame, size_t len, size_t max_size);
 
