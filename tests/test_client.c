@@ -533,6 +533,65 @@ caller_main(void *arg)
 	return NULL;
 }
 
+// ---- The payload: borrowed during the call, copied if still queued ----
+
+// echo_result_is checks that op completed with want.
+static void
+echo_result_is(aa_op *op, seen *s, const char *want)
+{
+	gate_wait(&s->done);
+	cr_assert_eq(s->state, AA_COMPLETED);
+	const void *data;
+	size_t len;
+	cr_assert_eq(aa_op_result(op, &data, &len), 0);
+	cr_assert_eq(len, strlen(want));
+	cr_assert_eq(memcmp(data, want, len), 0);
+}
+
+Test(client, corked_call_keeps_its_payload)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("inproc");
+	aa_client_cork(E.cli);
+	char *buf = strdup("hello");
+	aa_op *op;
+	cr_assert_eq(aa_client_call(&op, E.cli, "echo", buf, 5, NULL, NULL),
+	             0);
+	memcpy(buf, "XXXXX", 5); // the caller's buffer is its own again
+	free(buf);
+	cr_assert_eq(aa_op_set_handler(op, on_done, &s), 0);
+	aa_client_uncork(E.cli);
+	echo_result_is(op, &s, "hello");
+	aa_op_unref(op);
+}
+
+Test(client, call_queued_behind_another_flusher_keeps_its_payload)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("ipc");
+	hold_arm(&hp_submit);
+	caller c = {0};
+	thr_start(&c.t, caller_main, &c); // its flush stops before sending
+	gate_wait(&hp_submit.reached);
+	// This call finds a flusher running: it returns with its op queued
+	// (that flusher will send it), and its buffer goes away at once.
+	char *buf = strdup("queued");
+	aa_op *op;
+	cr_assert_eq(aa_client_call(&op, E.cli, "echo", buf, 6, NULL, NULL),
+	             0);
+	cr_assert_eq(aa_op_set_handler(op, on_done, &s), 0);
+	memset(buf, 'Z', 6);
+	free(buf);
+	gate_open(&hp_submit.release);
+	thr_join(&c.t);
+	echo_result_is(op, &s, "queued");
+	aa_op_unref(op);
+	cr_assert_eq(aa_op_cancel(c.op, AA_CANCEL_TERMINAL), 0);
+	aa_op_unref(c.op);
+}
+
 Test(client, pre_submit_while_the_submitting_thread_is_held)
 {
 	static seen s;

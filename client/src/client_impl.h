@@ -44,6 +44,7 @@ struct cop {
 	bool was_sent;   // its Start was handed to the transport
 	bool in_flusher; // taken off the queue by a flusher
 	bool has_deadline;
+	bool payload_owned; // payload is a copy the op frees
 	// An in-flight cancel's Cancel frame, written after the user's
 	// handler (aai_cop_after_cancel): its type (0: none owed) and the
 	// link it was owed on. Only the cancelling thread touches them.
@@ -55,8 +56,8 @@ struct cop {
 	const char *method; // in the client's method table
 	uint32_t deadline_ms;
 	uint32_t cancel_types;
-	void *payload; // copy until Start is sent
-	size_t payload_len;
+	void *payload; // until Start is sent: the caller's (during the call)
+	size_t payload_len; // or a copy (payload_owned; submit.c)
 	aa_timer deadline;
 };
 

@@ -51,11 +51,12 @@ aai_cop_allocator(cop *p)
 void
 aai_cop_free_payload(cop *p)
 {
-	if (p->payload != NULL) {
+	if (p->payload_owned) {
 		const aa_allocator *a = aai_cop_allocator(p);
 		a->free(a->ctx, p->payload, p->payload_len);
-		p->payload = NULL;
+		p->payload_owned = false;
 	}
+	p->payload = NULL;
 }
 
 // A result buffer remembers its allocator, so that the op can release it.
