@@ -499,6 +499,7 @@ stop_server(ServerProc &p)
 // ---- The client ----
 
 struct Figures {
+	bool failed = false; // a functional error: the figures mean nothing
 	double echo_p50 = 0, echo_p99 = 0;
 	double sync_p50 = 0, sync_p99 = 0;
 	double cpu_client = 0, cpu_server = 0; // us per async echo call
@@ -686,7 +687,8 @@ measure(ServerProc &p)
 
 	std::vector<double> e50, e99, s50, s99, cpu_c, cpu_s, h50, h99, i50,
 	    i99;
-	for (int r = 0; r < reps; r++) {
+	int failures0 = failures;
+	for (int r = 0; r < reps && failures == failures0; r++) {
 		std::vector<uint64_t> v;
 		v.reserve((size_t)echo_calls);
 		uint64_t c0 = cpu_ns(CLOCK_PROCESS_CPUTIME_ID);
@@ -718,6 +720,10 @@ measure(ServerProc &p)
 		        p.transport, r + 1, e50.back(), h50.back());
 	}
 	Figures f;
+	if (failures != failures0) {
+		f.failed = true;
+		return f;
+	}
 	f.echo_p50 = median(e50);
 	f.echo_p99 = median(e99);
 	f.sync_p50 = median(s50);
@@ -742,6 +748,11 @@ print_json(const Figures *f, const bool *ran)
 			continue;
 		}
 		const Figures &x = f[t];
+		if (x.failed) {
+			printf(",\"%s\":{\"failed\":true}",
+			       procs[t].transport);
+			continue;
+		}
 		printf(",\"%s\":{\"echo_p50_us\":%.3f,\"echo_p99_us\":%.3f,"
 		       "\"echo_cpu_us_per_call\":%.3f,"
 		       "\"echo_cpu_client_us_per_call\":%.3f,"
@@ -780,6 +791,12 @@ print_tables(const Figures *f, const bool *ran)
 			continue;
 		}
 		const Figures &x = f[t];
+		if (x.failed) {
+			printf(
+			    "| %s | failed (see stderr) | - | - | - | - |\n",
+			    procs[t].transport);
+			continue;
+		}
 		printf("| %s | %.1f / %.1f | %.1f / %.1f | %.2f + %.2f | "
 		       "%.3f / %.3f | %.3f / %.3f |\n",
 		       procs[t].transport, x.echo_p50, x.echo_p99, x.sync_p50,
