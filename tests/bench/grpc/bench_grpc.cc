@@ -381,7 +381,7 @@ server_main(const char *address)
 
 struct ServerProc {
 	const char *transport = nullptr; // "unix" or "tcp"
-	char address[128] = "";          // what the client dials
+	std::string address;             // what the client dials
 	char socket_path[128] = "";      // the unix socket file, or ""
 	pid_t pid = 0;
 };
@@ -425,13 +425,13 @@ die(const char *what)
 void
 spawn_server(ServerProc &p)
 {
-	char listen[128];
+	std::string listen; // built before fork: no allocation in the child
 	if (strcmp(p.transport, "unix") == 0) {
 		snprintf(p.socket_path, sizeof(p.socket_path),
 		         "/tmp/aa-bench-grpc-%d.sock", (int)getpid());
-		snprintf(listen, sizeof(listen), "unix:%s", p.socket_path);
+		listen = std::string("unix:") + p.socket_path;
 	} else {
-		snprintf(listen, sizeof(listen), "127.0.0.1:0");
+		listen = "127.0.0.1:0";
 	}
 	int fds[2];
 	if (pipe(fds) != 0) {
@@ -446,7 +446,7 @@ spawn_server(ServerProc &p)
 		dup2(fds[1], 1);
 		close(fds[0]);
 		close(fds[1]);
-		execl(self_path, self_path, "--server", listen,
+		execl(self_path, self_path, "--server", listen.c_str(),
 		      (char *)nullptr);
 		_exit(127);
 	}
@@ -459,9 +459,9 @@ spawn_server(ServerProc &p)
 	}
 	fclose(f);
 	if (strcmp(p.transport, "unix") == 0) {
-		snprintf(p.address, sizeof(p.address), "%s", listen);
+		p.address = listen;
 	} else {
-		snprintf(p.address, sizeof(p.address), "127.0.0.1:%d", port);
+		p.address = "127.0.0.1:" + std::to_string(port);
 	}
 }
 

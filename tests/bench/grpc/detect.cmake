@@ -2,11 +2,18 @@
 # gRPC C++ and protobuf through pkg-config, protoc and grpc_cpp_plugin,
 # and a C++ compiler. Sets AA_BENCH_GRPC_FOUND; when something is missing
 # it says so and nothing of tests/bench/grpc/ is configured (not even the
-# C++ language). AA_BENCH_GRPC=OFF skips it on purpose.
+# C++ language). AA_BENCH_GRPC=OFF skips it on purpose, and so does a
+# ThreadSanitizer build.
 option(AA_BENCH_GRPC "Build bench_grpc when gRPC C++ is installed" ON)
 set(AA_BENCH_GRPC_FOUND OFF)
 if(NOT AA_BENCH_GRPC)
   message(STATUS "bench_grpc: AA_BENCH_GRPC is OFF, skipped")
+  return()
+endif()
+# gRPC and abseil are not built with ThreadSanitizer, which reports races
+# inside them (their own synchronisation is invisible to it).
+if(AA_SANITIZER STREQUAL "thread")
+  message(STATUS "bench_grpc: not built with ThreadSanitizer, skipped")
   return()
 endif()
 include(CheckLanguage)
