@@ -170,4 +170,23 @@ int aai_conn_send_raw(aai_conn *c, const void *data, size_t len);
 // heartbeats, so that its peer's silence detection can be tested.
 void aai_conn_suppress_heartbeats(aai_conn *c, bool on);
 
+// Counters of the inproc transport, process-wide (transport_inproc.c).
+typedef struct aai_inproc_stat {
+	int spinners;          // owner threads spinning now
+	uint64_t spins;        // spins started
+	uint64_t spin_hits;    // ... that saw a frame or a close arrive
+	uint64_t spin_refused; // spins wanted but no spinner slot was free
+	uint64_t handovers;    // batches delivered by the peer end's thread
+	uint64_t sleeps;       // waits on a condition variable
+} aai_inproc_stat;
+
+// aai_inproc_stats fills st with the inproc counters.
+void aai_inproc_stats(aai_inproc_stat *st);
+
+// aai_inproc_spin_config is a test hook: at most max_spinners idle inproc
+// threads spin at once (-1: online CPUs - 1, the default), each for spin_ns
+// (-1: the adaptive budget, the default). Call it while no inproc
+// connection is idle.
+void aai_inproc_spin_config(int max_spinners, int spin_ns);
+
 #endif // AA_TRANSPORT_H
