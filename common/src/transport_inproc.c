@@ -69,7 +69,9 @@
 //   afterwards; down and a deferred teardown then run on the owner's own
 //   thread, which detaches itself. While an owner delivers the peer's
 //   batch its own connection is marked in_rx on its thread, so a free of
-//   it from there is deferred, as from its own callbacks. The pipe is
+//   it from there is deferred, as from its own callbacks (not if the
+//   peer's owner is delivering its batch at that moment: in_rx has room
+//   for one thread; such a free waits, see the limitation below). The pipe is
 //   freed by the second end's teardown (refs under pipe->mtx).
 // * Limitation of the hand-over: a callback may run on the thread of the
 //   other end of its pipe. A callback must not block (transport.h); one
@@ -294,15 +296,32 @@ must_end(const struct iside *me, const struct iside *peer)
 	return me->closed || (peer->closed && me->in.len == 0);
 }
 
-// mark_in_rx marks c as in its receive path on this thread (or not), so
-// that a free of c from the peer's callbacks that this thread delivers is
-// deferred as from c's own.
-static void
-mark_in_rx(aai_conn *c, bool on)
+// mark_away marks c as in its receive path on this thread, so that a free
+// of c from the peer's callbacks that this thread delivers is deferred as
+// from c's own. Returns false (no mark) if another thread is in c's
+// receive path: the peer's owner, delivering c's batch meanwhile.
+static bool
+mark_away(aai_conn *c)
 {
 	aai_mtx_lock(&c->mtx);
-	c->in_rx = on;
-	c->rx_thread = pthread_self();
+	bool mark = !c->in_rx;
+	if (mark) {
+		c->in_rx = true;
+		c->rx_thread = pthread_self();
+	}
+	aai_mtx_unlock(&c->mtx);
+	return mark;
+}
+
+// unmark_away undoes mark_away, unless another thread entered c's receive
+// path since (it clears the mark itself when it leaves).
+static void
+unmark_away(aai_conn *c)
+{
+	aai_mtx_lock(&c->mtx);
+	if (c->in_rx && pthread_equal(c->rx_thread, pthread_self())) {
+		c->in_rx = false;
+	}
 	aai_mtx_unlock(&c->mtx);
 }
 
@@ -314,6 +333,7 @@ deliver(ipipe *p, struct iside *me, struct iside *x)
 	struct iside *other = x == &p->side[0] ? &p->side[1] : &p->side[0];
 	iconn *xc = x->conn;
 	bool away = x != me;
+	bool marked = false;
 
 	x->busy = true; // the token: x's callbacks run only here
 	aai_tbuf t = xc->work;
@@ -328,7 +348,7 @@ deliver(ipipe *p, struct iside *me, struct iside *x)
 	if (away) {
 		atomic_fetch_add_explicit(&n_handovers, 1,
 		                          memory_order_relaxed);
-		mark_in_rx(&me->conn->base, true);
+		marked = mark_away(&me->conn->base);
 	}
 	size_t used, need;
 	tl_batch = x;
@@ -339,8 +359,8 @@ deliver(ipipe *p, struct iside *me, struct iside *x)
 	if (rv != 0) {
 		aai_conn_fail(&xc->base, rv); // x's owner ends with it
 	}
-	if (away) {
-		mark_in_rx(&me->conn->base, false);
+	if (marked) {
+		unmark_away(&me->conn->base);
 	}
 
 	aai_mtx_lock(&p->mtx);
