@@ -25,6 +25,7 @@ typedef struct endpoint {
 	gate *hold_first;        // the first frame callback waits for it
 	gate *first_reached;     // ... after opening this one
 	aai_conn *free_on_first; // freed from the first frame callback
+	bool other_on_rx;        // ... this thread was in its receive path
 } endpoint;
 
 static void
@@ -57,6 +58,7 @@ ep_frame(void *arg, aai_conn *c, const uint8_t *data, size_t len)
 		(void)aai_conn_send(c, data, len);
 	}
 	if (first && e->free_on_first != NULL) {
+		e->other_on_rx = aai_conn_on_rx_thread(e->free_on_first);
 		cr_assert_eq(aai_conn_free(e->free_on_first), 0);
 	}
 	if (first && e->hold_first != NULL) {
@@ -414,7 +416,9 @@ Test(inproc, frame_to_an_end_whose_thread_is_away_is_delivered)
 
 // A callback of the server end, run by the client end's thread (handed
 // over), frees the client end: the free is deferred as from the client's
-// own callback, the client end goes down, and nothing deadlocks.
+// own callback, the client end goes down, and nothing deadlocks. The
+// thread counts as in the client end's receive path there
+// (aai_conn_on_rx_thread), which is how the layers' stop says AA_EDEADLK.
 Test(inproc, free_of_own_end_from_a_handed_over_callback)
 {
 	pipe_fx f;
@@ -431,6 +435,7 @@ Test(inproc, free_of_own_end_from_a_handed_over_callback)
 	ep_wait_down(&f.srv_ep);
 	cr_assert(pthread_equal(f.cli_ep.first_thread, f.srv_ep.first_thread),
 	          "handed over to the client end's thread");
+	cr_assert(f.srv_ep.other_on_rx, "a layer's stop would say EDEADLK");
 	f.cli = NULL; // freed by its own thread
 	fx_close(&f);
 }

@@ -10,7 +10,10 @@
 //
 // Threads. Frame, flush and down callbacks of one connection are serialised
 // and run on its receive thread (an nng task thread, or the inproc
-// connection's own thread). They must be short and must not block. The
+// connection's own thread; inproc frame and flush callbacks may also run on
+// the thread of the other end of the pipe, which delivers a batch to an end
+// that sleeps: see transport_inproc.c). They must be short and must not
+// block, and must not wait for the other end of an inproc pipe. The
 // accept callback runs on the listener's thread (inproc: the dialer's).
 // No callback runs under a transport lock. Sends may come from any thread;
 // a send usually writes inline on the calling thread (ipc, tcp) and never
@@ -152,6 +155,12 @@ void aai_conn_close(aai_conn *c);
 // it. From inside one of c's callbacks the free is deferred (see above).
 // Returns 0.
 int aai_conn_free(aai_conn *c);
+
+// aai_conn_on_rx_thread says whether this thread is in c's receive path:
+// running one of c's callbacks, or (inproc) delivering the other end's
+// batch on c's thread. A layer's stop called there would wait for the
+// thread it runs on (AA_EDEADLK).
+bool aai_conn_on_rx_thread(aai_conn *c);
 
 // aai_conn_id returns c's id, unique within the process.
 uint64_t aai_conn_id(aai_conn *c);
