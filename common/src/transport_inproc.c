@@ -75,9 +75,10 @@
 //   freed by the second end's teardown (refs under pipe->mtx).
 // * Limitation of the hand-over: a callback may run on the thread of the
 //   other end of its pipe. A callback must not block (transport.h); one
-//   that waits for the other end's down (e.g. stopping, from a server
-//   method, the very client that called it over inproc) would wait for its
-//   own thread.
+//   that waits for the other end's down would wait for its own thread. The
+//   layers' stop detects it (aai_conn_on_rx_thread: AA_EDEADLK, as from
+//   their own callbacks), e.g. a server method stopping the very client
+//   that called it over inproc.
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
