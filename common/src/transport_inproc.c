@@ -45,7 +45,9 @@
 //   (its own batch or the peer's); an owner spins (pause, watching an
 //   atomic counter that every append and close bumps) for twice that
 //   average, at most SPIN_MAX_NS, and only when the average is under
-//   SPIN_MAX_NS / 2; otherwise it sleeps on its cv at once. Work that its
+//   SPIN_MAX_NS / 2, and the peer's batch is not being delivered (if it is,
+//   its thread will hand our batch over when it ends: sleeping then keeps a
+//   call on one thread); otherwise it sleeps on its cv at once. Work that its
 //   peer's thread took meanwhile does not end the idle gap, so an end
 //   whose batches are always handed over stops spinning. A process-wide
 //   count bounds the spinners to (online CPUs - 1): never two spinners on
@@ -413,7 +415,11 @@ rx_thread(void *arg)
 		if (me->idle_since == 0) {
 			me->idle_since = mono_ns();
 		}
-		uint64_t budget = spin_budget(me);
+		// While the peer's batch is being delivered, sleep: its
+		// thread hands our batch (its replies) over at the end, on
+		// the same thread; spinning would make a second thread take
+		// it (a hop between CPUs, and two threads busy for one call).
+		uint64_t budget = peer->busy ? 0 : spin_budget(me);
 		bool spun = false;
 		if (budget > 0) {
 			if (spin_slot_take()) {
