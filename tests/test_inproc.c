@@ -9,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <aa/client.h>
+#include <aa/server.h>
+
 #include "../common/src/transport.h"
 #include "testutil.h"
 
@@ -438,4 +441,90 @@ Test(inproc, free_of_own_end_from_a_handed_over_callback)
 	cr_assert(f.srv_ep.other_on_rx, "a layer's stop would say EDEADLK");
 	f.cli = NULL; // freed by its own thread
 	fx_close(&f);
+}
+
+// ---- the layers' stop from a handed-over callback ----
+
+typedef struct stop_try {
+	aa_server *srv;
+	pthread_t method_thread;
+	bool same_thread; // the handler ran on the method's thread
+	int stop_rv;
+	gate done;
+} stop_try;
+
+static int
+m_where(aa_op **opp, void *arg, const aa_call_info *call, const void *data,
+        size_t len, const aa_assoc *assoc)
+{
+	stop_try *t = arg;
+	(void)call;
+	(void)data;
+	(void)len;
+	t->method_thread = pthread_self();
+	aa_op_provider pv = {.policy = AA_POLICY_IMMEDIATE,
+	                     .cancel_types = AA_CANCEL_ALL};
+	int rv = aa_op_alloc(opp, &pv, assoc);
+	if (rv == 0) {
+		aa_op_complete(*opp, NULL, 0, NULL);
+	}
+	return rv;
+}
+
+static void
+where_done(aa_op *op, void *arg)
+{
+	stop_try *t = arg;
+	(void)op;
+	t->same_thread = pthread_equal(t->method_thread, pthread_self());
+	if (t->same_thread) {
+		t->stop_rv = aa_server_stop(t->srv);
+	}
+	gate_open(&t->done);
+}
+
+// A call whose method and handler run on one thread: either the server
+// end's thread (it delivered the Start, then the Complete to the client
+// end, which slept: a hand-over) or the client end's (it took the Start
+// from the sleeping server end, then its own Complete). The handler stops
+// the server. In the first case the server's connection needs this very
+// thread to go down: stop must say AA_EDEADLK, not wait forever; in the
+// second it stops the server (0). Which case a call gets depends on which
+// end is asleep when, so calls are repeated (a new server and client each
+// time) until the first case has been seen.
+Test(inproc, server_stop_from_a_handed_over_client_handler)
+{
+	aai_inproc_spin_config(1, 0);
+	bool deadlk_seen = false;
+	for (int i = 0; i < 100 && !deadlk_seen; i++) {
+		stop_try t = {.stop_rv = -1};
+		char url[64];
+		aa_client *cli;
+		aa_op *op;
+		gate_init(&t.done);
+		snprintf(url, sizeof(url), "inproc://stop-try-%d", i);
+		cr_assert_eq(aa_server_alloc(&t.srv, NULL), 0);
+		aa_method_def d = {.name = "where",
+		                   .start = m_where,
+		                   .arg = &t,
+		                   .cancel_types = AA_CANCEL_ALL};
+		cr_assert_eq(aa_server_register(t.srv, &d), 0);
+		cr_assert_eq(aa_server_listen(t.srv, url), 0);
+		aa_client_opts co = {.url = url};
+		cr_assert_eq(aa_client_open(&cli, &co), 0);
+		cr_assert_eq(
+		    aa_client_call(&op, cli, "where", NULL, 0, NULL, NULL), 0);
+		cr_assert_eq(aa_op_set_handler(op, where_done, &t), 0);
+		gate_wait(&t.done);
+		if (t.same_thread) {
+			cr_assert(t.stop_rv == AA_EDEADLK || t.stop_rv == 0,
+			          "stop: %s", aa_strerror(t.stop_rv));
+			deadlk_seen = t.stop_rv == AA_EDEADLK;
+		}
+		aa_op_unref(op);
+		aa_client_free(cli);
+		aa_server_free(t.srv);
+		gate_fini(&t.done);
+	}
+	cr_assert(deadlk_seen, "no handler ran on the server end's thread");
 }
