@@ -377,13 +377,27 @@ aa_client_close(aa_client *c)
 	aai_mtx_unlock(&c->mtx); // the last touch of c
 }
 
+// on_link_thread says whether this thread is in the receive path of c's
+// link without being in one of c's callbacks: an inproc server callback
+// that the client end's thread runs (transport_inproc.c, hand-over). The
+// link's down needs that very thread, so stop would never return.
+static bool
+on_link_thread(aa_client *c)
+{
+	aai_mtx_lock(&c->mtx);
+	bool on = c->link != NULL && aai_conn_on_rx_thread(c->link->conn);
+	aai_mtx_unlock(&c->mtx);
+	return on;
+}
+
 int
 aa_client_stop(aa_client *c)
 {
 	if (aai_client_forked(c)) {
 		return AA_ESTATE;
 	}
-	if (aai_cb_inside(AAI_CB_CLIENT, c) || aai_cop_cancelling(c)) {
+	if (aai_cb_inside(AAI_CB_CLIENT, c) || aai_cop_cancelling(c) ||
+	    on_link_thread(c)) {
 		return AA_EDEADLK;
 	}
 	aa_client_close(c);
@@ -429,7 +443,8 @@ aa_client_free(aa_client *c)
 	if (c == NULL || aai_client_forked(c)) {
 		return; // a forked child leaves its copy alone
 	}
-	if (!aai_cb_inside(AAI_CB_CLIENT, c) && !aai_cop_cancelling(c)) {
+	if (!aai_cb_inside(AAI_CB_CLIENT, c) && !aai_cop_cancelling(c) &&
+	    !on_link_thread(c)) {
 		client_free_now(c);
 		return;
 	}

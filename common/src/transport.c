@@ -485,6 +485,15 @@ aai_conn_free(aai_conn *c)
 	return 0;
 }
 
+bool
+aai_conn_on_rx_thread(aai_conn *c)
+{
+	aai_mtx_lock(&c->mtx);
+	bool on = c->in_rx && pthread_equal(c->rx_thread, pthread_self());
+	aai_mtx_unlock(&c->mtx);
+	return on;
+}
+
 uint64_t
 aai_conn_id(aai_conn *c)
 {

@@ -10,7 +10,10 @@
 //
 // Threads. Frame, flush and down callbacks of one connection are serialised
 // and run on its receive thread (an nng task thread, or the inproc
-// connection's own thread). They must be short and must not block. The
+// connection's own thread; inproc frame and flush callbacks may also run on
+// the thread of the other end of the pipe, which delivers a batch to an end
+// that sleeps: see transport_inproc.c). They must be short and must not
+// block, and must not wait for the other end of an inproc pipe. The
 // accept callback runs on the listener's thread (inproc: the dialer's).
 // No callback runs under a transport lock. Sends may come from any thread;
 // a send usually writes inline on the calling thread (ipc, tcp) and never
@@ -153,6 +156,12 @@ void aai_conn_close(aai_conn *c);
 // Returns 0.
 int aai_conn_free(aai_conn *c);
 
+// aai_conn_on_rx_thread says whether this thread is in c's receive path:
+// running one of c's callbacks, or (inproc) delivering the other end's
+// batch on c's thread. A layer's stop called there would wait for the
+// thread it runs on (AA_EDEADLK).
+bool aai_conn_on_rx_thread(aai_conn *c);
+
 // aai_conn_id returns c's id, unique within the process.
 uint64_t aai_conn_id(aai_conn *c);
 
@@ -169,5 +178,24 @@ int aai_conn_send_raw(aai_conn *c, const void *data, size_t len);
 // aai_conn_suppress_heartbeats is a test hook: while on, c sends no
 // heartbeats, so that its peer's silence detection can be tested.
 void aai_conn_suppress_heartbeats(aai_conn *c, bool on);
+
+// Counters of the inproc transport, process-wide (transport_inproc.c).
+typedef struct aai_inproc_stat {
+	int spinners;          // owner threads spinning now
+	uint64_t spins;        // spins started
+	uint64_t spin_hits;    // ... that saw a frame or a close arrive
+	uint64_t spin_refused; // spins wanted but no spinner slot was free
+	uint64_t handovers;    // batches delivered by the peer end's thread
+	uint64_t sleeps;       // waits on a condition variable
+} aai_inproc_stat;
+
+// aai_inproc_stats fills st with the inproc counters.
+void aai_inproc_stats(aai_inproc_stat *st);
+
+// aai_inproc_spin_config is a test hook: at most max_spinners idle inproc
+// threads spin at once (-1: online CPUs - 1, the default), each for spin_ns
+// (-1: the adaptive budget, the default). Call it while no inproc
+// connection is idle.
+void aai_inproc_spin_config(int max_spinners, int spin_ns);
 
 #endif // AA_TRANSPORT_H

@@ -470,13 +470,30 @@ aa_server_close(aa_server *s)
 	aai_mtx_unlock(&s->mtx); // the last touch of s
 }
 
+// on_session_thread says whether this thread is in the receive path of
+// one of s's connections without being in one of s's callbacks: an inproc
+// client callback that the server end's thread runs (transport_inproc.c,
+// hand-over). That session's end needs this very thread to go down, so
+// stop would never return.
+static bool
+on_session_thread(aa_server *s)
+{
+	bool on = false;
+	aai_mtx_lock(&s->mtx);
+	for (session *ss = s->sessions; ss != NULL && !on; ss = ss->next) {
+		on = aai_conn_on_rx_thread(ss->conn);
+	}
+	aai_mtx_unlock(&s->mtx);
+	return on;
+}
+
 int
 aa_server_stop(aa_server *s)
 {
 	if (s == NULL) {
 		return AA_EINVAL;
 	}
-	if (aai_cb_inside(AAI_CB_SERVER, s)) {
+	if (aai_cb_inside(AAI_CB_SERVER, s) || on_session_thread(s)) {
 		return AA_EDEADLK;
 	}
 	aa_server_close(s);
@@ -508,7 +525,7 @@ aa_server_free(aa_server *s)
 	if (s == NULL) {
 		return;
 	}
-	if (aai_cb_inside(AAI_CB_SERVER, s)) {
+	if (aai_cb_inside(AAI_CB_SERVER, s) || on_session_thread(s)) {
 		aai_panic("aa_server_free called from a callback of the "
 		          "server it frees");
 	}

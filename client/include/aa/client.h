@@ -162,11 +162,14 @@ void aa_client_stats_get(aa_client *c, aa_client_stats *st);
 void aa_client_close(aa_client *c);
 
 // aa_client_stop closes c and waits until none of its callbacks runs:
-// 0, or AA_EDEADLK from inside one of them.
+// 0, or AA_EDEADLK from inside one of them (or from a callback of an
+// inproc server that c's connection thread runs for it: stop would wait
+// for that thread).
 int aa_client_stop(aa_client *c);
 
 // aa_client_free closes, stops and frees c. From inside one of c's
-// callbacks the free is deferred until that callback returns.
+// callbacks (or where stop says AA_EDEADLK) the free is deferred until
+// that callback returns.
 void aa_client_free(aa_client *c);
 
 #ifdef __cplusplus

@@ -196,11 +196,14 @@ const char *aa_server_event_name(aa_server_event e);
 void aa_server_close(aa_server *s);
 
 // aa_server_stop closes s and waits until no callback of it runs and every
-// real op has ended: 0, or AA_EDEADLK from inside one of its callbacks.
+// real op has ended: 0, or AA_EDEADLK from inside one of its callbacks (or
+// from a callback of an inproc client that the thread of one of s's
+// connections runs for it: stop would wait for that thread).
 int aa_server_stop(aa_server *s);
 
 // aa_server_free closes, stops and frees s. Must not be called from one of
-// s's callbacks (a method, a hook, the log function): that aborts.
+// s's callbacks (a method, a hook, the log function), nor where stop says
+// AA_EDEADLK: that aborts.
 void aa_server_free(aa_server *s);
 
 #ifdef __cplusplus
