@@ -57,8 +57,18 @@ struct cop {
 	uint32_t cancel_types;
 	void *payload; // copy until Start is sent
 	size_t payload_len;
+	// Last: a call without a deadline makes its op without these bytes
+	// (aai_cop_size); only has_deadline says the timer is there.
 	aa_timer deadline;
 };
+
+// aai_cop_size is the provider memory of a call's op: without the deadline
+// timer when the call has no deadline.
+static inline size_t
+aai_cop_size(uint32_t deadline_ms)
+{
+	return deadline_ms != 0 ? sizeof(cop) : offsetof(cop, deadline);
+}
 
 // A link: one transport connection and its decode arena.
 struct clink {

@@ -78,6 +78,9 @@ typedef enum entry_deadline {
 } entry_deadline;
 
 // A call: one real op. Every field but node.next and op is under ss->mtx.
+// The deadline timer comes last and is allocated only for a call with a
+// deadline (aai_entry_size): 48 of the entry's bytes that a call without
+// one does not pay.
 typedef struct entry {
 	aai_idmap_node node; // in ss->ops by op id
 	struct entry *wnext; // a walker's list
@@ -85,13 +88,21 @@ typedef struct entry {
 	const method *m;
 	aa_op *op; // NULL while the method runs
 	aa_call_info call;
-	aa_timer deadline;
 	int refs;
-	entry_phase phase;
-	entry_cancel cancel;
-	entry_srv_cancel srv_cancel;
-	entry_deadline dl;
+	entry_phase phase : 8;
+	entry_cancel cancel : 8;
+	entry_srv_cancel srv_cancel : 8;
+	entry_deadline dl : 8;
+	aa_timer deadline; // last: present when call.deadline_ms > 0
 } entry;
+
+// aai_entry_size is the bytes an entry takes: without the deadline timer
+// when the call has no deadline.
+static inline size_t
+aai_entry_size(uint32_t deadline_ms)
+{
+	return deadline_ms > 0 ? sizeof(entry) : offsetof(entry, deadline);
+}
 
 // Session states (session.c's notes).
 typedef enum ss_state {
