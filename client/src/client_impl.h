@@ -70,7 +70,8 @@ aai_cop_size(uint32_t deadline_ms)
 	return deadline_ms != 0 ? sizeof(cop) : offsetof(cop, deadline);
 }
 
-// A link: one transport connection and its decode arena.
+// A link: one transport connection and its decode arena (a growing one:
+// it holds what the server's frames needed, up to LINK_ARENA_MAX).
 struct clink {
 	aa_client *c;
 	aai_conn *conn;
@@ -83,8 +84,9 @@ struct clink {
 	int pins;         // threads still using it (a connect, a close): it
 	                  // is not freed while pinned (c->mtx)
 	uint64_t conn_id; // the server's id for it, from its Hello
-	uint8_t buf[8192];
 };
+
+#define LINK_ARENA_MAX 8192u // larger frames decode into heap spills
 
 typedef struct method {
 	char *name;

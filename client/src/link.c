@@ -28,6 +28,10 @@
 // caller ever waits for a dial; stop waits for the reconnect thread
 // (`reconnectors`), which may take up to connect_timeout_ms.
 //
+// Memory: the link's decode arena grows to what the server's frames
+// needed (up to LINK_ARENA_MAX, larger ones spill), so an idle link holds
+// a few hundred bytes for it rather than a fixed 8 KiB buffer.
+//
 // Loss (down): every op in the map that was sent on this link ends ERROR
 // (the Goodbye's reason, a protocol error's, or ECONNLOST) with settlement
 // unknown; queued ones are left to a flusher, which finds the link gone.
@@ -328,7 +332,7 @@ aai_link_connect(aa_client *c)
 	l->c = c;
 	l->conn = conn;
 	l->pins = 1; // this connect's
-	aai_wire_arena_init(&l->arena, l->buf, sizeof(l->buf));
+	aai_wire_arena_init_growing(&l->arena, LINK_ARENA_MAX);
 
 	aai_mtx_lock(&c->mtx);
 	if (c->closed) {

@@ -21,9 +21,9 @@
 #define DEFAULT_MAX_MSG      (1u << 20)
 #define DEFAULT_MAX_PENDING  1024u
 #define DEFAULT_HEARTBEAT_MS 1000
-#define HANDSHAKE_TIMEOUT_MS 10000 // docs/protocol.md § 4
-#define GOODBYE_LINGER_MS    250   // time for a Goodbye to be written
-#define ARENA_BYTES          (16u * 1024)
+#define HANDSHAKE_TIMEOUT_MS 10000        // docs/protocol.md § 4
+#define GOODBYE_LINGER_MS    250          // time for a Goodbye to be written
+#define ARENA_BYTES          (16u * 1024) // the most a session's arena keeps
 #define OP_BUCKETS_MIN       64
 #define DEFAULT_SEND_PAUSE   (1u << 20)   // docs/protocol.md § 17
 #define DEFAULT_SEND_MAX     (32u << 20)  // per connection
@@ -126,10 +126,9 @@ struct session {
 	aai_idmap ops; // op id -> entry: this connection's pending calls
 	// Receive thread only:
 	instance *inst;
-	uint64_t base;   // instance's high-water mark at Hello
-	size_t send_max; // the client's max message size (capped by ours)
-	aai_wire_arena arena;
-	uint8_t *arena_buf;
+	uint64_t base;        // instance's high-water mark at Hello
+	size_t send_max;      // the client's max message size (capped by ours)
+	aai_wire_arena arena; // growing, up to ARENA_BYTES
 	aa_timer hs_timer, linger_timer, reap_timer;
 };
 
