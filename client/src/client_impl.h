@@ -76,14 +76,14 @@ struct clink {
 	aa_client *c;
 	aai_conn *conn;
 	aai_wire_arena arena;
-	bool hello;  // the server's Hello arrived
-	int goodbye; // the server's Goodbye reason, or 0
-	char goodbye_msg[AAI_WIRE_TEXT_MAX + 1]; // and its message
-	clink *next_dead;                        // down, waiting to be freed
-	bool down;                               // its down callback ran
-	int pins;         // threads still using it (a connect, a close): it
-	                  // is not freed while pinned (c->mtx)
-	uint64_t conn_id; // the server's id for it, from its Hello
+	bool hello;        // the server's Hello arrived
+	int goodbye;       // the server's Goodbye reason, or 0
+	char *goodbye_msg; // and its message (NULL: none); c->mtx
+	clink *next_dead;  // down, waiting to be freed
+	bool down;         // its down callback ran
+	int pins;          // threads still using it (a connect, a close): it
+	                   // is not freed while pinned (c->mtx)
+	uint64_t conn_id;  // the server's id for it, from its Hello
 };
 
 #define LINK_ARENA_MAX 8192u // larger frames decode into heap spills
