@@ -84,7 +84,7 @@
 // delivery state, settlement, flags) is packed into bytes and bits under
 // the op's lock, the handlers' "set" flags are the function pointers
 // themselves, and the condition variable is shared (above): 288 bytes on
-// x86-64 instead of 376, so that an op and its provider's memory (the
+// x86-64 instead of 384, so that an op and its provider's memory (the
 // client's cop, the server's entry) fit the recycler's size classes
 // (alloc.c) with room to spare. docs/PERFORMANCE.md has the breakdown.
 #include <stddef.h>
