@@ -83,8 +83,10 @@
 // Memory. An op is mostly pointers; the small state (policy, types,
 // delivery state, settlement, flags) is packed into bytes and bits under
 // the op's lock, the handlers' "set" flags are the function pointers
-// themselves, and the condition variable is shared (above): 288 bytes on
-// x86-64 instead of 384, so that an op and its provider's memory (the
+// themselves, the condition variable is shared (above), and the work item
+// that posts the handler to an executor (56 bytes) is allocated only for
+// an op associated with one, after the provider's bytes (op_work): 240
+// bytes on x86-64 instead of 384, so that an op and its provider's memory (the
 // client's cop, the server's entry) fit the recycler's size classes
 // (alloc.c) with room to spare. docs/PERFORMANCE.md has the breakdown.
 #include <stddef.h>
@@ -125,8 +127,7 @@ struct aa_op {
 	// Completion handler (set: cb != NULL).
 	aa_op_cb cb;
 	void *cb_arg;
-	pthread_t dthread;
-	aa_work work; // posts the handler to the associated executor
+	pthread_t dthread; // (the aa_work that posts it: op_work)
 
 	// Progress handler.
 	aa_op_progress_cb pcb;
@@ -227,6 +228,23 @@ wake_waiters(aa_op *op)
 
 static atomic_uint_fast64_t next_op_id = 1;
 
+// posts_to says whether ops made with assoc deliver through an executor
+// (not inline), and so need a work item.
+static bool
+posts_to(const aa_assoc *assoc)
+{
+	return assoc != NULL && assoc->executor != NULL &&
+	       assoc->executor != aa_executor_inline();
+}
+
+// op_work returns the work item at the end of an op made with an
+// executor (aa_op_alloc put it there).
+static aa_work *
+op_work(aa_op *op)
+{
+	return (aa_work *)(void *)((char *)op + op->size - sizeof(aa_work));
+}
+
 static bool deliver(aa_op *op, pthread_t *to);
 static void maybe_settle(aa_op *op);
 static void slot_handler(void *arg, aa_cancel_type type);
@@ -258,10 +276,17 @@ aa_op_alloc(aa_op **opp, const aa_op_provider *prov, const aa_assoc *assoc)
 	a = (assoc != NULL && assoc->allocator != NULL)
 	        ? assoc->allocator
 	        : aa_allocator_default();
-	if (prov->extra > UINT32_MAX - offsetof(aa_op, extra)) {
+	if (prov->extra > UINT32_MAX / 2) {
 		return AA_EINVAL;
 	}
 	size = offsetof(aa_op, extra) + prov->extra;
+	if (posts_to(assoc)) {
+		// The work item that posts the handler, after the provider's
+		// bytes: only an op with an executor pays for it (op_work).
+		size = (size + _Alignof(aa_work) - 1) &
+		       ~(size_t)(_Alignof(aa_work) - 1);
+		size += sizeof(aa_work);
+	}
 	if ((op = a->alloc(a->ctx, size)) == NULL) {
 		return AA_ENOMEM;
 	}
@@ -520,13 +545,14 @@ deliver_now(aa_op *op)
 	aa_executor *ex = op->assoc.executor;
 
 	aa_op_ref(op);
-	if (ex != NULL && ex != aa_executor_inline()) {
-		aa_work_init(&op->work, posted_work, posted_done, op);
+	if (posts_to(&op->assoc)) {
+		aa_work *w = op_work(op);
+		aa_work_init(w, posted_work, posted_done, op);
 		aai_mtx_lock(&op->mtx);
 		op->dstate = D_POSTED;
 		wake_waiters(op); // cancels waiting for RUNNING
 		aai_mtx_unlock(&op->mtx);
-		if (aa_work_submit(&op->work, ex) == 0) {
+		if (aa_work_submit(w, ex) == 0) {
 			return; // posted_done drops the reference
 		}
 		// A closed executor: run the handler here instead.
