@@ -794,3 +794,78 @@ Test(op, composed_operation_passes_cancellation_down)
 	aa_cancel_signal_free(c.sig);
 	aa_recycler_free(r);
 }
+
+// ---- The work item of an op with an executor ----
+
+// An op associated with an executor gets the work item that posts its
+// handler after the provider's bytes (op.c, "Memory"); an op without one
+// does not have it. The provider's bytes must survive the posting, for
+// every size of them.
+typedef struct posted_check {
+	gate ran;
+	size_t extra;
+	bool intact;
+	pthread_t thread;
+} posted_check;
+
+static void
+posted_check_handler(aa_op *op, void *arg)
+{
+	posted_check *pc = arg;
+	const unsigned char *x = aa_op_extra(op);
+	pc->intact = true;
+	for (size_t i = 0; i < pc->extra; i++) {
+		if (x[i] != (unsigned char)(i * 7 + 1)) {
+			pc->intact = false;
+		}
+	}
+	pc->thread = pthread_self();
+	gate_open(&pc->ran);
+}
+
+Test(op, work_item_after_the_providers_bytes_with_an_executor)
+{
+	aa_executor *pool;
+	cr_assert_eq(aa_pool_alloc(&pool, 1), 0);
+	aa_recycler *r;
+	cr_assert_eq(aa_recycler_alloc(&r, 0), 0);
+	enum { NSIZES = 7 };
+	const size_t sizes[NSIZES] = {0, 1, 7, 8, 13, 104, 1000};
+	static posted_check pcs[NSIZES][2]; // kept until the pool is joined
+	for (size_t k = 0; k < NSIZES; k++) {
+		for (int with_ex = 0; with_ex < 2; with_ex++) {
+			posted_check *pc = &pcs[k][with_ex];
+			*pc = (posted_check){.extra = sizes[k]};
+			gate_init(&pc->ran);
+			aa_assoc assoc = {.allocator =
+			                      aa_recycler_allocator(r),
+			                  .executor = with_ex ? pool : NULL};
+			aa_op_provider pv = {.policy = AA_POLICY_IMMEDIATE,
+			                     .cancel_types = AA_CANCEL_ALL,
+			                     .extra = sizes[k]};
+			aa_op *op;
+			cr_assert_eq(aa_op_alloc(&op, &pv, &assoc), 0);
+			unsigned char *x = aa_op_extra(op);
+			for (size_t i = 0; i < sizes[k]; i++) {
+				x[i] = (unsigned char)(i * 7 + 1);
+			}
+			cr_assert_eq(
+			    aa_op_set_handler(op, posted_check_handler, pc),
+			    0);
+			cr_assert_eq(aa_op_complete(op, NULL, 0, NULL), 0);
+			gate_wait(&pc->ran);
+			cr_assert(pc->intact, "extra %zu bytes overwritten",
+			          sizes[k]);
+			cr_assert_eq(
+			    !pthread_equal(pc->thread, pthread_self()),
+			    with_ex, "posted only with an executor");
+			aa_op_unref(op);
+		}
+	}
+	aa_executor_free(pool); // joins: no posted work is left running
+	for (size_t k = 0; k < NSIZES; k++) {
+		gate_fini(&pcs[k][0].ran);
+		gate_fini(&pcs[k][1].ran);
+	}
+	aa_recycler_free(r);
+}

@@ -1004,3 +1004,156 @@ Test(op_race, stress_cancel_versus_complete, .timeout = 300)
 	cr_assert_eq(cancel_won + complete_won, st.rounds);
 	aa_recycler_free(r);
 }
+
+// ---- Many cancels waiting at once on the shared wait stripes ----
+
+// Ops keep no condition variable of their own: a cancel that waits for a
+// running handler waits on one of 64 stripes shared by every op (op.c,
+// "Where a cancel waits"). With more ops than stripes, several ops share
+// each stripe; every wait must still end when, and only when, its own
+// op's handler returned, with no wake-up lost among the others.
+#define MANY_OPS   96 // more than the 64 stripes: some ops share one
+#define MANY_EXTRA 3  // cancels waiting on op 0 besides its first
+
+typedef struct many_op {
+	aa_op *op;
+	thr fin;
+	int fin_rv;
+	gate in_handler;
+	gate release;
+	bool released;
+	atomic_int returned; // its handler returned
+} many_op;
+
+typedef struct many_cancel {
+	thr t;
+	many_op *m;
+	gate waiting; // it reached "op.cancel_wait"
+	int rv;
+	int handler_returned_at_return;
+	atomic_int done;
+	bool joined;
+} many_cancel;
+
+static _Thread_local many_cancel *many_self;
+
+static void
+many_checkpoint(void *arg, const char *name, void *subject)
+{
+	(void)arg;
+	(void)subject;
+	if (strcmp(name, "op.cancel_wait") == 0 && many_self != NULL) {
+		gate_open(&many_self->waiting);
+	}
+}
+
+static void
+many_handler(aa_op *op, void *arg)
+{
+	many_op *m = arg;
+	(void)op;
+	gate_open(&m->in_handler);
+	gate_wait(&m->release);
+	atomic_store(&m->returned, 1);
+}
+
+static void *
+many_complete(void *arg)
+{
+	many_op *m = arg;
+	m->fin_rv = aa_op_complete(m->op, NULL, 0, NULL);
+	return NULL;
+}
+
+static void *
+many_cancel_main(void *arg)
+{
+	many_cancel *c = arg;
+	many_self = c;
+	c->rv = aa_op_cancel(c->m->op, AA_CANCEL_TERMINAL);
+	c->handler_returned_at_return = atomic_load(&c->m->returned);
+	atomic_store(&c->done, 1);
+	return NULL;
+}
+
+static void
+many_join_released(many_cancel *cs, int n)
+{
+	for (int j = 0; j < n; j++) {
+		if (cs[j].joined || !cs[j].m->released) {
+			continue;
+		}
+		thr_join(&cs[j].t);
+		cs[j].joined = true;
+		cr_assert_eq(cs[j].rv, AA_EALREADY);
+		cr_assert_eq(cs[j].handler_returned_at_return, 1,
+		             "cancel %d returned while its handler ran", j);
+	}
+}
+
+Test(op_race, many_cancels_wait_on_shared_stripes_at_once, .timeout = 120)
+{
+	static many_op ops[MANY_OPS];
+	static many_cancel cs[MANY_OPS + MANY_EXTRA];
+	const int ncs = MANY_OPS + MANY_EXTRA;
+	aa_op_provider pv = {.policy = AA_POLICY_IMMEDIATE,
+	                     .cancel_types = AA_CANCEL_ALL};
+	aa_checkpoint_set(many_checkpoint, NULL);
+
+	// 1. Each op completes on a thread of its own, whose handler holds.
+	for (int i = 0; i < MANY_OPS; i++) {
+		many_op *m = &ops[i];
+		memset(m, 0, sizeof(*m));
+		gate_init(&m->in_handler);
+		gate_init(&m->release);
+		cr_assert_eq(aa_op_alloc(&m->op, &pv, NULL), 0);
+		cr_assert_eq(aa_op_set_handler(m->op, many_handler, m), 0);
+		thr_start(&m->fin, many_complete, m);
+		gate_wait(&m->in_handler);
+	}
+	// 2. One cancel per op, and more on op 0: each waits for its op's
+	// handler, all of them at once.
+	for (int j = 0; j < ncs; j++) {
+		many_cancel *c = &cs[j];
+		memset(c, 0, sizeof(*c));
+		c->m = &ops[j < MANY_OPS ? j : 0];
+		gate_init(&c->waiting);
+		thr_start(&c->t, many_cancel_main, c);
+		gate_wait(&c->waiting);
+	}
+	// 3. Release half the handlers one at a time, in a scrambled order:
+	// each release ends the cancels of its op and no other.
+	for (int k = 0; k < MANY_OPS / 2; k++) {
+		many_op *m = &ops[(k * 37) % MANY_OPS];
+		m->released = true;
+		gate_open(&m->release);
+		many_join_released(cs, ncs);
+		for (int j = 0; j < ncs; j++) {
+			if (!cs[j].m->released) {
+				cr_assert_eq(atomic_load(&cs[j].done), 0,
+				             "cancel %d returned early", j);
+			}
+		}
+	}
+	// 4. Release the rest together: wake-ups of ops sharing a stripe
+	// cross each other.
+	for (int i = 0; i < MANY_OPS; i++) {
+		if (!ops[i].released) {
+			ops[i].released = true;
+			gate_open(&ops[i].release);
+		}
+	}
+	many_join_released(cs, ncs);
+	for (int i = 0; i < MANY_OPS; i++) {
+		thr_join(&ops[i].fin);
+		cr_assert_eq(ops[i].fin_rv, 0);
+		cr_assert_eq(aa_op_status(ops[i].op), AA_COMPLETED);
+		aa_op_unref(ops[i].op);
+		gate_fini(&ops[i].in_handler);
+		gate_fini(&ops[i].release);
+	}
+	for (int j = 0; j < ncs; j++) {
+		gate_fini(&cs[j].waiting);
+	}
+	aa_checkpoint_set(on_checkpoint, cur);
+}

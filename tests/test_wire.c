@@ -1113,6 +1113,84 @@ Test(wire, steady_state_allocates_nothing, .init = arena_setup)
 	aai_wire_arena_fini(&arena);
 }
 
+Test(wire, growing_arena_keeps_what_the_frames_needed)
+{
+	static uint8_t frame[32768];
+	static uint8_t big[20000];
+	uint8_t payload[64] = {1, 2, 3};
+	aai_wire_arena g;
+	aai_wire_msg m, d;
+	size_t len, big_len;
+	const char *why = NULL;
+
+	// The protobuf-c path: the fast one reads payloads in place and
+	// needs the arena only for a string (fast_path_arena_* below).
+	aai_wire_fast_off = true;
+	aai_wire_arena_init_growing(&g, 8192);
+	cr_assert_eq(g.cap, 0, "no buffer before the first frame");
+	aai_wire_complete(&m, 1, AAI_WIRE_COMPLETED, 0, NULL, payload, 64);
+	cr_assert_eq(aai_wire_encode(&len, frame, sizeof(frame), &m, 0), 0);
+	cr_assert_eq(aai_wire_decode(&d, &why, &g, frame, len, 0), 0);
+	size_t small = g.cap;
+	cr_assert_geq(small, AAI_WIRE_ARENA_GROW_MIN);
+	cr_assert_lt(small, 8192, "a small frame grew it to %zu", small);
+	cr_assert_eq(g.spills, 0);
+
+	// Steady state: the kept buffer fits, nothing is allocated.
+	uint64_t before = aa_heap_allocs();
+	for (int i = 0; i < 1000; i++) {
+		cr_assert_eq(aai_wire_decode(&d, &why, &g, frame, len, 0), 0);
+	}
+	cr_assert_eq(aa_heap_allocs(), before, "decode called malloc");
+	cr_assert_eq(g.cap, small);
+
+	// A frame beyond grow_max: the buffer stops there, the rest spills.
+	static uint8_t big_frame[32768];
+	aai_wire_complete(&m, 2, AAI_WIRE_COMPLETED, 0, NULL, big,
+	                  sizeof(big));
+	cr_assert_eq(
+	    aai_wire_encode(&big_len, big_frame, sizeof(big_frame), &m, 0), 0);
+	cr_assert_eq(aai_wire_decode(&d, &why, &g, big_frame, big_len, 0), 0);
+	cr_assert_eq(d.complete.payload_len, sizeof(big));
+	cr_assert_eq(g.cap, 8192);
+	cr_assert_gt(g.spills, 0);
+
+	// Small frames again fit the buffer it kept.
+	uint64_t spills = g.spills;
+	before = aa_heap_allocs();
+	cr_assert_eq(aai_wire_decode(&d, &why, &g, frame, len, 0), 0);
+	cr_assert_eq(aa_heap_allocs(), before);
+	cr_assert_eq(g.spills, spills);
+	aai_wire_arena_fini(&g);
+	cr_assert_eq(g.cap, 0);
+	aai_wire_fast_off = false;
+}
+
+Test(wire, fast_path_arena_holds_only_the_string)
+{
+	static uint8_t frame[4096];
+	static uint8_t payload[2000];
+	aai_wire_arena g;
+	aai_wire_msg m, d;
+	size_t len;
+	const char *why = NULL;
+
+	aai_wire_arena_init_growing(&g, 8192);
+	aai_wire_start(&m, 5, "svc.method", payload, sizeof(payload), 0, 1);
+	cr_assert_eq(aai_wire_encode(&len, frame, sizeof(frame), &m, 0), 0);
+	cr_assert_eq(aai_wire_decode(&d, &why, &g, frame, len, 0), 0);
+	cr_assert_str_eq(d.start.method, "svc.method");
+	cr_assert_eq(g.cap, AAI_WIRE_ARENA_GROW_MIN,
+	             "grown for the name only");
+	cr_assert_eq(g.spills, 0);
+	uint64_t before = aa_heap_allocs();
+	for (int i = 0; i < 1000; i++) {
+		cr_assert_eq(aai_wire_decode(&d, &why, &g, frame, len, 0), 0);
+	}
+	cr_assert_eq(aa_heap_allocs(), before, "decode called malloc");
+	aai_wire_arena_fini(&g);
+}
+
 // ---------------------------------------------------------------------------
 // Hostile input.
 

@@ -58,24 +58,36 @@ struct cop {
 	uint32_t cancel_types;
 	void *payload; // until Start is sent: the caller's (during the call)
 	size_t payload_len; // or a copy (payload_owned; submit.c)
+	// Last: a call without a deadline makes its op without these bytes
+	// (aai_cop_size); only has_deadline says the timer is there.
 	aa_timer deadline;
 };
 
-// A link: one transport connection and its decode arena.
+// aai_cop_size is the provider memory of a call's op: without the deadline
+// timer when the call has no deadline.
+static inline size_t
+aai_cop_size(uint32_t deadline_ms)
+{
+	return deadline_ms != 0 ? sizeof(cop) : offsetof(cop, deadline);
+}
+
+// A link: one transport connection and its decode arena (a growing one:
+// it holds what the server's frames needed, up to LINK_ARENA_MAX).
 struct clink {
 	aa_client *c;
 	aai_conn *conn;
 	aai_wire_arena arena;
-	bool hello;  // the server's Hello arrived
-	int goodbye; // the server's Goodbye reason, or 0
-	char goodbye_msg[AAI_WIRE_TEXT_MAX + 1]; // and its message
-	clink *next_dead;                        // down, waiting to be freed
-	bool down;                               // its down callback ran
-	int pins;         // threads still using it (a connect, a close): it
-	                  // is not freed while pinned (c->mtx)
-	uint64_t conn_id; // the server's id for it, from its Hello
-	uint8_t buf[8192];
+	bool hello;        // the server's Hello arrived
+	int goodbye;       // the server's Goodbye reason, or 0
+	char *goodbye_msg; // and its message (NULL: none); c->mtx
+	clink *next_dead;  // down, waiting to be freed
+	bool down;         // its down callback ran
+	int pins;          // threads still using it (a connect, a close): it
+	                   // is not freed while pinned (c->mtx)
+	uint64_t conn_id;  // the server's id for it, from its Hello
 };
+
+#define LINK_ARENA_MAX 8192u // larger frames decode into heap spills
 
 typedef struct method {
 	char *name;

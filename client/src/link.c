@@ -28,6 +28,11 @@
 // caller ever waits for a dial; stop waits for the reconnect thread
 // (`reconnectors`), which may take up to connect_timeout_ms.
 //
+// Memory: the link's decode arena grows to what the server's frames
+// needed (up to LINK_ARENA_MAX, larger ones spill), so an idle link holds
+// a few hundred bytes for it rather than a fixed 8 KiB buffer; the
+// server's Goodbye text is copied only when one comes.
+//
 // Loss (down): every op in the map that was sent on this link ends ERROR
 // (the Goodbye's reason, a protocol error's, or ECONNLOST) with settlement
 // unknown; queued ones are left to a flusher, which finds the link gone.
@@ -84,14 +89,17 @@ on_hello(aa_client *c, clink *l, const aai_wire_msg *m)
 	if (h->version != AAI_WIRE_VERSION) {
 		// The attempt fails with ENOTSUP; the text is the server's
 		// mirror (docs/protocol.md § 4).
-		aai_mtx_lock(&c->mtx);
-		l->goodbye = AA_ENOTSUP;
-		snprintf(l->goodbye_msg, sizeof(l->goodbye_msg),
+		char msg[96];
+		snprintf(msg, sizeof(msg),
 		         "protocol version %u not supported; client speaks %d",
 		         (unsigned)h->version, AAI_WIRE_VERSION);
+		aai_mtx_lock(&c->mtx);
+		l->goodbye = AA_ENOTSUP;
+		aai_free(l->goodbye_msg);
+		l->goodbye_msg = aai_strdup(msg); // NULL on ENOMEM: no text
 		aai_cv_broadcast(&c->cv);
 		aai_mtx_unlock(&c->mtx);
-		link_protocol_error(l, AA_ENOTSUP, l->goodbye_msg);
+		link_protocol_error(l, AA_ENOTSUP, msg);
 		return;
 	}
 	// Both sides use the server's heartbeat interval (0: off); silence
@@ -177,8 +185,12 @@ clink_frame(void *arg, aai_conn *conn, const uint8_t *data, size_t len)
 		    m.goodbye.reason != 0 && m.goodbye.reason != AA_ECLOSED
 		        ? (int)m.goodbye.reason
 		        : AA_EUNAVAIL;
-		snprintf(l->goodbye_msg, sizeof(l->goodbye_msg), "%s",
-		         m.goodbye.message != NULL ? m.goodbye.message : "");
+		// Kept only when one comes (it would cost every link 1 KiB).
+		aai_free(l->goodbye_msg);
+		l->goodbye_msg =
+		    m.goodbye.message != NULL && m.goodbye.message[0] != '\0'
+		        ? aai_strdup(m.goodbye.message)
+		        : NULL;
 		aai_mtx_unlock(&c->mtx);
 		aai_conn_close(conn); // the server is leaving: so do we
 		break;
@@ -240,9 +252,9 @@ clink_down(void *arg, aai_conn *conn, int err)
 	          ? c->down_err
 	      : err == AA_ELIMIT ? AA_ELIMIT // the server did not read
 	                         : AA_ECONNLOST;
-	const char *why_msg = l->goodbye_msg[0] != '\0' ? l->goodbye_msg
-	                      : why == AA_EUNAVAIL      ? "server shut down"
-	                                                : "connection lost";
+	const char *why_msg = l->goodbye_msg != NULL ? l->goodbye_msg
+	                      : why == AA_EUNAVAIL   ? "server shut down"
+	                                             : "connection lost";
 	(void)err;
 	if (c->link == l) {
 		c->link = NULL;
@@ -300,6 +312,7 @@ aai_link_free_dead(aa_client *c)
 		clink *next = l->next_dead;
 		aai_conn_free(l->conn);
 		aai_wire_arena_fini(&l->arena);
+		aai_free(l->goodbye_msg);
 		aai_free(l);
 		aai_live_dec(AA_LIVE_CLIENT);
 		l = next;
@@ -328,13 +341,14 @@ aai_link_connect(aa_client *c)
 	l->c = c;
 	l->conn = conn;
 	l->pins = 1; // this connect's
-	aai_wire_arena_init(&l->arena, l->buf, sizeof(l->buf));
+	aai_wire_arena_init_growing(&l->arena, LINK_ARENA_MAX);
 
 	aai_mtx_lock(&c->mtx);
 	if (c->closed) {
 		aai_mtx_unlock(&c->mtx);
 		aai_conn_free(conn);
 		aai_wire_arena_fini(&l->arena);
+		aai_free(l->goodbye_msg);
 		aai_free(l);
 		aai_live_dec(AA_LIVE_CLIENT);
 		return AA_ECLOSED;

@@ -25,6 +25,10 @@
 // Start carries the time left). A cancel of an op held by a flusher only
 // marks it DONE: the flusher lets it go.
 //
+// Memory: the op and its cop are one block from the client's pool, made
+// without the cop's deadline timer when the call has no deadline
+// (aai_cop_size); the payload copy lives only until the Start is written.
+//
 // Locks: the client's mutex for the queue and the states; no user
 // callback and no blocking call under it. `flushing` (and the cv) tell
 // stop when no flusher runs.
@@ -201,7 +205,7 @@ aa_client_call(aa_op **opp, aa_client *c, const char *method_name,
 	    .policy = AA_POLICY_IMMEDIATE,
 #endif
 	    .cancel_types = types,
-	    .extra = sizeof(cop),
+	    .extra = aai_cop_size(co != NULL ? co->deadline_ms : 0),
 	};
 	if ((rv = aa_op_alloc(&op, &pv, &a)) != 0) {
 		return rv;

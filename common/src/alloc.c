@@ -1,20 +1,24 @@
 // alloc.c: the default allocator and the recycling allocator.
 //
-// Design notes. A recycler keeps one free list per size class (64 B up to
-// 4 KiB, powers of two). A block carries no header: the caller gives the
-// size back at free time (as aa_allocator requires), which names the class.
-// One mutex per recycler guards the lists and the statistics; the critical
-// sections are a pointer push or pop. Blocks larger than the largest class
-// bypass the lists. Freed blocks beyond max_cached per class go back to
-// malloc. No races beyond the list operations themselves: a block is owned
-// either by a caller or by exactly one free list.
+// Design notes. A recycler keeps one free list per size class: steps of
+// 32 B up to 1 KiB (where ops and their provider memory live: a 400-byte
+// op takes 416 bytes, not 512 as with powers of two), then 2 and 4 KiB. A
+// block carries no header: the caller gives the size back at free time (as
+// aa_allocator requires), which names the class. One mutex per recycler guards
+// the lists and the statistics; the critical sections are a pointer push or
+// pop. Blocks larger than the largest class bypass the lists. Freed blocks
+// beyond max_cached per class go back to malloc. No races beyond the list
+// operations themselves: a block is owned either by a caller or by exactly one
+// free list.
 #include <stdlib.h>
 #include <string.h>
 
 #include "aai.h"
 
-#define CLASS_MIN_SHIFT 6 // 64 bytes
-#define CLASS_COUNT     7 // 64 .. 4096
+#define CLASS_STEP     32u // the fine classes: 32, 64, ... 1024
+#define CLASS_FINE     32  // how many
+#define CLASS_FINE_MAX 1024u
+#define CLASS_COUNT    34 // then 2048 and 4096
 
 typedef struct free_block {
 	struct free_block *next;
@@ -25,7 +29,7 @@ struct aa_recycler {
 	aa_allocator view;
 	size_t max_cached;
 	free_block *lists[CLASS_COUNT];
-	size_t counts[CLASS_COUNT];
+	uint32_t counts[CLASS_COUNT];
 	uint64_t hits;
 	uint64_t misses;
 	uint64_t in_use;
@@ -62,13 +66,26 @@ aa_allocator_default(void)
 static int
 size_class(size_t size)
 {
-	size_t cap = (size_t)1 << CLASS_MIN_SHIFT;
-	for (int c = 0; c < CLASS_COUNT; c++, cap <<= 1) {
-		if (size <= cap) {
-			return c;
-		}
+	if (size <= CLASS_FINE_MAX) {
+		return size == 0 ? 0 : (int)((size - 1) / CLASS_STEP);
+	}
+	if (size <= 2 * CLASS_FINE_MAX) {
+		return CLASS_FINE;
+	}
+	if (size <= 4 * CLASS_FINE_MAX) {
+		return CLASS_FINE + 1;
 	}
 	return -1;
+}
+
+// class_size returns the bytes of a block of class c.
+static size_t
+class_size(int c)
+{
+	if (c < CLASS_FINE) {
+		return (size_t)(c + 1) * CLASS_STEP;
+	}
+	return (size_t)CLASS_FINE_MAX << (c - CLASS_FINE + 1);
 }
 
 static void *
@@ -99,7 +116,7 @@ recycler_alloc(void *ctx, size_t size)
 	r->misses++;
 	r->in_use++;
 	aai_mtx_unlock(&r->mtx);
-	void *p = aai_alloc((size_t)1 << (CLASS_MIN_SHIFT + c));
+	void *p = aai_alloc(class_size(c));
 	if (p == NULL) {
 		aai_mtx_lock(&r->mtx);
 		r->in_use--;

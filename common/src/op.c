@@ -33,6 +33,19 @@
 // the exception: it reports what the provider really did, which may
 // become known long after cancel returned.
 //
+// Where a cancel waits. Such waits are rare and short, so ops keep no
+// condition variable of their own: they share a table of 64 stripes (a
+// mutex and a cv each; an op hashes to one by its address). The waiter
+// counts itself in `waiters` under the op's lock, takes the stripe's
+// mutex before dropping the op's, and waits on the stripe's cv. Whoever
+// ends a wait condition does it under the op's lock and then, only when
+// `waiters` is not zero, broadcasts on the stripe under the stripe's
+// mutex: lock order op, then stripe, so a wake-up cannot fall between a
+// waiter's check and its wait (no lost wake-up), and the hot path, where
+// nobody waits, touches no stripe at all. Several ops share a stripe, so
+// a waiter can be woken for another op: every wait is a loop that checks
+// its own op's condition again under the op's lock.
+//
 // Hand-over instead of waiting. Delivery and progress never wait for
 // another thread, because two ops whose callbacks call into each other
 // from two threads (a parent and its child forwarding progress) would
@@ -63,7 +76,19 @@
 // handler; disconnect waits for an emit running on another thread, and that
 // emit cannot wait for this thread (it does not wait), so no deadlock.
 //
-// Locks: one mutex per op; no user or provider function runs under it.
+// Locks: one mutex per op; no user or provider function runs under it. A
+// wait stripe's mutex is taken only under an op's lock, never the other
+// way round, and nothing else is done under it.
+//
+// Memory. An op is mostly pointers; the small state (policy, types,
+// delivery state, settlement, flags) is packed into bytes and bits under
+// the op's lock, the handlers' "set" flags are the function pointers
+// themselves, the condition variable is shared (above), and the work item
+// that posts the handler to an executor (56 bytes) is allocated only for
+// an op associated with one, after the provider's bytes (op_work): 240
+// bytes on x86-64 instead of 384, so that an op and its provider's memory (the
+// client's cop, the server's entry) fit the recycler's size classes
+// (alloc.c) with room to spare. docs/PERFORMANCE.md has the breakdown.
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,58 +112,138 @@ enum delivery {
 
 struct aa_op {
 	pthread_mutex_t mtx;
-	pthread_cond_t cv;
 	atomic_uint refs;
-	atomic_int state;     // aa_state, written under mtx
-	atomic_int detail;    // what the provider's cancel fn returned
-	aa_settlement settle; // here, in what would be padding
+	atomic_int state;  // aa_state, written under mtx
+	atomic_int detail; // what the provider's cancel fn returned
+	uint32_t size;     // bytes taken from the allocator
 	uint64_t id;
 
 	// Provider.
 	aa_op_cancel_fn cancel_fn;
 	aa_op_after_cancel_fn after_cancel_fn;
 	void *prov_arg;
-	aa_cancel_policy policy;
-	unsigned cancel_types;
-	bool cancel_called;
-	bool slot_connected;
-	bool leaving_slot; // final; delivery waits until it left the slot
 	aa_assoc assoc;
-	size_t size; // bytes taken from the allocator
 
-	// Completion handler.
+	// Completion handler (set: cb != NULL).
 	aa_op_cb cb;
 	void *cb_arg;
-	bool cb_set;
-	enum delivery dstate;
-	pthread_t dthread;
-	aa_work work; // posts the handler to the associated executor
+	pthread_t dthread; // (the aa_work that posts it: op_work)
 
 	// Progress handler.
 	aa_op_progress_cb pcb;
 	void *pcb_arg;
-	bool progress_running;
 	pthread_t pthread;
 	struct pending_report *pending; // handed to pthread, or NULL
 
-	// Settlement handler.
+	// Settlement handler (set: scb != NULL).
 	aa_op_cb scb;
 	void *scb_arg;
-	bool scb_set;
-	bool scb_done;
 
 	// Result.
 	void *result;
 	size_t result_len;
 	aa_free_fn release;
+	char *errmsg;
 	int err;
 	int32_t app_code; // with err == AA_EAPP
-	char *errmsg;
+
+	// Small state, packed (an op is mostly pointers; see "Memory").
+	uint8_t policy;       // aa_cancel_policy
+	uint8_t cancel_types; // AA_CANCEL_* mask
+	uint8_t dstate;       // enum delivery
+	uint8_t settle;       // aa_settlement
+	uint16_t waiters;     // threads waiting on the op's wait stripe
+	bool cancel_called : 1;
+	bool slot_connected : 1;
+	bool leaving_slot : 1; // final; delivery waits until it left the slot
+	bool progress_running : 1;
+	bool scb_done : 1;
 
 	max_align_t extra[];
 };
 
+// ---- Waiting on a shared stripe ----
+
+// The rare waits (design notes, "Waiting") share a table of condition
+// variables instead of one per op (see "Memory"). Each stripe's cv is
+// only ever used with the stripe's own mutex, as POSIX requires.
+#define WAIT_STRIPES 64
+
+static struct wait_stripe {
+	pthread_mutex_t mtx;
+	pthread_cond_t cv;
+} wait_stripes[WAIT_STRIPES];
+
+static pthread_once_t wait_stripes_once = PTHREAD_ONCE_INIT;
+
+static void
+wait_stripes_init(void)
+{
+	for (int i = 0; i < WAIT_STRIPES; i++) {
+		aai_mtx_init(&wait_stripes[i].mtx);
+		aai_cv_init(&wait_stripes[i].cv);
+	}
+}
+
+static struct wait_stripe *
+stripe_of(const aa_op *op)
+{
+	(void)pthread_once(&wait_stripes_once, wait_stripes_init);
+	uint64_t h = (uint64_t)(uintptr_t)op * 0x9e3779b97f4a7c15ull;
+	return &wait_stripes[(h >> 32) % WAIT_STRIPES];
+}
+
+// op_wait blocks until a wake_waiters of op (or of another op of the same
+// stripe: the caller waits in a loop that checks its condition). Expects
+// the op's lock, which it drops while waiting and holds again on return.
+// The stripe's mutex is taken before the op's is dropped, so a wake-up
+// (made under the op's lock, then the stripe's) cannot fall between the
+// caller's check and its wait. Lock order: op, then stripe.
+static void
+op_wait(aa_op *op)
+{
+	struct wait_stripe *w = stripe_of(op);
+	op->waiters++;
+	aai_mtx_lock(&w->mtx);
+	aai_mtx_unlock(&op->mtx);
+	aai_cv_wait(&w->cv, &w->mtx);
+	aai_mtx_unlock(&w->mtx);
+	aai_mtx_lock(&op->mtx);
+	op->waiters--;
+}
+
+// wake_waiters wakes the threads waiting on op, if any (then also those
+// of the other ops of its stripe). Expects the op's lock.
+static void
+wake_waiters(aa_op *op)
+{
+	if (op->waiters == 0) {
+		return; // the common case: nobody waits, no stripe touched
+	}
+	struct wait_stripe *w = stripe_of(op);
+	aai_mtx_lock(&w->mtx);
+	aai_cv_broadcast(&w->cv);
+	aai_mtx_unlock(&w->mtx);
+}
+
 static atomic_uint_fast64_t next_op_id = 1;
+
+// posts_to says whether ops made with assoc deliver through an executor
+// (not inline), and so need a work item.
+static bool
+posts_to(const aa_assoc *assoc)
+{
+	return assoc != NULL && assoc->executor != NULL &&
+	       assoc->executor != aa_executor_inline();
+}
+
+// op_work returns the work item at the end of an op made with an
+// executor (aa_op_alloc put it there).
+static aa_work *
+op_work(aa_op *op)
+{
+	return (aa_work *)(void *)((char *)op + op->size - sizeof(aa_work));
+}
 
 static bool deliver(aa_op *op, pthread_t *to);
 static void maybe_settle(aa_op *op);
@@ -171,13 +276,22 @@ aa_op_alloc(aa_op **opp, const aa_op_provider *prov, const aa_assoc *assoc)
 	a = (assoc != NULL && assoc->allocator != NULL)
 	        ? assoc->allocator
 	        : aa_allocator_default();
+	if (prov->extra > UINT32_MAX / 2) {
+		return AA_EINVAL;
+	}
 	size = offsetof(aa_op, extra) + prov->extra;
+	if (posts_to(assoc)) {
+		// The work item that posts the handler, after the provider's
+		// bytes: only an op with an executor pays for it (op_work).
+		size = (size + _Alignof(aa_work) - 1) &
+		       ~(size_t)(_Alignof(aa_work) - 1);
+		size += sizeof(aa_work);
+	}
 	if ((op = a->alloc(a->ctx, size)) == NULL) {
 		return AA_ENOMEM;
 	}
 	memset(op, 0, size);
 	aai_mtx_init(&op->mtx);
-	aai_cv_init(&op->cv);
 	atomic_init(&op->refs, 1);
 	atomic_init(&op->state, AA_STARTED);
 	atomic_init(&op->detail, -1);
@@ -185,11 +299,11 @@ aa_op_alloc(aa_op **opp, const aa_op_provider *prov, const aa_assoc *assoc)
 	op->cancel_fn = prov->cancel;
 	op->after_cancel_fn = prov->after_cancel;
 	op->prov_arg = prov->arg;
-	op->policy = prov->policy;
-	op->cancel_types = prov->cancel_types;
-	op->size = size;
+	op->policy = (uint8_t)prov->policy;
+	op->cancel_types = (uint8_t)prov->cancel_types;
+	op->size = (uint32_t)size;
 	op->dstate = D_NONE;
-	op->settle = AA_SETTLE_PENDING;
+	op->settle = (uint8_t)AA_SETTLE_PENDING;
 	if (assoc != NULL) {
 		op->assoc = *assoc;
 	}
@@ -240,7 +354,6 @@ op_free(aa_op *op)
 	}
 	aai_free(op->errmsg);
 	aai_free(op->pending);
-	aai_cv_fini(&op->cv);
 	aai_mtx_fini(&op->mtx);
 	a->free(a->ctx, op, op->size);
 	aai_live_dec(AA_LIVE_OP);
@@ -293,7 +406,7 @@ aa_op_settlement(const aa_op *op)
 {
 	aa_op *m = (aa_op *)op;
 	aai_mtx_lock(&m->mtx);
-	aa_settlement s = m->settle;
+	aa_settlement s = (aa_settlement)m->settle;
 	aai_mtx_unlock(&m->mtx);
 	return s;
 }
@@ -362,7 +475,7 @@ aa_op_error_msg(const aa_op *op)
 static bool
 mark_delivery(aa_op *op)
 {
-	if (!op->cb_set) {
+	if (op->cb == NULL) {
 		op->dstate = D_WAITING;
 		return false;
 	}
@@ -401,7 +514,7 @@ run_handler(aa_op *op)
 
 	aai_mtx_lock(&op->mtx);
 	op->dstate = D_DONE;
-	aai_cv_broadcast(&op->cv);
+	wake_waiters(op);
 	aai_mtx_unlock(&op->mtx);
 	maybe_settle(op);
 }
@@ -432,13 +545,14 @@ deliver_now(aa_op *op)
 	aa_executor *ex = op->assoc.executor;
 
 	aa_op_ref(op);
-	if (ex != NULL && ex != aa_executor_inline()) {
-		aa_work_init(&op->work, posted_work, posted_done, op);
+	if (posts_to(&op->assoc)) {
+		aa_work *w = op_work(op);
+		aa_work_init(w, posted_work, posted_done, op);
 		aai_mtx_lock(&op->mtx);
 		op->dstate = D_POSTED;
-		aai_cv_broadcast(&op->cv); // cancels waiting for RUNNING
+		wake_waiters(op); // cancels waiting for RUNNING
 		aai_mtx_unlock(&op->mtx);
-		if (aa_work_submit(&op->work, ex) == 0) {
+		if (aa_work_submit(w, ex) == 0) {
 			return; // posted_done drops the reference
 		}
 		// A closed executor: run the handler here instead.
@@ -478,8 +592,8 @@ static void
 maybe_settle(aa_op *op)
 {
 	aai_mtx_lock(&op->mtx);
-	if (!op->scb_set || op->scb_done || op->settle == AA_SETTLE_PENDING ||
-	    op->dstate != D_DONE) {
+	if (op->scb == NULL || op->scb_done ||
+	    op->settle == AA_SETTLE_PENDING || op->dstate != D_DONE) {
 		aai_mtx_unlock(&op->mtx);
 		return;
 	}
@@ -524,13 +638,12 @@ aa_op_set_handler(aa_op *op, aa_op_cb cb, void *arg)
 		return AA_EINVAL;
 	}
 	aai_mtx_lock(&op->mtx);
-	if (op->cb_set) {
+	if (op->cb != NULL) {
 		aai_mtx_unlock(&op->mtx);
 		return AA_EBUSY;
 	}
 	op->cb = cb;
 	op->cb_arg = arg;
-	op->cb_set = true;
 	run =
 	    op->dstate == D_WAITING && !op->leaving_slot && mark_delivery(op);
 	aai_mtx_unlock(&op->mtx);
@@ -564,13 +677,12 @@ aa_op_set_settle_handler(aa_op *op, aa_op_cb cb, void *arg)
 		return AA_EINVAL;
 	}
 	aai_mtx_lock(&op->mtx);
-	if (op->scb_set) {
+	if (op->scb != NULL) {
 		aai_mtx_unlock(&op->mtx);
 		return AA_EBUSY;
 	}
 	op->scb = cb;
 	op->scb_arg = arg;
-	op->scb_set = true;
 	aai_mtx_unlock(&op->mtx);
 	maybe_settle(op);
 	return 0;
@@ -593,7 +705,7 @@ wait_callbacks(aa_op *op)
 		// Checkpoint under the op's lock: it may record or open a
 		// gate, never call into the op.
 		AAI_CHECKPOINT("op.cancel_wait", op);
-		aai_cv_wait(&op->cv, &op->mtx);
+		op_wait(op);
 	}
 }
 
@@ -669,7 +781,7 @@ cancel(aa_op *op, aa_cancel_type type, bool may_wait)
 		while (op->dstate == D_HANDED ||
 		       (op->dstate == D_RUNNING &&
 		        pthread_equal(op->dthread, to))) {
-			aai_cv_wait(&op->cv, &op->mtx);
+			op_wait(op);
 		}
 		aai_mtx_unlock(&op->mtx);
 	}
@@ -718,7 +830,7 @@ finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
 		// the provider really did: the settlement.
 		bool settled = false;
 		if (settles && op->settle == AA_SETTLE_PENDING) {
-			op->settle = settlement_of(to);
+			op->settle = (uint8_t)settlement_of(to);
 			settled = true;
 		}
 		aai_mtx_unlock(&op->mtx);
@@ -738,7 +850,7 @@ finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
 	op->app_code = app_code;
 	op->errmsg = msg;
 	if (settles && op->settle == AA_SETTLE_PENDING) {
-		op->settle = settlement_of(to);
+		op->settle = (uint8_t)settlement_of(to);
 	}
 	// This locked step decides the race with cancel.
 	atomic_store_explicit(&op->state, to, memory_order_release);
@@ -811,7 +923,7 @@ aa_op_settle(aa_op *op, aa_settlement s)
 		aai_mtx_unlock(&op->mtx);
 		return AA_EALREADY;
 	}
-	op->settle = s;
+	op->settle = (uint8_t)s;
 	aai_mtx_unlock(&op->mtx);
 	maybe_settle(op);
 	return 0;
@@ -862,7 +974,7 @@ progress_done(aa_op *op)
 		op->dstate = D_RUNNING;
 		op->dthread = pthread_self();
 	}
-	aai_cv_broadcast(&op->cv);
+	wake_waiters(op);
 	aai_mtx_unlock(&op->mtx);
 	aai_free(p);
 	if (handed) {

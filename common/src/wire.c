@@ -20,7 +20,13 @@
 //   before each decode. In steady state (frames that fit the buffer) no
 //   malloc happens at all. A frame that does not fit spills into heap
 //   chunks taken with aai_alloc (so aa_heap_allocs() sees them) and freed
-//   by the next reset.
+//   by the next reset. A growing arena (a connection's) owns its buffer:
+//   it starts with none, and a decode whose worst-case cost (the bound
+//   below) does not fit first replaces it with one that does, rounded up
+//   to a power of two and capped: an idle connection holds what its
+//   frames needed (a few hundred bytes for a handshake), not the 8 or
+//   16 KiB a fixed buffer sized for the largest frame cost, and steady
+//   state still allocates nothing once the buffer reached the peak.
 //
 // * Hostile input. protobuf-c has no size limit and may allocate far more
 //   than the frame's size: 32 bytes of scan slab per field (slabs that
@@ -87,6 +93,39 @@ aai_wire_arena_init(aai_wire_arena *a, void *buf, size_t cap)
 }
 
 void
+aai_wire_arena_init_growing(aai_wire_arena *a, size_t grow_max)
+{
+	memset(a, 0, sizeof(*a));
+	a->grow_max = grow_max & ~(size_t)(AAI_WIRE_ARENA_ALIGN - 1);
+}
+
+// aai_wire_arena_fit gives a growing arena a buffer of at least need bytes (up
+// to its grow_max) unless it has one. The arena holds nothing (just reset).
+// Allocation failure keeps the old buffer: the decode then spills.
+void
+aai_wire_arena_fit(aai_wire_arena *a, size_t need)
+{
+	if (a->grow_max == 0 || need <= a->cap || a->cap >= a->grow_max) {
+		return;
+	}
+	size_t cap = AAI_WIRE_ARENA_GROW_MIN;
+	while (cap < need && cap < a->grow_max) {
+		cap *= 2;
+	}
+	if (cap > a->grow_max) {
+		cap = a->grow_max;
+	}
+	void *b = aai_alloc(cap); // malloc aligns it for any type
+	if (b == NULL) {
+		return;
+	}
+	aai_free(a->owned);
+	a->owned = b;
+	a->buf = b;
+	a->cap = cap;
+}
+
+void
 aai_wire_arena_reset(aai_wire_arena *a)
 {
 	struct aai_wire_chunk *c = a->chunks;
@@ -105,6 +144,10 @@ void
 aai_wire_arena_fini(aai_wire_arena *a)
 {
 	aai_wire_arena_reset(a);
+	aai_free(a->owned);
+	a->owned = NULL;
+	a->buf = NULL;
+	a->cap = 0;
 }
 
 // arena_alloc is the ProtobufCAllocator's alloc: bump from the buffer,
@@ -870,6 +913,8 @@ aai_wire_decode(aai_wire_msg *m, const char **why, aai_wire_arena *a,
 		*why = "frame needs too much memory";
 		return AA_EPROTO;
 	}
+
+	aai_wire_arena_fit(a, cost);
 
 	ProtobufCAllocator alloc = {
 	    .alloc = arena_alloc, .free = arena_free, .allocator_data = a};

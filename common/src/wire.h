@@ -135,26 +135,42 @@ typedef struct aai_wire_msg {
 } aai_wire_msg;
 
 // A bump arena for decoding. Initialise it over a buffer of the caller's
-// (embedded in a connection, or on the stack); 4 KiB plus the largest
-// payload expected avoids every heap allocation. Aligned to 16 bytes.
+// (on the stack); 4 KiB plus the largest payload expected avoids every
+// heap allocation. Or let it own a buffer that grows to what the frames
+// seen so far needed (aai_wire_arena_init_growing): what a connection
+// uses, so that an idle one pays for the frames it had, not for the
+// largest it might get. Aligned to 16 bytes.
 typedef struct aai_wire_arena {
-	uint8_t *buf;                  // the caller's buffer
+	uint8_t *buf;                  // the caller's buffer, or its own
 	size_t cap;                    // its size
 	size_t used;                   // bytes handed out from buf
 	size_t budget;                 // bytes this decode may still use
 	struct aai_wire_chunk *chunks; // heap spill of this decode
 	uint64_t spills;               // heap chunks allocated, ever
 	size_t taken;                  // bytes the last decode took
+	size_t grow_max; // growing: the largest buffer it keeps; 0: fixed
+	void *owned;     // growing: its own allocation (buf within it)
 } aai_wire_arena;
 
 // aai_wire_arena_init prepares an arena over buf[0..cap) (buf may be NULL
 // with cap 0: every decode then spills to the heap).
 void aai_wire_arena_init(aai_wire_arena *a, void *buf, size_t cap);
 
+// aai_wire_arena_init_growing prepares an arena that owns its buffer:
+// none at first; before each decode, when the frame's worst-case cost
+// does not fit, it replaces the buffer with one of that size rounded up to
+// a power of two (at least AAI_WIRE_ARENA_GROW_MIN, at most grow_max) and
+// keeps it. Frames needing more than grow_max spill to the heap as with a
+// fixed buffer. Steady state (frames no bigger than before) allocates
+// nothing. aai_wire_arena_fini frees the buffer.
+#define AAI_WIRE_ARENA_GROW_MIN 512u
+void aai_wire_arena_init_growing(aai_wire_arena *a, size_t grow_max);
+
 // aai_wire_arena_reset forgets every decoded message and frees any spill.
 void aai_wire_arena_reset(aai_wire_arena *a);
 
-// aai_wire_arena_fini frees any spill; the caller still owns buf.
+// aai_wire_arena_fini frees any spill, and a growing arena's buffer; the
+// caller still owns a buffer it gave.
 void aai_wire_arena_fini(aai_wire_arena *a);
 
 // aai_wire_check validates a message against the protocol's rules, giving

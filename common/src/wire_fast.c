@@ -96,6 +96,8 @@ string(rd *r, aai_wire_arena *a, const char **s)
 	if (!bytes(r, &d, &n) || !aai_wire_utf8_ok(d, n)) {
 		return false;
 	}
+	// The one string of its message: the arena holds nothing yet.
+	aai_wire_arena_fit(a, n + 1);
 	char *c = aai_wire_arena_alloc(a, n + 1);
 	if (c == NULL) {
 		return false;

@@ -20,6 +20,10 @@ int aai_wire_rules(const char **why, const aai_wire_msg *m, bool encoding);
 // or NULL (wire.c).
 void *aai_wire_arena_alloc(aai_wire_arena *a, size_t size);
 
+// aai_wire_arena_fit gives a growing arena a buffer of at least need bytes
+// (up to its grow_max) unless it has one; only while it holds nothing.
+void aai_wire_arena_fit(aai_wire_arena *a, size_t need);
+
 // The fast path (wire_fast.c): each returns AAI_WIRE_NOT_FAST or what the
 // generic function would return, with the same effects.
 int aai_wire_fast_decode(aai_wire_msg *m, const char **why, aai_wire_arena *a,

@@ -49,6 +49,11 @@
 //     the entry alive for the deadline function. A Complete reports
 //     CANCELED with AA_ETIMEDOUT when the deadline's cancel took.
 //
+// * Memory: an entry is allocated from the server's pool with the deadline
+//   timer only when the Start carries a deadline (aai_entry_size); its
+//   small states are bytes. The timer is touched only when dl is ARMED or
+//   FIRED, which needs a deadline.
+//
 // * Codes of a Complete: CANCELED says whose cancel it was (ECANCELED the
 //   client's, ETIMEDOUT the deadline's, ESRVCANCEL the op's own); FAILED
 //   with AA_EAPP carries the application's code in app_code.
@@ -132,7 +137,7 @@ entry_unref(entry *e)
 		aa_op_unref(e->op);
 	}
 	const aa_allocator *a = aai_pool_allocator(ss->s->pool);
-	a->free(a->ctx, e, sizeof(*e));
+	a->free(a->ctx, e, aai_entry_size(e->call.deadline_ms));
 	aai_session_unref(ss);
 }
 
@@ -481,12 +486,13 @@ aai_call_start(session *ss, const aai_wire_msg *m, uint64_t t0_us)
 		return;
 	}
 	const aa_allocator *pa = aai_pool_allocator(s->pool);
-	entry *e = pa->alloc(pa->ctx, sizeof(*e));
+	size_t esize = aai_entry_size(m->start.deadline_ms);
+	entry *e = pa->alloc(pa->ctx, esize);
 	if (e == NULL) {
 		reject(ss, id, mt->name, AA_ENOMEM, "out of memory");
 		return;
 	}
-	memset(e, 0, sizeof(*e));
+	memset(e, 0, esize);
 	e->ss = ss;
 	e->m = mt;
 	e->refs = 1;
@@ -513,7 +519,7 @@ aai_call_start(session *ss, const aai_wire_msg *m, uint64_t t0_us)
 	}
 	aai_mtx_unlock(&ss->mtx);
 	if (err != 0) {
-		pa->free(pa->ctx, e, sizeof(*e));
+		pa->free(pa->ctx, e, esize);
 		reject(ss, id, mt->name, err,
 		       err == AA_ELIMIT ? "too many pending ops"
 		                        : "server shutting down");

@@ -21,9 +21,9 @@
 #define DEFAULT_MAX_MSG      (1u << 20)
 #define DEFAULT_MAX_PENDING  1024u
 #define DEFAULT_HEARTBEAT_MS 1000
-#define HANDSHAKE_TIMEOUT_MS 10000 // docs/protocol.md § 4
-#define GOODBYE_LINGER_MS    250   // time for a Goodbye to be written
-#define ARENA_BYTES          (16u * 1024)
+#define HANDSHAKE_TIMEOUT_MS 10000        // docs/protocol.md § 4
+#define GOODBYE_LINGER_MS    250          // time for a Goodbye to be written
+#define ARENA_BYTES          (16u * 1024) // the most a session's arena keeps
 #define OP_BUCKETS_MIN       64
 #define DEFAULT_SEND_PAUSE   (1u << 20)   // docs/protocol.md § 17
 #define DEFAULT_SEND_MAX     (32u << 20)  // per connection
@@ -78,6 +78,9 @@ typedef enum entry_deadline {
 } entry_deadline;
 
 // A call: one real op. Every field but node.next and op is under ss->mtx.
+// The deadline timer comes last and is allocated only for a call with a
+// deadline (aai_entry_size): 48 of the entry's bytes that a call without
+// one does not pay.
 typedef struct entry {
 	aai_idmap_node node; // in ss->ops by op id
 	struct entry *wnext; // a walker's list
@@ -85,13 +88,21 @@ typedef struct entry {
 	const method *m;
 	aa_op *op; // NULL while the method runs
 	aa_call_info call;
-	aa_timer deadline;
 	int refs;
-	entry_phase phase;
-	entry_cancel cancel;
-	entry_srv_cancel srv_cancel;
-	entry_deadline dl;
+	entry_phase phase : 8;
+	entry_cancel cancel : 8;
+	entry_srv_cancel srv_cancel : 8;
+	entry_deadline dl : 8;
+	aa_timer deadline; // last: present when call.deadline_ms > 0
 } entry;
+
+// aai_entry_size is the bytes an entry takes: without the deadline timer
+// when the call has no deadline.
+static inline size_t
+aai_entry_size(uint32_t deadline_ms)
+{
+	return deadline_ms > 0 ? sizeof(entry) : offsetof(entry, deadline);
+}
 
 // Session states (session.c's notes).
 typedef enum ss_state {
@@ -115,10 +126,9 @@ struct session {
 	aai_idmap ops; // op id -> entry: this connection's pending calls
 	// Receive thread only:
 	instance *inst;
-	uint64_t base;   // instance's high-water mark at Hello
-	size_t send_max; // the client's max message size (capped by ours)
-	aai_wire_arena arena;
-	uint8_t *arena_buf;
+	uint64_t base;        // instance's high-water mark at Hello
+	size_t send_max;      // the client's max message size (capped by ours)
+	aai_wire_arena arena; // growing, up to ARENA_BYTES
 	aa_timer hs_timer, linger_timer, reap_timer;
 };
 

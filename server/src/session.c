@@ -26,6 +26,10 @@
 //   inside its own callback, and aa_server_stop can wait for "no session
 //   left" alone.
 //
+// * Memory: the session's decode arena grows to what the client's frames
+//   needed (up to ARENA_BYTES; larger frames spill), so an idle session
+//   does not hold a 16 KiB buffer.
+//
 // * Client gone (down, or the client's Goodbye): the session is marked
 //   DOWN (or CLOSING) under ss->mtx and every real op it finds is
 //   cancelled (call.c); their Completes are dropped.
@@ -40,7 +44,6 @@ session_destroy(session *ss)
 	aa_server *s = ss->s;
 	aai_conn_free(ss->conn); // waits until its down callback returned
 	aai_wire_arena_fini(&ss->arena);
-	aai_free(ss->arena_buf);
 	aai_idmap_fini(&ss->ops);
 	aai_mtx_fini(&ss->mtx);
 	aai_free(ss);
@@ -372,14 +375,9 @@ aai_session_accept(void *arg, aai_conn *c)
 	aa_server *s = arg;
 	AAI_CB_ENTER(AAI_CB_SERVER, s);
 	session *ss = aai_zalloc(sizeof(*ss));
-	if (ss != NULL) {
-		ss->arena_buf = aai_alloc(ARENA_BYTES);
-		if (ss->arena_buf == NULL ||
-		    aai_idmap_init(&ss->ops, OP_BUCKETS_MIN) != 0) {
-			aai_free(ss->arena_buf);
-			aai_free(ss);
-			ss = NULL;
-		}
+	if (ss != NULL && aai_idmap_init(&ss->ops, OP_BUCKETS_MIN) != 0) {
+		aai_free(ss);
+		ss = NULL;
 	}
 	if (ss != NULL) {
 		ss->s = s;
@@ -389,7 +387,7 @@ aai_session_accept(void *arg, aai_conn *c)
 		ss->state = SS_HANDSHAKE;
 		ss->send_max = s->max_msg;
 		aai_mtx_init(&ss->mtx);
-		aai_wire_arena_init(&ss->arena, ss->arena_buf, ARENA_BYTES);
+		aai_wire_arena_init_growing(&ss->arena, ARENA_BYTES);
 		aa_timer_init(&ss->hs_timer, on_handshake_timeout, ss);
 	}
 	aai_mtx_lock(&s->mtx);
@@ -414,7 +412,6 @@ aai_session_accept(void *arg, aai_conn *c)
 		if (ss != NULL) {
 			aai_wire_arena_fini(&ss->arena);
 			aai_mtx_fini(&ss->mtx);
-			aai_free(ss->arena_buf);
 			aai_idmap_fini(&ss->ops);
 			aai_free(ss);
 		}

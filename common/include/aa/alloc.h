@@ -3,7 +3,8 @@
 //
 // An aa_allocator is a plain struct of two functions and a context: a
 // caller may supply its own. aa_recycler keeps freed blocks in per-size
-// free lists (size classes are the powers of two from 64 bytes to 4 KiB)
+// free lists (size classes in steps of 32 bytes up to 1 KiB, then 2 and
+// 4 KiB)
 // and hands them out again, so that after warm-up a stream of operations
 // calls malloc zero times. Larger blocks go straight to malloc and free.
 #ifndef AA_ALLOC_H
