@@ -10,12 +10,12 @@
 //
 // Decoding: aai_wire_decode unpacks one frame (one encoded Envelope, without
 // the transport's length prefix) into an aai_wire_msg whose strings (and,
-// off the fast path, payloads) live in a caller-owned aai_wire_arena. The arena bump-allocates
-// from a buffer the caller gives it, so steady-state decoding calls malloc
-// zero times; a frame that does not fit spills into counted heap chunks
-// (aai_alloc) that the next decode or reset frees. The message is then
-// validated; bad input gives AA_EPROTO (or AA_EMSGSIZE) and a short static
-// reason, never a crash.
+// off the fast path, payloads) live in a caller-owned aai_wire_arena. The
+// arena bump-allocates from a buffer the caller gives it, so steady-state
+// decoding calls malloc zero times; a frame that does not fit spills into
+// counted heap chunks (aai_alloc) that the next decode or reset frees. The
+// message is then validated; bad input gives AA_EPROTO (or AA_EMSGSIZE) and a
+// short static reason, never a crash.
 //
 // Thread safety: the functions keep no state; an arena and the messages
 // decoded into it belong to one thread at a time.
