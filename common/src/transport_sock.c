@@ -792,10 +792,13 @@ sconn_start(aai_conn *c)
 {
 	sconn *sc = (sconn *)c;
 	aai_mtx_lock(&c->mtx);
-	sc->registered = true;
-	sc->mask = sc->rx_paused ? 0u : (uint32_t)(EPOLLIN | EPOLLRDHUP);
+	// A send before start may already have left a write to the loop
+	// (tx_loop): the first mask asks for EPOLLOUT then.
+	sc->mask = (sc->rx_paused ? 0u : (uint32_t)(EPOLLIN | EPOLLRDHUP)) |
+	           (sc->tx_loop ? (uint32_t)EPOLLOUT : 0u);
 	struct epoll_event e = {.events = sc->mask, .data.ptr = sc};
 	int rv = epoll_ctl(sc->loop->epfd, EPOLL_CTL_ADD, sc->fd, &e);
+	sc->registered = rv == 0;
 	aai_mtx_unlock(&c->mtx);
 	if (rv != 0) {
 		aai_panic("epoll_ctl add: %s", strerror(errno));
