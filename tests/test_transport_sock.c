@@ -272,16 +272,17 @@ Test(transport_sock, default_for_ipc_and_tcp)
 
 // ---- writes the socket cannot take: finished by the loop thread ----
 
-// The peer does not read while 4 MiB (ipc) are sent into a socket whose
-// receive buffer is tiny: every send returns at once (the test thread
-// would otherwise hang here), then the peer reads it all, in order.
+// The peer does not read while 8 MiB (ipc; our socket buffer is 2 MiB)
+// are sent into a socket whose receive buffer is tiny: every send returns at
+// once (the test thread would otherwise hang here), then the peer reads it
+// all, in order.
 static void
 slow_reader(bool tcp)
 {
 	enum { LEN = 64 * 1024 };
 	// TCP: a tiny window stalls loopback TCP in zero-window probes, so
 	// a 64 KiB buffer and 16 MiB, far beyond what both sides buffer.
-	const uint32_t N = tcp ? 256 : 64;
+	const uint32_t N = tcp ? 256 : 128;
 	const char *url = NULL;
 	int port = 0, lfd;
 	char dial[128];

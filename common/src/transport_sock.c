@@ -98,6 +98,7 @@
 #define RBUF_IDLE_MS   200          // a larger one goes after this long idle
 #define LOOP_EVENTS    64
 #define LISTEN_BACKLOG 128
+#define IPC_SNDBUF     (1 << 20)
 
 typedef struct sloop sloop;
 typedef struct sconn sconn;
@@ -273,6 +274,20 @@ map_errno(int e)
 	default:
 		return AA_ESYSTEM;
 	}
+}
+
+// set_ipc_sndbuf: an AF_UNIX stream's in-flight bytes are bounded by the
+// sender's SO_SNDBUF (208 KiB by default); 1 MiB (the kernel doubles it)
+// lets a 1 MiB frame go in one or two writes instead of five wake-ups of
+// each side. It costs kernel memory only while bytes are in flight.
+// Measured: echo of 1 MiB payloads went from 29-57 % to 75-117 % of a raw
+// socket's rate (docs/PERFORMANCE.md, "Socket backend"). TCP keeps the
+// kernel's autotuning, which measured as well as a fixed 1 MiB.
+static void
+set_ipc_sndbuf(int fd)
+{
+	int n = IPC_SNDBUF;
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &n, sizeof(n));
 }
 
 static void
@@ -945,6 +960,7 @@ dial_fd(int *fdp, const char *url, int timeout_ms)
 		if (fd < 0) {
 			return map_errno(errno);
 		}
+		set_ipc_sndbuf(fd);
 		if ((rv = connect_unix(fd, &a, timeout_ms)) != 0 ||
 		    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) {
 			close(fd);
@@ -1054,6 +1070,8 @@ listener_accept(sloop *lp)
 		}
 		if (lp->tcp) {
 			set_nodelay(fd);
+		} else {
+			set_ipc_sndbuf(fd);
 		}
 		aai_conn *c;
 		if (sconn_alloc(&c, fd, lp, &lp->opts) == 0) {
