@@ -13,12 +13,23 @@
 // Design notes.
 // * Loops. A loop is one thread, one epoll set and one eventfd. A listener
 //   owns one loop, which accepts and serves every connection accepted from
-//   it; a dialed connection gets a loop of its own. A loop is counted
-//   (refs: the listener, and each connection on it); the last unref ends
-//   it. On another thread the unref joins the loop thread and frees it; on
-//   the loop thread itself (a free deferred from a callback) the thread
-//   detaches and frees the loop on its way out. The sloop struct is also
-//   the aai_listener, so an event naming the listener never outlives it.
+//   it; a dialed connection gets a loop of its own. One shared loop for
+//   every dialed connection of a process was measured too: the same
+//   latency with one connection, 2-3x the calls/s with 100 and 1,000
+//   connections in one process (docs/PERFORMANCE.md, "Socket backend").
+//   It is not used because freeing one client from a callback of another
+//   would then wait for the very thread that runs the callback (free
+//   waits for the connection's receive path to end); with a loop per
+//   dialed connection that cannot happen between clients. A loop is
+//   counted (refs: the listener, and each connection on it); the last
+//   unref ends it. On another thread the unref joins the loop thread and
+//   frees it; on the loop thread itself (a free deferred from a callback)
+//   the thread detaches and frees the loop on its way out. The sloop
+//   struct is also the aai_listener, so an event naming the listener
+//   never outlives it. Callbacks of connections accepted from one
+//   listener share its thread: one of them must not free another (the
+//   server layer frees a connection only from its own callbacks or from
+//   threads of its own).
 // * Receive, on the loop thread only: level-triggered EPOLLIN. Read into
 //   rbuf until a short read (a short read means the socket is drained;
 //   level triggering wakes us again if more came, which saves the read
