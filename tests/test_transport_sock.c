@@ -575,6 +575,20 @@ Test(transport_sock, address_in_use)
 	srv_stop(&s);
 	// The listener removed its socket file at close.
 	cr_assert_neq(access(url + 6, F_OK), 0);
+	// A live listener whose backlog is full: busy, found without waiting.
+	int lfd = raw_unix_listen(url, 0);
+	int fill[2];
+	for (int i = 0; i < 2; i++) {
+		fill[i] = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+		struct sockaddr_un sa = {.sun_family = AF_UNIX};
+		memcpy(sa.sun_path, url + 6, strlen(url + 6) + 1);
+		(void)connect(fill[i], (struct sockaddr *)&sa, sizeof(sa));
+	}
+	cr_assert_eq(aai_listen(&l, url, NULL, srv_accept, NULL), AA_EBUSY);
+	close(fill[0]);
+	close(fill[1]);
+	close(lfd);
+	unlink(url + 6);
 	// A stale socket file (nobody listening) is replaced.
 	close(raw_unix_listen(url, 4));
 	cr_assert_eq(access(url + 6, F_OK), 0);

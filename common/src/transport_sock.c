@@ -1173,8 +1173,10 @@ listen_unix(int *fdp, const saddr *a)
 			close(fd);
 			return e == ENOENT ? AA_EINVAL : map_errno(e);
 		}
-		// Someone there? Probe with a connect.
-		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		// Someone there? Probe with a connect (non-blocking: a live
+		// listener with a full backlog answers EAGAIN, not a wait).
+		int probe = socket(
+		    AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		int live = probe >= 0 && connect(probe, sa, a->len) == 0;
 		int pe = errno;
 		if (probe >= 0) {
