@@ -7,10 +7,12 @@
 // and timeouts, URL forms, no SIGPIPE, pause and resume. (fork with an ipc
 // connection is test_client_fork's; fork is not for ThreadSanitizer.)
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -693,4 +695,68 @@ Test(transport_sock, pause_and_resume)
 	srv_stop(&s);
 	free(frame);
 	free(got);
+}
+
+// ---- accept out of fds: paused, then resumed ----
+
+static gate accept_paused;
+
+static void
+on_checkpoint(void *arg, const char *name, void *subject)
+{
+	(void)arg;
+	(void)subject;
+	if (strcmp(name, "transport.accept_paused") == 0) {
+		gate_open(&accept_paused);
+	}
+}
+
+// The process runs out of fds with a connection pending: the listener's
+// loop stops accepting for a while (instead of spinning on the readable
+// socket) and accepts it once fds are free again.
+Test(transport_sock, accept_out_of_fds_recovers)
+{
+	gate_init(&accept_paused);
+	aa_checkpoint_set(on_checkpoint, NULL);
+	server s;
+	srv_start(&s, ipc_url(), NULL);
+	int cfd = socket(AF_UNIX, SOCK_STREAM, 0);
+	cr_assert_geq(cfd, 0);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	memcpy(sa.sun_path, s.url + 6, strlen(s.url + 6) + 1);
+
+	// Use up every fd number below a limit just above the highest open.
+	struct rlimit old, low;
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+	int maxfd = 0;
+	for (int fd = 0; fd < 4096; fd++) {
+		if (fcntl(fd, F_GETFD) != -1) {
+			maxfd = fd;
+		}
+	}
+	low = old;
+	low.rlim_cur = (rlim_t)maxfd + 1;
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+	static int fillers[4096];
+	int nfill = 0;
+	for (;;) {
+		int fd = open("/dev/null", O_RDONLY);
+		if (fd < 0) {
+			break;
+		}
+		fillers[nfill++] = fd;
+	}
+	cr_assert_eq(connect(cfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	gate_wait(&accept_paused); // accept4 said EMFILE
+	for (int i = 0; i < nfill; i++) {
+		close(fillers[i]);
+	}
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+	side *sd = srv_wait_side(&s, 0); // accepted after the pause
+	cr_assert_not_null(sd->conn);
+	close(cfd);
+	cr_assert_eq(side_wait_down(sd), AA_ECONNLOST);
+	srv_stop(&s);
+	aa_checkpoint_set(NULL, NULL);
+	gate_fini(&accept_paused);
 }

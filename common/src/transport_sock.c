@@ -78,6 +78,10 @@
 //   reused fd number. Listener close vs accept: `accepting` under the
 //   loop's mutex; a close during an accept leaves closing the fd to the
 //   loop thread when the accept batch ends; free waits for it.
+// * Out of fds at accept (EMFILE, ENFILE; also ENOBUFS, ENOMEM): the
+//   pending connection keeps the listening socket readable, so the loop
+//   takes EPOLLIN off it for ACCEPT_RETRY_MS (checkpoint
+//   transport.accept_paused) and then tries again, instead of spinning.
 // * Dial blocks the caller only: TCP connects non-blocking and polls up to
 //   connect_timeout_ms; AF_UNIX connects with SO_SNDTIMEO set to it (a
 //   full backlog makes the connect wait, then fail with EAGAIN).
@@ -104,12 +108,13 @@
 
 #include "transport_impl.h"
 
-#define RBUF_INITIAL   (4u * 1024)
-#define RBUF_KEEP      (64u * 1024) // a receive buffer up to this size stays
-#define RBUF_IDLE_MS   200          // a larger one goes after this long idle
-#define LOOP_EVENTS    64
-#define LISTEN_BACKLOG 128
-#define IPC_SNDBUF     (1 << 20)
+#define RBUF_INITIAL    (4u * 1024)
+#define RBUF_KEEP       (64u * 1024) // a receive buffer up to this size stays
+#define RBUF_IDLE_MS    200          // a larger one goes after this long idle
+#define LOOP_EVENTS     64
+#define LISTEN_BACKLOG  128
+#define IPC_SNDBUF      (1 << 20)
+#define ACCEPT_RETRY_MS 100 // accept paused this long when out of fds
 
 typedef struct sloop sloop;
 typedef struct sconn sconn;
@@ -152,6 +157,8 @@ struct sloop {
 	sconn *big;
 	int nbig;
 	uint64_t last_sweep_ms;
+	bool accept_paused; // out of fds: EPOLLIN off on lfd for a while
+	uint64_t accept_paused_ms;
 	// Listener (mtx): the accepting socket, closed once.
 	bool is_listener;
 	int lfd;
@@ -767,6 +774,7 @@ sweep(sloop *lp, uint64_t now)
 }
 
 static void listener_accept(sloop *lp);
+static void accept_resume(sloop *lp);
 
 static void *
 loop_main(void *arg)
@@ -776,6 +784,10 @@ loop_main(void *arg)
 	current_loop = lp;
 	while (!atomic_load(&lp->quit)) {
 		int timeout = lp->nbig > 0 ? RBUF_IDLE_MS / 2 : -1;
+		if (lp->accept_paused &&
+		    (timeout < 0 || timeout > ACCEPT_RETRY_MS)) {
+			timeout = ACCEPT_RETRY_MS;
+		}
 		int n = epoll_wait(lp->epfd, evs, LOOP_EVENTS, timeout);
 		if (n < 0 && errno != EINTR) {
 			aai_panic("epoll_wait: %s", strerror(errno));
@@ -794,6 +806,11 @@ loop_main(void *arg)
 			if (atomic_load(&lp->quit)) {
 				break; // the last conn went; lp may be ours
 			}
+		}
+		if (lp->accept_paused &&
+		    aai_tp_now_ms() - lp->accept_paused_ms >=
+		        ACCEPT_RETRY_MS) {
+			accept_resume(lp);
 		}
 		if (lp->nbig > 0) {
 			uint64_t now = aai_tp_now_ms();
@@ -1057,6 +1074,36 @@ lclose_locked(sloop *lp)
 	}
 }
 
+// accept_pause stops accepting for ACCEPT_RETRY_MS when out of fds (or
+// memory): the pending connection would keep the level-triggered socket
+// readable and the loop would spin. Loop thread.
+static void
+accept_pause(sloop *lp)
+{
+	aai_mtx_lock(&lp->mtx);
+	if (!lp->lclosed && lp->lfd >= 0) {
+		struct epoll_event ev = {.events = 0, .data.ptr = lp};
+		(void)epoll_ctl(lp->epfd, EPOLL_CTL_MOD, lp->lfd, &ev);
+	}
+	aai_mtx_unlock(&lp->mtx);
+	lp->accept_paused = true;
+	lp->accept_paused_ms = aai_tp_now_ms();
+	AAI_CHECKPOINT("transport.accept_paused", lp);
+}
+
+// accept_resume puts EPOLLIN back on the listening socket. Loop thread.
+static void
+accept_resume(sloop *lp)
+{
+	aai_mtx_lock(&lp->mtx);
+	if (!lp->lclosed && lp->lfd >= 0) {
+		struct epoll_event ev = {.events = EPOLLIN, .data.ptr = lp};
+		(void)epoll_ctl(lp->epfd, EPOLL_CTL_MOD, lp->lfd, &ev);
+	}
+	aai_mtx_unlock(&lp->mtx);
+	lp->accept_paused = false;
+}
+
 // listener_accept runs on the loop thread: accept every pending
 // connection and hand each to the accept callback, with no lock held.
 static void
@@ -1077,7 +1124,11 @@ listener_accept(sloop *lp)
 			if (errno == EINTR || errno == ECONNABORTED) {
 				continue;
 			}
-			break; // EAGAIN, or out of fds: level brings it back
+			if (errno == EMFILE || errno == ENFILE ||
+			    errno == ENOBUFS || errno == ENOMEM) {
+				accept_pause(lp);
+			}
+			break; // EAGAIN: level triggering brings the next
 		}
 		if (lp->tcp) {
 			set_nodelay(fd);
