@@ -1,5 +1,6 @@
 // transport.c: the part of the internal transport common to its backends:
-// URL dispatch, frame parsing, the down-once rule, close/free, heartbeat and
+// URL dispatch (ipc:// and tcp:// to transport_sock.c unless nng's streams
+// are asked for), frame parsing, the down-once rule, close/free, heartbeat and
 // silence timers.
 //
 // Design notes.
@@ -346,6 +347,38 @@ aai_conn_rx_end(aai_conn *c, int err)
 
 // ---- public API ----
 
+enum { TP_ENV_UNREAD, TP_ENV_DEFAULT, TP_ENV_NNG, TP_ENV_SOCK };
+static atomic_int tp_env = TP_ENV_UNREAD;
+
+// use_nng_streams: whether an ipc:// or tcp:// URL goes to nng's streams
+// rather than transport_sock.c. AA_TRANSPORT is read once per process.
+static bool
+use_nng_streams(const aai_tp_opts *o)
+{
+	int env = atomic_load_explicit(&tp_env, memory_order_relaxed);
+	if (env == TP_ENV_UNREAD) {
+		const char *v = getenv("AA_TRANSPORT");
+		env = TP_ENV_DEFAULT;
+		if (v != NULL && strcmp(v, "nng") == 0) {
+			env = TP_ENV_NNG;
+		} else if (v != NULL && strcmp(v, "sock") == 0) {
+			env = TP_ENV_SOCK;
+		}
+		atomic_store_explicit(&tp_env, env, memory_order_relaxed);
+	}
+	if (env == TP_ENV_NNG) {
+		return true;
+	}
+	return env == TP_ENV_DEFAULT && o->nng_streams;
+}
+
+static bool
+sock_scheme(const char *url)
+{
+	return strncmp(url, "ipc://", 6) == 0 ||
+	       strncmp(url, "tcp://", 6) == 0;
+}
+
 static void
 fill_defaults(aai_tp_opts *dst, const aai_tp_opts *o)
 {
@@ -370,6 +403,9 @@ aai_listen(aai_listener **lp, const char *url, const aai_tp_opts *o,
 	fill_defaults(&opts, o);
 	if (strncmp(url, "inproc://", 9) == 0) {
 		return aai_inproc_listen(lp, url + 9, &opts, accept, arg);
+	}
+	if (sock_scheme(url) && !use_nng_streams(&opts)) {
+		return aai_sock_listen(lp, url, &opts, accept, arg);
 	}
 	return aai_nng_listen(lp, url, &opts, accept, arg);
 }
@@ -404,6 +440,9 @@ aai_dial(aai_conn **cp, const char *url, const aai_tp_opts *o)
 	fill_defaults(&opts, o);
 	if (strncmp(url, "inproc://", 9) == 0) {
 		return aai_inproc_dial(cp, url + 9, &opts);
+	}
+	if (sock_scheme(url) && !use_nng_streams(&opts)) {
+		return aai_sock_dial(cp, url, &opts);
 	}
 	return aai_nng_dial(cp, url, &opts);
 }

@@ -1,25 +1,29 @@
 // transport.h: the internal transport that the client and server layers use
 // to exchange frames (each one encoded protobuf message) without touching
-// nng. URLs: inproc://name (in-process, see transport_inproc.c), ipc://path,
-// tcp://host:port and tls+tcp://host:port (nng's stream API with a 4-byte
-// big-endian length prefix per frame, see transport_nng.c).
+// nng. URLs: inproc://name (in-process, see transport_inproc.c), ipc://path
+// and tcp://host:port (our own sockets and epoll, see transport_sock.c),
+// tls+tcp://host:port (nng's stream API, see transport_nng.c); on the wire
+// each frame has a 4-byte big-endian length prefix. ipc and tcp can also
+// run on nng's streams (aai_tp_opts.nng_streams, or AA_TRANSPORT=nng in the
+// environment, read once).
 //
 // Objects. An aai_listener accepts connections and hands each one to its
 // accept callback; aai_dial makes one. An aai_conn belongs to whoever got it
 // (the accept callback's owner or aai_dial's caller) until aai_conn_free.
 //
 // Threads. Frame, flush and down callbacks of one connection are serialised
-// and run on its receive thread (an nng task thread, or the inproc
-// connection's own thread; inproc frame and flush callbacks may also run on
-// the thread of the other end of the pipe, which delivers a batch to an end
-// that sleeps: see transport_inproc.c). They must be short and must not
-// block, and must not wait for the other end of an inproc pipe. The
-// accept callback runs on the listener's thread (inproc: the dialer's).
-// No callback runs under a transport lock. Sends may come from any thread;
-// a send usually writes inline on the calling thread (ipc, tcp) and never
-// waits for the network: a write the socket cannot take at once finishes
-// on the connection's waiter thread. Sends made by callbacks during a
-// received batch leave together in one write at the end of the batch.
+// and run on its receive thread (the epoll loop thread that reads it, an
+// nng task thread, or the inproc connection's own thread; inproc frame and
+// flush callbacks may also run on the thread of the other end of the pipe,
+// which delivers a batch to an end that sleeps: see transport_inproc.c).
+// They must be short and must not block, and must not wait for the other
+// end of an inproc pipe. The accept callback runs on the listener's thread
+// (inproc: the dialer's). No callback runs under a transport lock. Sends
+// may come from any thread; a send usually writes inline on the calling
+// thread (ipc, tcp) and never waits for the network: a write the socket
+// cannot take at once finishes on the connection's loop thread (nng
+// backend: its waiter thread). Sends made by callbacks during a received
+// batch leave together in one write at the end of the batch.
 //
 // Lifecycle, as nng's: close is idempotent and never blocks; free closes,
 // waits until no callback of the object runs, and frees. aai_conn_free
@@ -90,6 +94,10 @@ typedef struct aai_tp_opts {
 	const char *tls_ca_file;
 	const char *tls_server_name;
 	bool tls_verify_peer;
+	// ipc:// and tcp:// on nng's stream API instead of our own sockets
+	// (AA_TRANSPORT=nng in the environment does the same for every
+	// connection; AA_TRANSPORT=sock forces our own).
+	bool nng_streams;
 } aai_tp_opts;
 
 // Callbacks of a connection; see "Threads" above.
@@ -174,6 +182,10 @@ void aai_conn_set_heartbeat(aai_conn *c, int heartbeat_ms, int silence_ms);
 // the peer of an inproc:// connection receives, as a raw byte stream that
 // the peer's framing then parses (AA_ENOTSUP on other transports).
 int aai_conn_send_raw(aai_conn *c, const void *data, size_t len);
+
+// aai_sock_rx_cap is a test hook: the size of the receive buffer of an
+// ipc:// or tcp:// connection of the socket backend, or 0 for any other.
+size_t aai_sock_rx_cap(aai_conn *c);
 
 // aai_conn_suppress_heartbeats is a test hook: while on, c sends no
 // heartbeats, so that its peer's silence detection can be tested.

@@ -1,5 +1,6 @@
-// transport_impl.h: what transport.c shares with its two backends
-// (transport_nng.c, transport_inproc.c). Not used outside the transport.
+// transport_impl.h: what transport.c shares with its backends
+// (transport_sock.c, transport_nng.c, transport_inproc.c). Not used outside
+// the transport.
 #ifndef AA_TRANSPORT_IMPL_H
 #define AA_TRANSPORT_IMPL_H
 
@@ -37,7 +38,7 @@ typedef struct aai_conn_ops {
 	void (*teardown)(aai_conn *c, bool from_rx);
 } aai_conn_ops;
 
-// The part of a connection common to both backends, embedded first.
+// The part of a connection common to all backends, embedded first.
 struct aai_conn {
 	const aai_conn_ops *ops;
 	uint64_t id;
@@ -104,6 +105,9 @@ int aai_inproc_dial(aai_conn **cp, const char *name, const aai_tp_opts *o);
 int aai_nng_listen(aai_listener **lp, const char *url, const aai_tp_opts *o,
                    void (*accept)(void *, aai_conn *), void *arg);
 int aai_nng_dial(aai_conn **cp, const char *url, const aai_tp_opts *o);
+int aai_sock_listen(aai_listener **lp, const char *url, const aai_tp_opts *o,
+                    void (*accept)(void *, aai_conn *), void *arg);
+int aai_sock_dial(aai_conn **cp, const char *url, const aai_tp_opts *o);
 
 typedef struct aai_listener_ops {
 	int (*port)(aai_listener *l);
