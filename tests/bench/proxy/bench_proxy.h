@@ -147,6 +147,12 @@ void query_done(aa_op *op, void *arg);
 // every Start sent before it was handled (frames are handled in order).
 void server_query(aa_client *c, srv_report *rep);
 
+// client_pending returns c's pending count once it is at most want, or
+// whatever it is after 2 s: an op's handler runs before the client takes
+// the op out of its table, so a count read right after the last handler
+// returned may still include that op for a moment.
+uint64_t client_pending(aa_client *c, uint64_t want);
+
 // Settle handlers count here (cancel, wire).
 extern atomic_long settled;
 // wait_settled waits until n settle handlers ran (at most 30 s).

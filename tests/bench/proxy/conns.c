@@ -272,9 +272,7 @@ bench_conns(void)
 	for (int i = 0; i < ncounts; i++) {
 		conns_case(se.url, ctl, counts[i], &run, &res[i]);
 	}
-	aa_client_stats cs;
-	aa_client_stats_get(ctl, &cs);
-	check(cs.pending == 0, "conns: no op left pending");
+	check(client_pending(ctl, 0) == 0, "conns: no op left pending");
 	aa_client_free(ctl);
 	server_finish(&se);
 	waiter_fini(&run.w);

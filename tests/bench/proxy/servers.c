@@ -460,6 +460,20 @@ query_done(aa_op *op, void *arg)
 	waiter_signal(&q->w);
 }
 
+uint64_t
+client_pending(aa_client *c, uint64_t want)
+{
+	aa_client_stats cs;
+	for (int i = 0; i < 20000; i++) {
+		aa_client_stats_get(c, &cs);
+		if (cs.pending <= want) {
+			break;
+		}
+		sleep_us(100);
+	}
+	return cs.pending;
+}
+
 // server_query returns the server's counters; its reply comes after
 // every Start sent before it was handled (frames are handled in order).
 void
