@@ -760,3 +760,47 @@ Test(transport_sock, accept_out_of_fds_recovers)
 	aa_checkpoint_set(NULL, NULL);
 	gate_fini(&accept_paused);
 }
+
+// ---- idle loops spin only with a spinner slot ----
+
+// ping_pong makes n round trips of one byte between a dialed conn and an
+// echoing server side.
+static void
+ping_pong(int n)
+{
+	server s;
+	srv_start(&s, ipc_url(), NULL);
+	aai_conn *c;
+	cr_assert_eq(aai_dial(&c, s.url, NULL), 0);
+	side me;
+	side_init(&me, false);
+	aai_conn_start(c, &side_cbs, &me);
+	for (int i = 0; i < n; i++) {
+		cr_assert_eq(aai_conn_send(c, "p", 1), 0);
+		side_wait_frames(&me, (size_t)i + 1);
+	}
+	aai_conn_free(c);
+	srv_stop(&s);
+	side_fini(&me);
+}
+
+Test(transport_sock, idle_loops_spin_only_with_a_slot)
+{
+	uint64_t s0, h0, s1, h1;
+	// No slot: nobody spins, however short the gaps.
+	aai_inproc_spin_config(0, -1);
+	aai_sock_spins(&s0, &h0);
+	ping_pong(200);
+	aai_sock_spins(&s1, &h1);
+	cr_assert_eq(s1, s0, "a loop spun without a slot");
+	// One slot: the loops spin (at the least every probe, whatever the
+	// gaps look like on a slow or busy machine).
+	aai_inproc_spin_config(1, -1);
+	ping_pong(200);
+	aai_sock_spins(&s1, &h1);
+	cr_assert_gt(s1, s0, "no loop ever spun");
+	test_note("200 round trips: %llu spins, %llu found an event",
+	          (unsigned long long)(s1 - s0),
+	          (unsigned long long)(h1 - h0));
+	aai_inproc_spin_config(-1, -1);
+}

@@ -187,6 +187,10 @@ int aai_conn_send_raw(aai_conn *c, const void *data, size_t len);
 // ipc:// or tcp:// connection of the socket backend, or 0 for any other.
 size_t aai_sock_rx_cap(aai_conn *c);
 
+// aai_sock_spins is a test hook: how many times the socket backend's idle
+// loops spun (process-wide), and how many of those spins found an event.
+void aai_sock_spins(uint64_t *spins, uint64_t *hits);
+
 // aai_conn_suppress_heartbeats is a test hook: while on, c sends no
 // heartbeats, so that its peer's silence detection can be tested.
 void aai_conn_suppress_heartbeats(aai_conn *c, bool on);
@@ -205,7 +209,8 @@ typedef struct aai_inproc_stat {
 void aai_inproc_stats(aai_inproc_stat *st);
 
 // aai_inproc_spin_config is a test hook: at most max_spinners idle inproc
-// threads spin at once (-1: online CPUs - 1, the default), each for spin_ns
+// threads and socket loops spin at once (-1: online CPUs - 1, the default),
+// each for spin_ns
 // (-1: the adaptive budget, the default). Call it while no inproc
 // connection is idle.
 void aai_inproc_spin_config(int max_spinners, int spin_ns);

@@ -97,6 +97,13 @@ bool aai_conn_rx_end(aai_conn *c, int err);
 
 uint64_t aai_tp_now_ms(void);
 
+// The process's spinner slots (transport_inproc.c): at most online CPUs - 1
+// idle transport threads spin at once, inproc ends and socket loops alike;
+// take returns false when none is free. aai_inproc_spin_config sets the
+// limit (tests).
+bool aai_tp_spin_take(void);
+void aai_tp_spin_release(void);
+
 // Backends.
 int aai_inproc_listen(aai_listener **lp, const char *name,
                       const aai_tp_opts *o, void (*accept)(void *, aai_conn *),

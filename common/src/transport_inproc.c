@@ -176,14 +176,22 @@ limit_of_spinners(void)
 {
 	int n = atomic_load_explicit(&spin_limit, memory_order_relaxed);
 	if (n < 0) {
+		// AA_SPIN=0 in the environment: no transport thread spins
+		// (docs/PERFORMANCE.md): for hosts that run more spinning
+		// processes than they have CPUs.
+		const char *env = getenv("AA_SPIN");
 		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 		n = cpus > 1 ? (int)(cpus - 1) : 0;
+		if (env != NULL && strcmp(env, "0") == 0) {
+			n = 0;
+		}
 		atomic_store(&spin_limit, n);
 	}
 	return n;
 }
 
 // spin_slot_take takes one of the process's spinner slots, if one is free.
+// The socket backend's loops take the same slots (aai_tp_spin_take).
 static bool
 spin_slot_take(void)
 {
@@ -195,6 +203,18 @@ spin_slot_take(void)
 		}
 	}
 	return false;
+}
+
+bool
+aai_tp_spin_take(void)
+{
+	return spin_slot_take();
+}
+
+void
+aai_tp_spin_release(void)
+{
+	atomic_fetch_sub(&spinners, 1);
 }
 
 // spin_budget says how long an idle owner of side x should spin (0: sleep).

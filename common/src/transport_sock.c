@@ -51,6 +51,20 @@
 //   to the loop thread (tx_loop): EPOLLOUT is in the mask exactly while
 //   tx_loop is set, and the loop writes the rest when the socket can take
 //   it, then the frames queued meanwhile, and clears tx_loop.
+// * Idle loops spin only where it pays (as the inproc ends do): a loop
+//   keeps an average of its idle gaps (from running out of events to the
+//   next one); while that average is under SPIN_MAX_NS it polls epoll with
+//   a zero timeout for up to twice the average before it sleeps, so a
+//   reply that comes within a few microseconds is taken without a wake-up
+//   (a wake-up costs 20-50 us on these VMs: docs/PERFORMANCE.md, "Socket
+//   backend"). A loop whose gaps are long sleeps at once, but every
+//   SPIN_PROBE-th sleep spins the full SPIN_MAX_NS instead: two peers that
+//   both sleep see long gaps (each other's wake-ups) and would never find
+//   out that spinning pays. Spinning takes one of the process's spinner
+//   slots (aai_tp_spin_take, shared with the inproc ends): at most online
+//   CPUs - 1 spin at once, none on one CPU; a loop that finds none free
+//   sleeps. A 1,000-connection client process thus has at most one
+//   spinning loop on two CPUs.
 // * Cork: while the loop thread delivers the frames of one read, sends only
 //   queue; at its end (uncork) one write carries them all.
 // * Flow control as in transport_nng.c: queued counts pend and fly (and the
@@ -159,6 +173,8 @@ struct sloop {
 	uint64_t last_sweep_ms;
 	bool accept_paused; // out of fds: EPOLLIN off on lfd for a while
 	uint64_t accept_paused_ms;
+	uint64_t avg_gap_ns; // idle gaps, averaged (the spin's budget)
+	unsigned sleeps;     // counts sleeps between probes
 	// Listener (mtx): the accepting socket, closed once.
 	bool is_listener;
 	int lfd;
@@ -776,6 +792,65 @@ sweep(sloop *lp, uint64_t now)
 static void listener_accept(sloop *lp);
 static void accept_resume(sloop *lp);
 
+#define SPIN_MAX_NS 50000u // the longest spin, and the gap it pays up to
+#define SPIN_PROBE  16u    // every SPIN_PROBE-th sleep is a full spin
+#define GAP_CLAMP   1000000u
+
+static atomic_uint_fast64_t n_spins, n_spin_hits;
+
+void
+aai_sock_spins(uint64_t *spins, uint64_t *hits)
+{
+	*spins = atomic_load(&n_spins);
+	*hits = atomic_load(&n_spin_hits);
+}
+
+static uint64_t
+mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+// loop_wait waits for events as epoll_wait(timeout) does, spinning first
+// where it pays (see the notes). Loop thread only.
+static int
+loop_wait(sloop *lp, struct epoll_event *evs, int timeout)
+{
+	uint64_t t0 = mono_ns();
+	uint64_t budget = 0;
+	if (lp->avg_gap_ns < SPIN_MAX_NS) {
+		budget = 2 * lp->avg_gap_ns + 2000;
+	} else if (++lp->sleeps % SPIN_PROBE == 0) {
+		budget = SPIN_MAX_NS;
+	}
+	if (budget > SPIN_MAX_NS) {
+		budget = SPIN_MAX_NS;
+	}
+	int n = 0;
+	if (budget > 0 && aai_tp_spin_take()) {
+		do {
+			n = epoll_wait(lp->epfd, evs, LOOP_EVENTS, 0);
+		} while (n == 0 && !atomic_load(&lp->quit) &&
+		         mono_ns() - t0 < budget);
+		aai_tp_spin_release();
+		atomic_fetch_add(&n_spins, 1);
+		if (n > 0) {
+			atomic_fetch_add(&n_spin_hits, 1);
+		}
+	}
+	if (n == 0 && !atomic_load(&lp->quit)) {
+		n = epoll_wait(lp->epfd, evs, LOOP_EVENTS, timeout);
+	}
+	if (n > 0) {
+		uint64_t gap = mono_ns() - t0;
+		gap = gap < GAP_CLAMP ? gap : GAP_CLAMP;
+		lp->avg_gap_ns = lp->avg_gap_ns - lp->avg_gap_ns / 8 + gap / 8;
+	}
+	return n;
+}
+
 static void *
 loop_main(void *arg)
 {
@@ -788,7 +863,7 @@ loop_main(void *arg)
 		    (timeout < 0 || timeout > ACCEPT_RETRY_MS)) {
 			timeout = ACCEPT_RETRY_MS;
 		}
-		int n = epoll_wait(lp->epfd, evs, LOOP_EVENTS, timeout);
+		int n = loop_wait(lp, evs, timeout);
 		if (n < 0 && errno != EINTR) {
 			aai_panic("epoll_wait: %s", strerror(errno));
 		}
