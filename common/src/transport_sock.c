@@ -52,12 +52,15 @@
 //   tx_loop is set, and the loop writes the rest when the socket can take
 //   it, then the frames queued meanwhile, and clears tx_loop.
 // * Idle loops spin only where it pays (as the inproc ends do): a loop
-//   keeps an average of its idle gaps (from running out of events to the
-//   next one); while that average is under SPIN_MAX_NS it polls epoll with
-//   a zero timeout for up to twice the average before it sleeps, so a
-//   reply that comes within a few microseconds is taken without a wake-up
-//   (a wake-up costs 20-50 us on these VMs: docs/PERFORMANCE.md, "Socket
-//   backend"). A loop whose gaps are long sleeps at once, but every
+//   remembers which of its last 16 idle gaps (from running out of events
+//   to the next one) were short (under SPIN_MAX_NS); while at least half
+//   were, it polls epoll with a zero timeout for up to SPIN_MAX_NS before
+//   it sleeps, so a reply that comes within microseconds is taken without
+//   a wake-up (a wake-up costs 20-50 us on these VMs: docs/PERFORMANCE.md,
+//   "Socket backend"). A count, not an average: the heartbeats of a
+//   thousand idle clients give a busy server loop a long gap now and then,
+//   which must not switch its spinning off. A loop whose gaps are long
+//   sleeps at once, but every
 //   SPIN_PROBE-th sleep spins the full SPIN_MAX_NS instead: two peers that
 //   both sleep see long gaps (each other's wake-ups) and would never find
 //   out that spinning pays. Spinning takes one of the process's spinner
@@ -109,6 +112,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -173,7 +177,7 @@ struct sloop {
 	uint64_t last_sweep_ms;
 	bool accept_paused; // out of fds: EPOLLIN off on lfd for a while
 	uint64_t accept_paused_ms;
-	uint64_t avg_gap_ns; // idle gaps, averaged (the spin's budget)
+	uint16_t short_gaps; // the last 16 idle gaps: bit set if short
 	unsigned sleeps;     // counts sleeps between probes
 	// Listener (mtx): the accepting socket, closed once.
 	bool is_listener;
@@ -794,7 +798,6 @@ static void accept_resume(sloop *lp);
 
 #define SPIN_MAX_NS 50000u // the longest spin, and the gap it pays up to
 #define SPIN_PROBE  16u    // every SPIN_PROBE-th sleep is a full spin
-#define GAP_CLAMP   1000000u
 
 static atomic_uint_fast64_t n_spins, n_spin_hits;
 
@@ -820,18 +823,20 @@ loop_wait(sloop *lp, struct epoll_event *evs, int timeout)
 {
 	uint64_t t0 = mono_ns();
 	uint64_t budget = 0;
-	if (lp->avg_gap_ns < SPIN_MAX_NS) {
-		budget = 2 * lp->avg_gap_ns + 2000;
-	} else if (++lp->sleeps % SPIN_PROBE == 0) {
-		budget = SPIN_MAX_NS;
-	}
-	if (budget > SPIN_MAX_NS) {
+	if (__builtin_popcount(lp->short_gaps) >= 8 ||
+	    ++lp->sleeps % SPIN_PROBE == 0) {
 		budget = SPIN_MAX_NS;
 	}
 	int n = 0;
 	if (budget > 0 && aai_tp_spin_take()) {
 		do {
 			n = epoll_wait(lp->epfd, evs, LOOP_EVENTS, 0);
+			if (n == 0) {
+				// A thread of this CPU that has work
+				// (a caller woken by a handler) goes
+				// first: spinning must not delay it.
+				sched_yield();
+			}
 		} while (n == 0 && !atomic_load(&lp->quit) &&
 		         mono_ns() - t0 < budget);
 		aai_tp_spin_release();
@@ -844,9 +849,8 @@ loop_wait(sloop *lp, struct epoll_event *evs, int timeout)
 		n = epoll_wait(lp->epfd, evs, LOOP_EVENTS, timeout);
 	}
 	if (n > 0) {
-		uint64_t gap = mono_ns() - t0;
-		gap = gap < GAP_CLAMP ? gap : GAP_CLAMP;
-		lp->avg_gap_ns = lp->avg_gap_ns - lp->avg_gap_ns / 8 + gap / 8;
+		bool is_short = mono_ns() - t0 < SPIN_MAX_NS;
+		lp->short_gaps = (uint16_t)(lp->short_gaps << 1 | is_short);
 	}
 	return n;
 }
