@@ -1591,6 +1591,43 @@ assert_same_msg(const aai_wire_msg *a, const aai_wire_msg *b)
 	}
 }
 
+// Frames the fuzz target found where the two paths once disagreed.
+Test(wire, fast_decode_agrees_on_odd_length_prefixes, .init = arena_setup)
+{
+	static const struct {
+		const char *bytes;
+		size_t len;
+	} frames[] = {
+	    // A Cancel whose Envelope length is a 10-byte zero: protobuf-c
+	    // refuses a length prefix longer than 5 bytes.
+	    {"\x1a\x80\x80\x80\x80\x80\x80\x80\x80\x80\x00", 11},
+	    // A 5-byte zero: accepted by both (an empty Cancel: op id 0).
+	    {"\x1a\x80\x80\x80\x80\x00", 6},
+	    // A Start whose method's length prefix is 6 bytes long.
+	    {"\x0a\x0a\x08\x01\x12\x81\x80\x80\x80\x80\x00m", 12},
+	};
+	uint8_t buf2[1024];
+	aai_wire_arena a2;
+	aai_wire_arena_init(&a2, buf2, sizeof(buf2));
+	for (size_t i = 0; i < sizeof(frames) / sizeof(frames[0]); i++) {
+		aai_wire_msg d1, d2;
+		const char *w1 = NULL, *w2 = NULL;
+		int r1 = aai_wire_decode(&d1, &w1, &arena, frames[i].bytes,
+		                         frames[i].len, 0);
+		aai_wire_fast_off = true;
+		int r2 = aai_wire_decode(&d2, &w2, &a2, frames[i].bytes,
+		                         frames[i].len, 0);
+		aai_wire_fast_off = false;
+		cr_assert_eq(r1, r2, "frame %zu: %s / %s", i, w1 ? w1 : "",
+		             w2 ? w2 : "");
+		if (r1 != 0) {
+			cr_assert_str_eq(w1, w2, "frame %zu", i);
+		}
+	}
+	aai_wire_arena_fini(&a2);
+	aai_wire_arena_fini(&arena);
+}
+
 Test(wire, fast_encode_gives_the_protobuf_c_bytes)
 {
 	static uint8_t payload[300], fast[2048], slow[2048];

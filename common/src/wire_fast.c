@@ -19,7 +19,8 @@
 //   four kinds, whose fields are all known, each at most once, of the
 //   right wire type, with varints that protobuf-c would read to the same
 //   value (uint32 and enum fields in at most 5 bytes and 32 bits, op ids
-//   in at most 64 bits, bools as 0 or 1), and strings that are UTF-8
+//   in at most 64 bits, bools as 0 or 1, length prefixes in at most 5
+//   bytes, as protobuf-c requires), and strings that are UTF-8
 //   without NUL. Anything else (unknown or repeated fields, a second body,
 //   odd varints, a bad string) goes the generic way, which then gives its
 //   own verdict and reason: so whether a frame is accepted, and the
@@ -73,12 +74,20 @@ varint(rd *r, unsigned max, unsigned bits, uint64_t *v)
 	return false;
 }
 
+// length reads a length prefix as protobuf-c does: at most 5 bytes (a
+// longer one is its "unterminated length"), at most 32 bits.
+static bool
+length(rd *r, uint64_t *n)
+{
+	return varint(r, 5, 32, n);
+}
+
 // bytes reads a length-delimited field's extent.
 static bool
 bytes(rd *r, const uint8_t **data, size_t *len)
 {
 	uint64_t n;
-	if (!varint(r, 10, 64, &n) || n > (uint64_t)(r->end - r->p)) {
+	if (!length(r, &n) || n > (uint64_t)(r->end - r->p)) {
 		return false;
 	}
 	*data = r->p;
@@ -221,7 +230,7 @@ aai_wire_fast_decode(aai_wire_msg *m, const char **why, aai_wire_arena *a,
 	if ((frame[0] & 7) != LEN ||
 	    (kind != AAI_WIRE_START && kind != AAI_WIRE_COMPLETE &&
 	     kind != AAI_WIRE_CANCEL && kind != AAI_WIRE_PROGRESS) ||
-	    !varint(&r, 10, 64, &blen) || blen != (uint64_t)(r.end - r.p)) {
+	    !length(&r, &blen) || blen != (uint64_t)(r.end - r.p)) {
 		return AAI_WIRE_NOT_FAST; // not exactly one such body
 	}
 	memset(m, 0, sizeof(*m));
