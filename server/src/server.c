@@ -430,7 +430,6 @@ aa_server_close(aa_server *s)
 	}
 	s->closed = true;
 	s->closers++; // stop waits until this close is done with s
-	atomic_store(&s->closed_flag, true);
 	// Listeners are only added while open, and freed by stop only after
 	// every close finished: stable here.
 	aai_listener **ls = s->listeners;
@@ -452,6 +451,13 @@ aa_server_close(aa_server *s)
 		}
 		aai_mtx_unlock(&ss->mtx);
 	}
+	// Published only now that every session is CLOSING: a Start path
+	// that reads the flag (under its session's lock) and sees it set
+	// finds its session CLOSING too, and sends nothing. Set before the
+	// walk, it let a method that returned meanwhile see "closed" while
+	// its session was still READY and answer Complete{CANCELED} (the
+	// client then said ESRVCANCEL, not EUNAVAIL: seen under TSan).
+	atomic_store(&s->closed_flag, true);
 	aai_mtx_unlock(&s->mtx);
 	AAI_CHECKPOINT("server.closing", s);
 
