@@ -53,15 +53,15 @@
 //   it, then the frames queued meanwhile, and clears tx_loop.
 // * Idle loops spin only where it pays (as the inproc ends do): a loop
 //   remembers which of its last 16 idle gaps (from running out of events
-//   to the next one) were short (under SPIN_MAX_NS); while at least half
-//   were, it polls epoll with a zero timeout for up to SPIN_MAX_NS before
+//   to the next one) were short (under SPIN_MAX_US); while at least half
+//   were, it polls epoll with a zero timeout for up to SPIN_MAX_US before
 //   it sleeps, so a reply that comes within microseconds is taken without
 //   a wake-up (a wake-up costs 20-50 us on these VMs: docs/PERFORMANCE.md,
 //   "Socket backend"). A count, not an average: the heartbeats of a
 //   thousand idle clients give a busy server loop a long gap now and then,
 //   which must not switch its spinning off. A loop whose gaps are long
 //   sleeps at once, but every
-//   SPIN_PROBE-th sleep spins the full SPIN_MAX_NS instead: two peers that
+//   SPIN_PROBE-th sleep spins the full SPIN_MAX_US instead: two peers that
 //   both sleep see long gaps (each other's wake-ups) and would never find
 //   out that spinning pays. Spinning takes one of the process's spinner
 //   slots (aai_tp_spin_take, shared with the inproc ends): at most online
@@ -796,8 +796,8 @@ sweep(sloop *lp, uint64_t now)
 static void listener_accept(sloop *lp);
 static void accept_resume(sloop *lp);
 
-#define SPIN_MAX_NS 50000u // the longest spin, and the gap it pays up to
-#define SPIN_PROBE  16u    // every SPIN_PROBE-th sleep is a full spin
+#define SPIN_MAX_US 50u // the longest spin, and the gap it pays up to
+#define SPIN_PROBE  16u // every SPIN_PROBE-th sleep is a full spin
 
 static atomic_uint_fast64_t n_spins, n_spin_hits;
 
@@ -808,24 +808,16 @@ aai_sock_spins(uint64_t *spins, uint64_t *hits)
 	*hits = atomic_load(&n_spin_hits);
 }
 
-static uint64_t
-mono_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 // loop_wait waits for events as epoll_wait(timeout) does, spinning first
 // where it pays (see the notes). Loop thread only.
 static int
 loop_wait(sloop *lp, struct epoll_event *evs, int timeout)
 {
-	uint64_t t0 = mono_ns();
+	uint64_t t0 = aa_clock_us();
 	uint64_t budget = 0;
 	if (__builtin_popcount(lp->short_gaps) >= 8 ||
 	    ++lp->sleeps % SPIN_PROBE == 0) {
-		budget = SPIN_MAX_NS;
+		budget = SPIN_MAX_US;
 	}
 	int n = 0;
 	if (budget > 0 && aai_tp_spin_take()) {
@@ -838,7 +830,7 @@ loop_wait(sloop *lp, struct epoll_event *evs, int timeout)
 				sched_yield();
 			}
 		} while (n == 0 && !atomic_load(&lp->quit) &&
-		         mono_ns() - t0 < budget);
+		         aa_clock_us() - t0 < budget);
 		aai_tp_spin_release();
 		atomic_fetch_add(&n_spins, 1);
 		if (n > 0) {
@@ -849,7 +841,7 @@ loop_wait(sloop *lp, struct epoll_event *evs, int timeout)
 		n = epoll_wait(lp->epfd, evs, LOOP_EVENTS, timeout);
 	}
 	if (n > 0) {
-		bool is_short = mono_ns() - t0 < SPIN_MAX_NS;
+		bool is_short = aa_clock_us() - t0 < SPIN_MAX_US;
 		lp->short_gaps = (uint16_t)(lp->short_gaps << 1 | is_short);
 	}
 	return n;
