@@ -674,6 +674,8 @@ usage(FILE *f)
 	    "METHOD aa.demo.Demo/Echo (/Sleep, /Count, /Fail) calls the typed "
 	    "service\n"
 	    "with ARG as JSON, e.g. '{\"ms\": 500}' (docs/services.md).\n"
+	    "A negative number is an ARG (fail -7); \"--\" ends the options "
+	    "for any\nother ARG that starts with '-'.\n"
 	    "  --dial URL               server address (default "
 	    "aa_default_url():\n"
 	    "                           %s)\n"
@@ -817,7 +819,8 @@ option_value(const char *name, const char *val)
 
 // parse_options fills O: -1 to exit 0 (--help), 2 for a usage error, 0
 // to go on. Options may come before and after "call METHOD [ARG]"; "--"
-// ends them (for an ARG that starts with '-').
+// ends them (for an ARG that starts with '-'). A negative number is an
+// ARG, never an option, so that "fail -7" needs no "--".
 static int
 parse_options(int argc, char **argv)
 {
@@ -827,7 +830,10 @@ parse_options(int argc, char **argv)
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
-		if (!opts_done && a[0] == '-' && a[1] != '\0') {
+		bool negative_number =
+		    a[0] == '-' && a[1] >= '0' && a[1] <= '9';
+		if (!opts_done && a[0] == '-' && a[1] != '\0' &&
+		    !negative_number) {
 			if (strcmp(a, "--") == 0) {
 				opts_done = true;
 			} else if (strcmp(a, "--help") == 0 ||

@@ -505,7 +505,23 @@ Test(demo, fail_is_an_error_and_exit_status_1)
 	cr_assert_eq(json_num(out, "app_code"), 7);
 	cr_assert_not_null(
 	    strstr(out, "application error 7: fail 7 requested"), "%s", out);
-	// Any int32, negative ones too.
+	// Any int32, negative ones too, with or without "--"; a code equal
+	// to an AA_E* value is still the application's.
+	cr_assert_eq(CLIENT(&out, "--json", "call", "fail", "-7"), 1);
+	cr_assert_eq(json_num(out, "app_code"), -7, "%s", out);
+	cr_assert_eq(json_num(out, "error_code"), AA_EAPP);
+	cr_assert_eq(CLIENT(&out, "--json", "call", "fail", "2147483647"), 1);
+	cr_assert_not_null(strstr(out, "\"app_code\":2147483647"), "%s", out);
+	char eproto[16];
+	snprintf(eproto, sizeof(eproto), "%d", AA_EPROTO);
+	cr_assert_eq(CLIENT(&out, "--json", "call", "fail", eproto), 1);
+	cr_assert_eq(json_num(out, "app_code"), AA_EPROTO);
+	cr_assert_eq(json_num(out, "error_code"), AA_EAPP);
+	// Beyond int32: the method refuses the payload (REJECTED EINVAL).
+	cr_assert_eq(CLIENT(&out, "--json", "call", "fail", "2147483648"), 1);
+	cr_assert_eq(json_num(out, "error_code"), AA_EINVAL, "%s", out);
+	cr_assert_null(strstr(out, "app_code"), "%s", out);
+	expect_str(out, "server_outcome", "never_started");
 	cr_assert_eq(
 	    CLIENT(&out, "--json", "call", "fail", "--", "-2147483648"), 1);
 	cr_assert_not_null(strstr(out, "\"app_code\":-2147483648"), "%s", out);
