@@ -574,6 +574,80 @@ Test(op, settle_handler_runs_after_a_completion_handler_set_late)
 	aa_op_unref(op);
 }
 
+// The same order across threads, forced with gates: the completion
+// handler, set late on an op already CANCELED, runs inline on the
+// setter's thread and is held there while the provider's late finish, on
+// this thread, makes the settlement known. The settle handler does not
+// run then: it runs once the completion handler has returned, on the
+// thread that ran it.
+typedef struct late_set {
+	aa_op *op;
+	gate in_handler;
+	gate release;
+	atomic_int handler_returned;
+	atomic_int settle_calls;
+	atomic_int settle_saw_returned;
+	pthread_t settle_thread;
+} late_set;
+
+static void
+late_handler(aa_op *op, void *arg)
+{
+	late_set *l = arg;
+	gate_open(&l->in_handler);
+	gate_wait(&l->release);
+	atomic_store(&l->handler_returned, 1);
+}
+
+static void
+late_settle(aa_op *op, void *arg)
+{
+	late_set *l = arg;
+	atomic_store(&l->settle_saw_returned,
+	             atomic_load(&l->handler_returned));
+	l->settle_thread = pthread_self();
+	atomic_fetch_add(&l->settle_calls, 1);
+}
+
+static void *
+late_setter(void *arg)
+{
+	late_set *l = arg;
+	cr_assert_eq(aa_op_set_handler(l->op, late_handler, l), 0);
+	return NULL;
+}
+
+Test(op, settle_waits_for_a_late_completion_handler_on_another_thread)
+{
+	prov p = {0};
+	static late_set l;
+	l = (late_set){0};
+	gate_init(&l.in_handler);
+	gate_init(&l.release);
+	aa_op *op = make_op(&p, AA_POLICY_IMMEDIATE, AA_CANCEL_ALL);
+	l.op = op;
+	cr_assert_eq(aa_op_set_settle_handler(op, late_settle, &l), 0);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	pthread_t setter;
+	cr_assert_eq(pthread_create(&setter, NULL, late_setter, &l), 0);
+	gate_wait(&l.in_handler); // the completion handler runs, held
+	// The real completion arrives meanwhile: absorbed, the settlement.
+	cr_assert_eq(aa_op_complete(op, NULL, 0, NULL), AA_EALREADY);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_COMPLETED);
+	cr_assert_eq(atomic_load(&l.settle_calls), 0,
+	             "the settle handler ran before the completion handler "
+	             "returned");
+	gate_open(&l.release);
+	cr_assert_eq(pthread_join(setter, NULL), 0);
+	cr_assert_eq(atomic_load(&l.settle_calls), 1);
+	cr_assert_eq(atomic_load(&l.settle_saw_returned), 1);
+	cr_assert(pthread_equal(l.settle_thread, setter),
+	          "it runs where the completion handler returned");
+	aa_op_unref(op);
+	gate_fini(&l.in_handler);
+	gate_fini(&l.release);
+}
+
 Test(op, extra_memory_is_zeroed_and_ours)
 {
 	aa_op_provider pv = {.policy = AA_POLICY_IMMEDIATE,
