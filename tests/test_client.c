@@ -1312,6 +1312,37 @@ Test(client, deadline_ends_the_op_in_error)
 	aa_op_unref(op);
 }
 
+// A late Complete after the client's own deadline settles the op with
+// what the server really did: here the real op ignores cancellation and
+// completes after the client gave up.
+Test(client, late_complete_after_a_deadline_settles_with_the_real_outcome)
+{
+	static seen s;
+	seen_init(&s);
+	S.stubborn = true;
+	env_up("ipc");
+	aa_op *op;
+	aa_call_opts co = {.deadline_ms = 30};
+	cr_assert_eq(aa_client_call(&op, E.cli, "hold", "x", 1, &co, NULL), 0);
+	cr_assert_eq(aa_op_set_handler(op, on_done, &s), 0);
+	cr_assert_eq(aa_op_set_settle_handler(op, on_settle, &s), 0);
+	gate_wait(&S.started);
+	gate_wait(&s.done);
+	cr_assert_eq(s.state, AA_ERROR);
+	cr_assert_eq(aa_op_error(op), AA_ETIMEDOUT);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_PENDING,
+	             "the real op still runs");
+	cr_assert_eq(aa_op_complete(S.held, NULL, 0, NULL), 0);
+	gate_wait(&s.settled);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_COMPLETED);
+	cr_assert_eq(aa_op_status(op), AA_ERROR, "it stays timed out");
+	cr_assert_eq(aa_op_error(op), AA_ETIMEDOUT);
+	aa_client_stats cs;
+	client_stats(&cs);
+	cr_assert_eq(cs.canceled, 0, "a deadline is not a cancel");
+	aa_op_unref(op);
+}
+
 // Start carries the time left of the deadline, not its first value.
 Test(client, start_carries_the_time_left)
 {
