@@ -279,11 +279,13 @@ static struct fx {
 	pthread_cond_t cv;
 	int events[16];
 	int last_gone_err;
+	int last_proto_err;
 	char last_cancel_detail[96]; // of the last cancel_received
 	int32_t last_app_code;       // of the last failed
 	aa_op *ops[64]; // started by "hold" and "stubborn", a test ref each
 	int nops;
 	int cancel_calls;
+	aa_cancel_type last_cancel_type; // what hold_cancel was asked
 	int compensated;
 	int stop_rv;
 	gate hold_start; // "server.before_start" reached
@@ -298,6 +300,9 @@ fx_log(void *arg, const aa_server_log_rec *rec)
 	fx.events[rec->event]++;
 	if (rec->event == AA_SEV_CLIENT_GONE) {
 		fx.last_gone_err = rec->error;
+	}
+	if (rec->event == AA_SEV_PROTOCOL_ERROR) {
+		fx.last_proto_err = rec->error;
 	}
 	if (rec->event == AA_SEV_CANCEL_RECEIVED) {
 		snprintf(fx.last_cancel_detail, sizeof(fx.last_cancel_detail),
@@ -384,6 +389,7 @@ hold_cancel(aa_op *op, aa_cancel_type t, void *arg)
 {
 	pthread_mutex_lock(&fx.mtx);
 	fx.cancel_calls++;
+	fx.last_cancel_type = t;
 	pthread_cond_broadcast(&fx.cv);
 	pthread_mutex_unlock(&fx.mtx);
 	if (arg == NULL) {
@@ -1122,6 +1128,76 @@ BOTH(heartbeat_is_the_smaller_of_both_preferences)
 	rawc_free(c);
 }
 
+// A server with heartbeats off answers 0 whatever the client asked.
+BOTH(heartbeats_off_answer_zero_whatever_the_client_asks)
+{
+	fx_serve(&(aa_server_opts){.heartbeat_ms = -1});
+	rmsg h;
+	rawc *a = rawc_open_hb(fx.url, 1, &h, 300);
+	cr_assert_eq(h.heartbeat_ms, 0);
+	rawc *b = rawc_open_hb(fx.url, 2, &h, 0);
+	cr_assert_eq(h.heartbeat_ms, 0);
+	rawc_free(a);
+	rawc_free(b);
+}
+
+// A Cancel whose type the Start did not list is honoured when the method
+// honours it: the server checks the method's types (protocol.md § 5.4).
+// One the method does not honour is ignored and counted.
+BOTH(a_cancel_type_the_start_did_not_list_is_honoured)
+{
+	fx_serve(NULL);
+	rawc *r = rawc_open(fx.url, 1, NULL);
+	aai_wire_msg m;
+	aai_wire_start(&m, 1, "hold", NULL, 0, 0, AA_CANCEL_TERMINAL);
+	rawc_send(r, &m);
+	fx_wait(AA_SEV_START, 1);
+	aai_wire_cancel(&m, 1, AA_CANCEL_TOTAL);
+	rawc_send(r, &m);
+	rmsg c = rawc_complete(r, 1);
+	cr_assert_eq(c.status, AAI_WIRE_CANCELED);
+	cr_assert_eq(c.error, AA_ECANCELED);
+	cr_assert(c.cancel_received);
+	pthread_mutex_lock(&fx.mtx);
+	cr_assert_eq(fx.last_cancel_type, AA_CANCEL_TOTAL,
+	             "the real op is asked with the Cancel's type");
+	pthread_mutex_unlock(&fx.mtx);
+	rawc_free(r);
+}
+
+// Before its Hello, a connection that sends nothing is closed by the
+// silence bound when heartbeats are on (protocol.md § 4.4).
+BOTH(a_connection_without_hello_meets_the_silence_bound)
+{
+	fx_serve(&(aa_server_opts){.heartbeat_ms = 20, .dead_after_ms = 100});
+	rawc *r = rawc_dial(fx.url);
+	rawc_wait_down(r);
+	cr_assert_eq(rawc_count(r), 0, "no Hello, no Goodbye");
+	rawc *ok = rawc_open(fx.url, 1, NULL); // the server serves on
+	rawc_free(ok);
+	rawc_free(r);
+}
+
+// With heartbeats off only the fixed 10 s handshake timeout applies: a
+// silent connection is closed then, logged as a protocol error with
+// ETIMEDOUT (protocol.md § 4.4). This test takes those 10 s.
+Test(server, without_heartbeats_a_connection_without_hello_waits_10_s)
+{
+	fx_url(false);
+	fx_serve(&(aa_server_opts){.heartbeat_ms = -1});
+	rawc *r = rawc_dial(fx.url);
+	rawc *ok = rawc_open(fx.url, 1, NULL);
+	cr_assert_eq(rawc_count(r), 0);
+	fx_wait(AA_SEV_PROTOCOL_ERROR, 1);
+	pthread_mutex_lock(&fx.mtx);
+	cr_assert_eq(fx.last_proto_err, AA_ETIMEDOUT);
+	pthread_mutex_unlock(&fx.mtx);
+	rawc_wait_down(r);
+	cr_assert_eq(rawc_count(r), 0, "no Hello, no Goodbye");
+	rawc_free(ok);
+	rawc_free(r);
+}
+
 // The pending limit holds per client instance, over its connections.
 BOTH(pending_limit_is_per_client_instance)
 {
@@ -1607,18 +1683,40 @@ static struct {
 	aai_wire_arena arena;
 	uint8_t abuf[4096];
 	uint32_t version;
+	bool bye_on_start; // answer a Start with Goodbye{bye_reason}
+	uint32_t bye_reason;
+	gate goodbye; // the client's Goodbye arrived
+	uint32_t goodbye_reason;
+	char goodbye_text[128];
 } fake;
 
 static void
 fake_frame(void *arg, aai_conn *c, const uint8_t *data, size_t len)
 {
 	aai_wire_msg m;
-	if (aai_wire_decode(&m, NULL, &fake.arena, data, len, 0) != 0 ||
-	    m.kind != AAI_WIRE_HELLO) {
+	if (aai_wire_decode(&m, NULL, &fake.arena, data, len, 0) != 0) {
 		return;
 	}
+	if (m.kind == AAI_WIRE_GOODBYE) {
+		fake.goodbye_reason = m.goodbye.reason;
+		snprintf(fake.goodbye_text, sizeof(fake.goodbye_text), "%s",
+		         m.goodbye.message ? m.goodbye.message : "");
+		gate_open(&fake.goodbye);
+		return;
+	}
+	if (m.kind == AAI_WIRE_START && fake.bye_on_start) {
+		aai_wire_msg g;
+		aai_wire_goodbye(&g, fake.bye_reason, "the fake says goodbye");
+		(void)aai_wire_send(c, &g, 0);
+		return;
+	}
+	if (m.kind != AAI_WIRE_HELLO) {
+		return;
+	}
+	static const aai_wire_method hold = {.name = "hold",
+	                                     .cancel_types = 7};
 	aai_wire_msg h;
-	aai_wire_hello_server(&h, 1, 1u << 20, 10, 0, NULL, 0);
+	aai_wire_hello_server(&h, 1, 1u << 20, 10, 0, &hold, 1);
 	h.hello.version = fake.version;
 	(void)aai_wire_send(c, &h, 0);
 }
@@ -1645,11 +1743,64 @@ Test(server, a_client_refuses_another_protocol_version)
 	cr_assert_eq(aai_listen(&l, fx.url, NULL, fake_accept, NULL), 0);
 	aa_client *c = NULL;
 	fake.version = 2;
+	gate_init(&fake.goodbye);
 	aa_client_opts co = {.url = fx.url};
 	cr_assert_eq(aa_client_open(&c, &co), AA_ENOTSUP);
 	cr_assert_null(c);
+	// The client said why, with the text of docs/protocol.md § 4.
+	gate_wait(&fake.goodbye);
+	cr_assert_eq(fake.goodbye_reason, AA_ENOTSUP);
+	cr_assert_str_eq(fake.goodbye_text,
+	                 "protocol version 2 not supported; client speaks 1");
 	aai_listener_free(l);
 	aai_conn_free(fake.conn);
+	aai_wire_arena_fini(&fake.arena);
+	gate_fini(&fake.goodbye);
+}
+
+// The server's Goodbye reason and text reach the ops it ends: a fake
+// server answers a Start with Goodbye{reason}. EUNAVAIL is tested with
+// the real server (test_client.c); here every other kind, and 0 and
+// ECLOSED, which read as EUNAVAIL (protocol.md § 10).
+Test(server, the_goodbye_reason_reaches_the_ops_it_ends)
+{
+	static const struct {
+		uint32_t sent;
+		int seen;
+	} cases[] = {{AA_EPROTO, AA_EPROTO},
+	             {AA_EMSGSIZE, AA_EMSGSIZE},
+	             {AA_ENOTSUP, AA_ENOTSUP},
+	             {0, AA_EUNAVAIL},
+	             {AA_ECLOSED, AA_EUNAVAIL}};
+	fx_url(false);
+	aai_wire_arena_init(&fake.arena, fake.abuf, sizeof(fake.abuf));
+	aai_listener *l;
+	cr_assert_eq(aai_listen(&l, fx.url, NULL, fake_accept, NULL), 0);
+	fake.version = 1;
+	fake.bye_on_start = true;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		fake.bye_reason = cases[i].sent;
+		aa_client *c = NULL;
+		aa_client_opts co = {.url = fx.url};
+		cr_assert_eq(aa_client_open(&c, &co), 0);
+		aa_op *op;
+		cr_assert_eq(
+		    aa_client_call(&op, c, "hold", "x", 1, NULL, NULL), 0);
+		while (aa_op_status(op) == AA_STARTED) {
+			sched_yield(); // ends when the Goodbye comes
+		}
+		cr_assert_eq(aa_op_status(op), AA_ERROR);
+		cr_assert_eq(aa_op_error(op), cases[i].seen,
+		             "Goodbye %u: error %d", cases[i].sent,
+		             aa_op_error(op));
+		cr_assert_str_eq(aa_op_error_msg(op), "the fake says goodbye");
+		cr_assert_eq(aa_op_settlement(op), AA_SETTLE_UNKNOWN);
+		aa_op_unref(op);
+		aa_client_free(c);
+		aai_conn_free(fake.conn);
+		fake.conn = NULL;
+	}
+	aai_listener_free(l);
 	aai_wire_arena_fini(&fake.arena);
 }
 
