@@ -685,6 +685,77 @@ Test(demo, ipc_socket_file)
 	server_stop();
 }
 
+// read_frame reads one length-prefixed frame from fd into buf: its
+// length, or -1.
+static int
+read_frame(int fd, uint8_t *buf, size_t size)
+{
+	uint8_t pre[4];
+	size_t got = 0;
+	while (got < 4) {
+		ssize_t n = read(fd, pre + got, 4 - got);
+		if (n <= 0) {
+			return -1;
+		}
+		got += (size_t)n;
+	}
+	size_t len = (size_t)pre[0] << 24 | (size_t)pre[1] << 16 |
+	             (size_t)pre[2] << 8 | pre[3];
+	if (len > size) {
+		return -1;
+	}
+	for (got = 0; got < len;) {
+		ssize_t n = read(fd, buf + got, len - got);
+		if (n <= 0) {
+			return -1;
+		}
+		got += (size_t)n;
+	}
+	return (int)len;
+}
+
+// No byte a client can put in a method name makes the server's JSON log
+// invalid: a raw client (plain socket, frames by hand) asks for the
+// method a"b\c€, which the server rejects (ENOENT) and logs escaped.
+Test(demo, a_method_name_with_quotes_and_backslashes_is_logged_as_json)
+{
+	server_start(D.log);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/s.sock", D.dir);
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	// docs/protocol.md § 3: the client Hello of the example frames,
+	// then Start{op 1, method a"b\c€}.
+	static const uint8_t frames[] = {
+	    0x00, 0x00, 0x00, 0x16, 0x32, 0x14, 0x08, 0x01, 0x10,
+	    0x01, 0x18, 0x80, 0x80, 0x40, 0x28, 0xe8, 0x07, 0x31,
+	    0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, //
+	    0x00, 0x00, 0x00, 0x0e, 0x0a, 0x0c, 0x08, 0x01, 0x12,
+	    0x08, 'a',  '"',  'b',  '\\', 'c',  0xe2, 0x82, 0xac};
+	cr_assert_eq(write(fd, frames, sizeof(frames)),
+	             (ssize_t)sizeof(frames));
+	uint8_t buf[4096];
+	cr_assert_gt(read_frame(fd, buf, sizeof(buf)), 0, "no Hello");
+	int n = read_frame(fd, buf, sizeof(buf));
+	// Envelope{complete: {op_id 1, REJECTED, ENOENT, ...}}
+	cr_assert_gt(n, 8, "no Complete");
+	static const uint8_t want[] = {0x08, 0x01, 0x10, 0x04, 0x20, 0x0e};
+	cr_assert_eq(buf[0], 0x12);
+	cr_assert_eq(memcmp(buf + 2, want, sizeof(want)), 0,
+	             "not Complete{1, REJECTED, ENOENT}");
+	close(fd);
+	server_stop();
+	char *log = read_log();
+	cr_assert_not_null(strstr(log,
+	                          "\"method\":\"a\\\"b\\\\c\xe2\x82\xac\","
+	                          "\"event\":\"rejected\""),
+	                   "%s", log);
+	for (const unsigned char *c = (const unsigned char *)log; *c; c++) {
+		cr_assert(*c >= 0x20 || *c == '\n', "a raw control byte");
+	}
+}
+
 // ---- The typed service aa.demo.Demo (demos/demo.proto) ----
 
 Test(demo, typed_service_by_full_name_with_json)
