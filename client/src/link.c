@@ -15,7 +15,9 @@
 // reconnects, so names handed to ops stay valid as long as the client),
 // the limits, the connection id and the heartbeat interval both sides use
 // (applied to the connection at once). A Hello of another version is
-// refused with ENOTSUP. A frame that does not decode, a Start or Cancel
+// refused with ENOTSUP: Goodbye{ENOTSUP} is queued in the same locked step
+// that tells the opener, so that it goes out before aa_client_open can
+// return and free the link. A frame that does not decode, a Start or Cancel
 // from the server, a second Hello, or an oversized length prefix is a
 // protocol error: a Goodbye (best effort), the close, and the link's ops
 // end with EPROTO or EMSGSIZE. The server's Goodbye: its reason and
@@ -93,13 +95,21 @@ on_hello(aa_client *c, clink *l, const aai_wire_msg *m)
 		snprintf(msg, sizeof(msg),
 		         "protocol version %u not supported; client speaks %d",
 		         (unsigned)h->version, AAI_WIRE_VERSION);
+		// The Goodbye is queued before the opener is woken: once
+		// aa_client_open has returned it would find the link closed.
+		aai_wire_msg bye;
+		aai_wire_goodbye(&bye, AA_ENOTSUP, msg);
 		aai_mtx_lock(&c->mtx);
+		c->down_err = AA_ENOTSUP;
+		if (aai_wire_send(l->conn, &bye, 0) == 0) {
+			c->st.sent_other++;
+		}
 		l->goodbye = AA_ENOTSUP;
 		aai_free(l->goodbye_msg);
 		l->goodbye_msg = aai_strdup(msg); // NULL on ENOMEM: no text
 		aai_cv_broadcast(&c->cv);
 		aai_mtx_unlock(&c->mtx);
-		link_protocol_error(l, AA_ENOTSUP, msg);
+		aai_conn_close(l->conn);
 		return;
 	}
 	// Both sides use the server's heartbeat interval (0: off); silence
