@@ -280,6 +280,8 @@ static struct fx {
 	int events[16];
 	int last_gone_err;
 	int last_proto_err;
+	int seq;                     // log records so far
+	int last_seq[16];            // by event: the number of its last record
 	char last_cancel_detail[96]; // of the last cancel_received
 	int32_t last_app_code;       // of the last failed
 	aa_op *ops[64]; // started by "hold" and "stubborn", a test ref each
@@ -298,6 +300,7 @@ fx_log(void *arg, const aa_server_log_rec *rec)
 {
 	pthread_mutex_lock(&fx.mtx);
 	fx.events[rec->event]++;
+	fx.last_seq[rec->event] = ++fx.seq;
 	if (rec->event == AA_SEV_CLIENT_GONE) {
 		fx.last_gone_err = rec->error;
 	}
@@ -1978,8 +1981,14 @@ Test(server, cancel_while_held_before_reply)
 	thr t;
 	thr_start(&t, complete_thread, fx_op(0));
 	gate_wait(&fx.hold_start); // the op is final, its reply not sent
+	fx.hold_armed = false;     // (the held thread has passed the check)
 	rawc_cancel(r, 1);
-	fx_wait(AA_SEV_CANCEL_RECEIVED, 1);
+	// Once echo 3 is answered, the Cancel was handled (frames of a
+	// connection are serialised). It is not logged yet: the server logs
+	// a late Cancel after the op's outcome.
+	rawc_start(r, 3, "echo", NULL, 0);
+	cr_assert_eq(rawc_complete(r, 3).status, AAI_WIRE_COMPLETED);
+	cr_assert_eq(fx_event(AA_SEV_CANCEL_RECEIVED), 0);
 	gate_open(&fx.let_start);
 	thr_join(&t);
 	rmsg c = rawc_complete(r, 1);
@@ -1987,6 +1996,14 @@ Test(server, cancel_while_held_before_reply)
 	cr_assert(!c.cancel_received,
 	          "the op had finished before the Cancel came");
 	fx_wait(AA_SEV_COMPENSATED, 1);
+	// The server's log: success, then the late Cancel.
+	pthread_mutex_lock(&fx.mtx);
+	cr_assert_eq(fx.events[AA_SEV_CANCEL_RECEIVED], 1);
+	cr_assert_lt(fx.last_seq[AA_SEV_COMPLETED],
+	             fx.last_seq[AA_SEV_CANCEL_RECEIVED]);
+	cr_assert_str_eq(fx.last_cancel_detail,
+	                 "after completion: the op had finished");
+	pthread_mutex_unlock(&fx.mtx);
 	aa_server_stats st;
 	fx_stats(&st);
 	cr_assert_eq(st.wasted, 1);

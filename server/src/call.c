@@ -4,15 +4,21 @@
 // Design notes.
 //
 // * An entry is the server's record of one call, in its session's map
-//   from the Start being accepted until the op's handler ran. Its phase
+//   from the Start being accepted until the op's handler logged its
+//   outcome. Its phase
 //   (server_impl.h, under ss->mtx):
 //     STARTING  the method runs (op NULL, in the map: a Cancel cannot come
 //               meanwhile, frames being serialised on the receive thread)
 //       -> REFUSED   the method refused: out of the map, rejected
 //       -> RUNNING   the op runs (op set, in the map, handlers set)
-//            -> FINISHED  the handler ran and took it out in one locked
-//                         step; the Complete is sent (or, with a reply
-//                         delay, scheduled).
+//            -> FINISHED  the handler ran: in one locked step it marks
+//                         FINISHED and sends the Complete (or, with a
+//                         reply delay, schedules it); it logs the outcome,
+//                         then takes the entry out of the map, so that a
+//                         Cancel meanwhile finds it and is logged after
+//                         the outcome (the server's log of an
+//                         already-complete op: success, then the late
+//                         Cancel).
 //   Beside the phase, three small state machines, each an enum: the
 //   client's Cancel (NONE -> WHILE_RUNNING, or NONE -> AFTER_FINISH when
 //   the op had finished: nothing more is done), the server's own cancel
@@ -28,9 +34,11 @@
 //     that finds the entry RUNNING with the op still STARTED marks
 //     WHILE_RUNNING and calls aa_op_cancel; if the op finished just then
 //     that is AA_EALREADY (the op was told while it ran: in-flight,
-//     completed anyway). One that finds the op final already marks
-//     AFTER_FINISH and does nothing more; one that finds no entry is
-//     logged "after completion" when the id was accepted once. Either way
+//     completed anyway). One that finds the op final already (entry
+//     RUNNING or FINISHED) marks AFTER_FINISH and does nothing more: the
+//     handler logs it "after completion" once it has logged the outcome;
+//     one that finds no entry (outcome logged) is logged "after
+//     completion" at once when the id was accepted once. Either way
 //     exactly one Complete goes out, with the op's real outcome and
 //     cancel_received (WHILE_RUNNING); COMPLETED after a Cancel counts as
 //     wasted and runs the compensation hook.
@@ -288,8 +296,10 @@ finish(entry *e, int forced, const char *forced_msg)
 
 	AAI_CHECKPOINT("server.before_reply", op);
 
+	// Step 1, one locked step: FINISHED (the entry stays in the map
+	// until its outcome is logged, step 2), what the Complete says, the
+	// send.
 	aai_mtx_lock(&ss->mtx);
-	entry_untable(ss, e);
 	e->phase = E_FINISHED;
 	bool disarm_deadline = e->dl == ED_ARMED;
 	bool cancel_received = e->cancel == EC_WHILE_RUNNING;
@@ -372,6 +382,17 @@ finish(entry *e, int forced, const char *forced_msg)
 	}
 	aai_srv_log_op(s, ev, ss->conn_id, e->call.op_id, e->call.method, err,
 	               app_code, msg);
+	// Step 2: out of the map. A Cancel that came after the op had
+	// finished (before step 1, or between the steps) is logged now, after
+	// the outcome: the server's log says success, then the late Cancel.
+	aai_mtx_lock(&ss->mtx);
+	aai_idmap_remove(&ss->ops, &e->node);
+	bool late_cancel = e->cancel == EC_AFTER_FINISH;
+	aai_mtx_unlock(&ss->mtx);
+	if (late_cancel) {
+		aai_srv_log(s, AA_SEV_CANCEL_RECEIVED, ss->conn_id, e, 0,
+		            "after completion: the op had finished");
+	}
 	if (!delayed) {
 		aai_srv_log(s,
 		            rv == 0 ? AA_SEV_REPLY_SENT : AA_SEV_REPLY_DROPPED,
@@ -599,6 +620,20 @@ aai_call_cancel(session *ss, const aai_wire_msg *m)
 	aa_server *s = ss->s;
 	aai_mtx_lock(&ss->mtx);
 	entry *e = entry_find(ss, m->op_id);
+	if (e != NULL && e->phase == E_FINISHED) {
+		// Its Complete is out or on its way, its outcome not logged
+		// yet: finish logs this Cancel after it (step 2).
+		bool late = e->cancel == EC_NONE;
+		if (late) {
+			e->cancel = EC_AFTER_FINISH;
+		}
+		aai_mtx_unlock(&ss->mtx);
+		aai_count(&s->st.cancels_ignored);
+		if (late) {
+			aai_count(&s->st.cancels_late);
+		}
+		return;
+	}
 	if (e == NULL || e->phase != E_RUNNING || e->cancel != EC_NONE) {
 		aai_mtx_unlock(&ss->mtx);
 		aai_count(&s->st.cancels_ignored);
@@ -618,13 +653,12 @@ aai_call_cancel(session *ss, const aai_wire_msg *m)
 		// The op finished before this Cancel came, though its Complete
 		// is not sent yet: the already-complete timeline. The client
 		// drops the result (wasted), and the Complete says the Cancel
-		// came after (cancel_received false).
+		// came after (cancel_received false). finish logs this Cancel
+		// after the op's outcome.
 		e->cancel = EC_AFTER_FINISH;
 		aai_mtx_unlock(&ss->mtx);
 		aai_count(&s->st.cancels_ignored);
 		aai_count(&s->st.cancels_late);
-		aai_srv_log(s, AA_SEV_CANCEL_RECEIVED, ss->conn_id, e, 0,
-		            "after completion: the op had finished");
 		return;
 	}
 	// The client has cancelled: whatever happens, it drops the result.

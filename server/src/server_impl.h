@@ -52,7 +52,7 @@ typedef struct session session;
 typedef enum entry_phase {
 	E_STARTING, // the method runs: op NULL, in the session's map
 	E_RUNNING,  // the real op runs: in the map, its handlers set
-	E_FINISHED, // its handler ran and took it out of the map
+	E_FINISHED, // its handler runs: Complete sent, then out of the map
 	E_REFUSED,  // the method refused to start: out of the map
 } entry_phase;
 
