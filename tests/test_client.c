@@ -1095,6 +1095,32 @@ Test(client, cancel_between_done_and_failed_has_a_timeline)
 	aa_op_unref(op);
 }
 
+// The same window after a loss: the server closes (its Goodbye) while an
+// op runs; the link's receive thread took the op out and is about to fail
+// it when the cancel lands. The Start was on the wire: in-flight, never
+// "none"; the server's outcome stays unknown.
+Test(client, cancel_between_done_and_failed_after_a_loss_is_in_flight)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("ipc");
+	aa_op *op = call("hold", "x", &s);
+	gate_wait(&S.started);
+	hold_arm(&hp_fail);
+	aa_server_close(E.srv);
+	gate_wait(&hp_fail.reached); // the receive thread, about to fail
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_IN_FLIGHT);
+	gate_open(&hp_fail.release);
+	expect_timeline(op, &s, AA_TIMELINE_IN_FLIGHT, AA_SETTLE_UNKNOWN);
+	aa_client_stats cs;
+	client_stats(&cs);
+	cr_assert_eq(cs.in_flight, 1);
+	cr_assert_eq(cs.canceled, 1);
+	cr_assert_eq(cs.failed, 0);
+	aa_op_unref(op);
+}
+
 // ---- Error domains ----
 
 // Every application code, also those equal to an AA_E* code, comes back
