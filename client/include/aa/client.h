@@ -116,7 +116,12 @@ int aa_client_call(aa_op **opp, aa_client *c, const char *method,
                    const aa_assoc *assoc);
 
 // aa_client_timeline says which cancellation timeline applied to an op of
-// this client (AA_TIMELINE_NONE if it was not cancelled).
+// this client (AA_TIMELINE_NONE if it was not cancelled). A cancel after
+// the Start was sent reads AA_TIMELINE_IN_FLIGHT at once; when the late
+// Complete arrives and says the server's op had finished before the
+// Cancel reached it, it is refined to AA_TIMELINE_ALREADY_COMPLETE. The
+// value is final once the op's settlement is known (its settle handler
+// runs after the refinement); the counters follow the final value.
 aa_timeline aa_client_timeline(const aa_op *op);
 
 // aa_timeline_name returns "none", "pre_submit", "in_flight" or
