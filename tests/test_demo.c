@@ -621,6 +621,10 @@ Test(demo, usage_errors_are_exit_status_2)
 	cr_assert_eq(CLIENT(&out, "call", "sleep", "1", "--cancel-after-ms",
 	                    "1", "--cancel-before-submit"),
 	             2);
+	// A deadline beyond 32 bits of milliseconds is refused, not cut.
+	cr_assert_eq(
+	    CLIENT(&out, "call", "echo", "x", "--deadline-ms", "4294967296"),
+	    2);
 	cr_assert_eq(CLIENT(&out, "--help"), 0);
 	cr_assert_not_null(strstr(out, "usage: aa-client"));
 	char *argv[] = {AA_SERVER_BIN, "--bogus", "1", NULL};
