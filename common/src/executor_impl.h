@@ -1,6 +1,6 @@
 // executor_impl.h: what the executor's files share (executor.c,
 // executor_strand.c, executor_ext.c): the executor object, the work item
-// fields read without a lock, and the queue. Expects aai.h.
+// fields read without a lock, and the queue.
 #ifndef AA_EXECUTOR_IMPL_H
 #define AA_EXECUTOR_IMPL_H
 

@@ -1,7 +1,7 @@
 // transport_sock.h: what the socket backend's files share
-// (transport_sock.c, transport_sock_dial.c, transport_sock_listen.c): the
-// loop and connection objects and their internal functions. Not used
-// outside the socket backend.
+// (transport_sock.c, transport_sock_spin.c, transport_sock_dial.c,
+// transport_sock_listen.c): the loop and connection objects and their
+// internal functions. Not used outside the socket backend.
 #ifndef AA_TRANSPORT_SOCK_H
 #define AA_TRANSPORT_SOCK_H
 
