@@ -1008,9 +1008,9 @@ Test(op_race, stress_cancel_versus_complete, .timeout = 300)
 // ---- Many cancels waiting at once on the shared wait stripes ----
 
 // Ops keep no condition variable of their own: a cancel that waits for a
-// running handler waits on one of 64 stripes shared by every op (op.c,
-// "Where a cancel waits"). With more ops than stripes, several ops share
-// each stripe; every wait must still end when, and only when, its own
+// running handler waits on one of 64 stripes shared by every op
+// (op_wait.c, "Where a cancel waits"). With more ops than stripes, several ops
+// share each stripe; every wait must still end when, and only when, its own
 // op's handler returned, with no wake-up lost among the others.
 #define MANY_OPS   96 // more than the 64 stripes: some ops share one
 #define MANY_EXTRA 3  // cancels waiting on op 0 besides its first

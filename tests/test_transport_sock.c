@@ -1,6 +1,6 @@
 // aa-test-labels: concurrent
 // test_transport_sock.c: the socket backend of ipc:// and tcp://
-// (common/src/transport_sock.c) on its own mechanisms: it is the default,
+// (common/src/transport_sock*.c) on its own mechanisms: it is the default,
 // writes the socket cannot take are finished by the loop thread, the
 // receive buffer grows to a large frame and shrinks back, many
 // connections share one listener's loop, a peer that resets, dial errors

@@ -73,6 +73,11 @@ _Noreturn void aai_panic(const char *fmt, ...);
 		}                                                             \
 	} while (0)
 
+// AAI_HIDDEN marks a function that only the library's own files share (a
+// static one that a file split made shared): not exported from the shared
+// library, so that calls stay direct and inlinable where it is defined.
+#define AAI_HIDDEN __attribute__((visibility("hidden")))
+
 // External executors (executor_loop.c builds the pollable and the
 // user-defined executor on them): a queue that the application's thread
 // runs with aai_ext_run. `ready` runs under the executor's lock when the

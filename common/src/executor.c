@@ -1,4 +1,5 @@
-// executor.c: the inline executor, the thread pool and the strand.
+// executor.c: work items, the inline executor and the thread pool, and
+// what every executor shares: running items, close, stop and free.
 //
 // Design notes.
 //
@@ -27,18 +28,6 @@
 // the strand's drain item back out of the target's queue); a target never
 // takes a strand's lock while holding its own, so there is no cycle.
 //
-// The strand. A strand has its own queue and one embedded drain item that
-// it submits to its target when work arrives while it is idle
-// (`scheduled` says the drain item is queued or running on the target).
-// The drain function keeps taking items from the strand's queue until it
-// is empty, including items submitted while it runs: that is the chaining
-// rule, work a strand callback submits to its own strand runs next on the
-// same thread. `scheduled` is cleared in the drain item's done callback,
-// not in its function, because the target still touches the drain item
-// after the function returns; once the done callback has begun it does
-// not, so a strand waiting in stop may then free the strand. A strand on
-// the inline executor is drained by the submitting thread itself.
-//
 // The races, and who wins.
 // * abort vs start: one locked step on each side. If abort takes the lock
 //   first the item leaves the queue and nothing of it runs (0); if the
@@ -57,66 +46,13 @@
 //   the executor's work (in_thread) it only sets free_deferred. The thread
 //   that makes the executor quiescent (no runrec, no closer dispatching,
 //   no worker alive, no drain item scheduled) frees it after unlocking.
-// * target closed under a strand: the drain item's done callback gets
-//   AA_ECLOSED, or resubmitting it fails; either way the strand closes
-//   itself and drops its queue, so no done callback is lost and stop does
-//   not wait for a pool that will never run it.
 //
-// External executors (EX_EXTERN, made by executor_loop.c, which has their
-// own notes): a queue that no library thread runs; the application's
-// thread runs it through aai_ext_run. Their `ready` hook runs under the
-// lock whenever the queue turns non-empty or empty, so that what it
-// signals (an eventfd) can never disagree with the queue. A submit may
-// take a `pin`: the executor's memory then stays until the matching
-// aai_ext_run(unpin) has come, even past aa_executor_free (the last unpin
-// frees), because the application holds a function pointing at it.
+// The strand's notes are in executor_strand.c, the external executors'
+// in executor_ext.c; executor_impl.h holds what the three share.
 #include <stdlib.h>
 
 #include "aai.h"
-
-enum { EX_INLINE, EX_POOL, EX_STRAND, EX_EXTERN };
-enum { W_IDLE = 0, W_QUEUED, W_RUNNING };
-
-// A record of one fn or done callback running on a thread (on its stack).
-typedef struct runrec {
-	struct runrec *next; // in ex->running
-	struct runrec **pprev;
-	struct runrec *outer; // enclosing record of this thread
-	aa_executor *ex;
-	const aa_work *w; // compared only, once in_done
-	bool in_done;
-} runrec;
-
-struct aa_executor {
-	int kind;
-	pthread_mutex_t mtx;
-	pthread_cond_t idle_cv; // a runrec left, a closer ended, and so on
-	pthread_cond_t work_cv; // pool: work queued or closed
-	aa_work *head;          // the FIFO queue, through next_/prev_
-	aa_work *tail;
-	runrec *running;
-	int closers; // threads dispatching dropped items
-	int waiters; // threads waiting on idle_cv
-	bool closed;
-	bool free_deferred;
-
-	// Pool.
-	pthread_t *threads;
-	int nthreads;
-	int alive; // workers not yet out of their loop
-	bool joining;
-	bool joined;
-
-	// Strand.
-	aa_executor *target;
-	aa_work drain; // submitted to target while scheduled
-	bool scheduled;
-
-	// External: run by the application (executor_loop.c).
-	const aai_ext_hooks *hooks;
-	void *hooks_ctx;
-	int pins; // submits whose aai_ext_run(unpin) has not come yet
-};
+#include "executor_impl.h"
 
 static _Thread_local runrec *tl_top;
 
@@ -127,73 +63,7 @@ static aa_executor inline_ex = {
     .work_cv = PTHREAD_COND_INITIALIZER,
 };
 
-// ---- Item fields read without the executor's lock ----
-
-static int
-w_state(const aa_work *w)
-{
-	return __atomic_load_n(&w->state_, __ATOMIC_ACQUIRE);
-}
-
-static void
-w_set_state(aa_work *w, int s)
-{
-	__atomic_store_n(&w->state_, s, __ATOMIC_RELEASE);
-}
-
-static aa_executor *
-w_ex(const aa_work *w)
-{
-	return __atomic_load_n(&w->ex_, __ATOMIC_ACQUIRE);
-}
-
-// ---- Queue and records (expect ex->mtx) ----
-
-static void
-q_push(aa_executor *ex, aa_work *w)
-{
-	w->next_ = NULL;
-	w->prev_ = ex->tail;
-	if (ex->tail != NULL) {
-		ex->tail->next_ = w;
-	} else {
-		ex->head = w;
-		if (ex->hooks != NULL) {
-			ex->hooks->ready(ex->hooks_ctx, true);
-		}
-	}
-	ex->tail = w;
-}
-
-static void
-q_remove(aa_executor *ex, aa_work *w)
-{
-	if (w->prev_ != NULL) {
-		w->prev_->next_ = w->next_;
-	} else {
-		ex->head = w->next_;
-	}
-	if (w->next_ != NULL) {
-		w->next_->prev_ = w->prev_;
-	} else {
-		ex->tail = w->prev_;
-	}
-	w->next_ = NULL;
-	w->prev_ = NULL;
-	if (ex->head == NULL && ex->hooks != NULL) {
-		ex->hooks->ready(ex->hooks_ctx, false);
-	}
-}
-
-static aa_work *
-q_pop(aa_executor *ex)
-{
-	aa_work *w = ex->head;
-	if (w != NULL) {
-		q_remove(ex, w);
-	}
-	return w;
-}
+// ---- Records (expect ex->mtx) ----
 
 static void
 rec_push(aa_executor *ex, runrec *r, const aa_work *w, bool in_done)
@@ -269,9 +139,9 @@ wait_idle(aa_executor *ex)
 
 // ---- Running items (expect ex->mtx; drop it around callbacks) ----
 
-// run_item runs a dequeued item: fn, then done unless it was aborted.
-static void
-run_item(aa_executor *ex, aa_work *w)
+// aai_ex_run_item runs a dequeued item: fn, then done unless it was aborted.
+void
+aai_ex_run_item(aa_executor *ex, aa_work *w)
 {
 	runrec r;
 	aa_work_fn fn = w->fn_;
@@ -279,7 +149,7 @@ run_item(aa_executor *ex, aa_work *w)
 	aa_done_fn done;
 
 	w->aborted_ = false;
-	w_set_state(w, W_RUNNING);
+	aai_work_set_state(w, W_RUNNING);
 	rec_push(ex, &r, w, false);
 	aai_mtx_unlock(&ex->mtx);
 	if (fn != NULL) {
@@ -289,7 +159,7 @@ run_item(aa_executor *ex, aa_work *w)
 	// This locked step decides abort vs done.
 	done = w->aborted_ ? NULL : w->done_;
 	arg = w->arg_;
-	w_set_state(w, W_IDLE);
+	aai_work_set_state(w, W_IDLE);
 	if (done != NULL) {
 		r.in_done = true; // from here on w is not touched
 		aai_mtx_unlock(&ex->mtx);
@@ -299,19 +169,19 @@ run_item(aa_executor *ex, aa_work *w)
 	rec_pop(ex, &r);
 }
 
-// drop_queued runs the done callbacks of everything queued on a closed
+// aai_ex_drop_queued runs the done callbacks of everything queued on a closed
 // executor with AA_ECLOSED, one item at a time, so that an abort of an
 // item still in the queue wins.
-static void
-drop_queued(aa_executor *ex)
+void
+aai_ex_drop_queued(aa_executor *ex)
 {
 	aa_work *w;
 	ex->closers++;
-	while ((w = q_pop(ex)) != NULL) {
+	while ((w = aai_ex_q_pop(ex)) != NULL) {
 		aa_done_fn done = w->done_;
 		void *arg = w->arg_;
 		runrec r;
-		w_set_state(w, W_IDLE);
+		aai_work_set_state(w, W_IDLE);
 		if (done == NULL) {
 			continue;
 		}
@@ -340,11 +210,11 @@ quiescent(aa_executor *ex)
 	return !ex->scheduled;
 }
 
-// take_deferred_free: true when the caller must now free ex (after
+// aai_ex_take_deferred_free: true when the caller must now free ex (after
 // dropping the lock, and touching nothing of ex before that). Expects
 // ex->mtx.
-static bool
-take_deferred_free(aa_executor *ex)
+bool
+aai_ex_take_deferred_free(aa_executor *ex)
 {
 	if (ex->free_deferred && quiescent(ex) && ex->pins == 0) {
 		ex->free_deferred = false;
@@ -353,8 +223,8 @@ take_deferred_free(aa_executor *ex)
 	return false;
 }
 
-static void
-destroy(aa_executor *ex)
+void
+aai_ex_destroy(aa_executor *ex)
 {
 	if (ex->kind == EX_POOL) {
 		pthread_t self = pthread_self();
@@ -392,10 +262,6 @@ aa_work_init(aa_work *w, aa_work_fn fn, aa_done_fn done, void *arg)
 	w->aborted_ = false;
 }
 
-static int strand_submit(aa_work *w, aa_executor *s);
-
-static int ext_submit(aa_work *w, aa_executor *ex);
-
 int
 aa_work_submit(aa_work *w, aa_executor *ex)
 {
@@ -404,14 +270,14 @@ aa_work_submit(aa_work *w, aa_executor *ex)
 	}
 	// Only the executor that ran w changes its state from here on, and
 	// only towards IDLE: an IDLE item stays IDLE until we queue it.
-	if (w_state(w) != W_IDLE) {
+	if (aai_work_state(w) != W_IDLE) {
 		return AA_EBUSY;
 	}
 	if (ex->kind == EX_STRAND) {
-		return strand_submit(w, ex);
+		return aai_strand_submit(w, ex);
 	}
 	if (ex->kind == EX_EXTERN) {
-		return ext_submit(w, ex);
+		return aai_ext_submit(w, ex);
 	}
 	aai_mtx_lock(&ex->mtx);
 	if (ex->closed) {
@@ -421,10 +287,10 @@ aa_work_submit(aa_work *w, aa_executor *ex)
 	__atomic_store_n(&w->ex_, ex, __ATOMIC_RELEASE);
 	w->aborted_ = false;
 	if (ex->kind == EX_INLINE) {
-		run_item(ex, w);
+		aai_ex_run_item(ex, w);
 	} else {
-		w_set_state(w, W_QUEUED);
-		q_push(ex, w);
+		aai_work_set_state(w, W_QUEUED);
+		aai_ex_q_push(ex, w);
 		aai_cv_signal(&ex->work_cv);
 	}
 	aai_mtx_unlock(&ex->mtx);
@@ -434,16 +300,16 @@ aa_work_submit(aa_work *w, aa_executor *ex)
 int
 aa_work_abort(aa_work *w)
 {
-	aa_executor *ex = w_ex(w);
+	aa_executor *ex = aai_work_ex(w);
 	int rv = AA_EALREADY;
 	if (ex == NULL) {
 		return AA_EALREADY; // never submitted
 	}
 	aai_mtx_lock(&ex->mtx);
-	switch (w_state(w)) {
+	switch (aai_work_state(w)) {
 	case W_QUEUED:
-		q_remove(ex, w);
-		w_set_state(w, W_IDLE);
+		aai_ex_q_remove(ex, w);
+		aai_work_set_state(w, W_IDLE);
 		rv = 0;
 		break;
 	case W_RUNNING:
@@ -465,7 +331,7 @@ aa_work_abort(aa_work *w)
 int
 aa_work_wait(aa_work *w)
 {
-	aa_executor *ex = w_ex(w);
+	aa_executor *ex = aai_work_ex(w);
 	if (ex == NULL) {
 		return 0;
 	}
@@ -473,7 +339,7 @@ aa_work_wait(aa_work *w)
 		return AA_EDEADLK;
 	}
 	aai_mtx_lock(&ex->mtx);
-	while (done_running_elsewhere(ex, w) || w_state(w) != W_IDLE) {
+	while (done_running_elsewhere(ex, w) || aai_work_state(w) != W_IDLE) {
 		wait_idle(ex);
 	}
 	aai_mtx_unlock(&ex->mtx);
@@ -502,23 +368,23 @@ pool_worker(void *arg)
 		if (ex->closed) {
 			break; // the closer drops what is queued
 		}
-		w = q_pop(ex);
-		run_item(ex, w);
+		w = aai_ex_q_pop(ex);
+		aai_ex_run_item(ex, w);
 	}
 	ex->alive--;
 	if (ex->waiters > 0) {
 		aai_cv_broadcast(&ex->idle_cv);
 	}
-	do_free = take_deferred_free(ex);
+	do_free = aai_ex_take_deferred_free(ex);
 	aai_mtx_unlock(&ex->mtx);
 	if (do_free) {
-		destroy(ex);
+		aai_ex_destroy(ex);
 	}
 	return NULL;
 }
 
-static aa_executor *
-ex_new(int kind)
+aa_executor *
+aai_ex_new(int kind)
 {
 	aa_executor *ex = aai_zalloc(sizeof(*ex));
 	if (ex == NULL) {
@@ -539,12 +405,12 @@ aa_pool_alloc(aa_executor **exp, int nthreads)
 	if (exp == NULL || nthreads <= 0) {
 		return AA_EINVAL;
 	}
-	if ((ex = ex_new(EX_POOL)) == NULL) {
+	if ((ex = aai_ex_new(EX_POOL)) == NULL) {
 		return AA_ENOMEM;
 	}
 	ex->threads = aai_zalloc(sizeof(pthread_t) * (size_t)nthreads);
 	if (ex->threads == NULL) {
-		destroy(ex);
+		aai_ex_destroy(ex);
 		return AA_ENOMEM;
 	}
 	aai_mtx_lock(&ex->mtx);
@@ -558,7 +424,7 @@ aa_pool_alloc(aa_executor **exp, int nthreads)
 				pthread_join(ex->threads[j], NULL);
 			}
 			ex->joined = true;
-			destroy(ex);
+			aai_ex_destroy(ex);
 			return AA_ESYSTEM;
 		}
 		ex->nthreads++;
@@ -566,164 +432,6 @@ aa_pool_alloc(aa_executor **exp, int nthreads)
 	}
 	aai_mtx_unlock(&ex->mtx);
 	*exp = ex;
-	return 0;
-}
-
-// strand_run takes items from the strand's queue until it is empty or the
-// strand closed. The caller owns the strand's `scheduled` flag.
-static void
-strand_run(aa_executor *s)
-{
-	aa_work *w;
-	aai_mtx_lock(&s->mtx);
-	while (!s->closed && (w = q_pop(s)) != NULL) {
-		run_item(s, w);
-	}
-	aai_mtx_unlock(&s->mtx);
-}
-
-static void
-strand_drain_fn(void *arg)
-{
-	strand_run(arg);
-}
-
-// strand_closed_under closes s because its target refused or dropped the
-// drain item; keep is an item to take back out of the queue (its submit
-// fails instead). Returns AA_ECLOSED when keep was taken back.
-static int
-strand_closed_under(aa_executor *s, aa_work *keep)
-{
-	int rv = 0;
-	bool do_free;
-	aai_mtx_lock(&s->mtx);
-	s->closed = true;
-	s->scheduled = false;
-	if (keep != NULL && w_ex(keep) == s && w_state(keep) == W_QUEUED) {
-		q_remove(s, keep);
-		w_set_state(keep, W_IDLE);
-		rv = AA_ECLOSED;
-	}
-	drop_queued(s);
-	if (s->waiters > 0) {
-		aai_cv_broadcast(&s->idle_cv);
-	}
-	do_free = take_deferred_free(s);
-	aai_mtx_unlock(&s->mtx);
-	if (do_free) {
-		destroy(s);
-	}
-	return rv;
-}
-
-// strand_drain_done runs when the target has finished with the drain item
-// (or dropped it, rv AA_ECLOSED): reschedule or go idle.
-static void
-strand_drain_done(void *arg, int rv)
-{
-	aa_executor *s = arg;
-	bool again;
-	bool do_free;
-	if (rv != 0) {
-		strand_closed_under(s, NULL);
-		return;
-	}
-	aai_mtx_lock(&s->mtx);
-	again = !s->closed && s->head != NULL;
-	if (!again) {
-		s->scheduled = false;
-		if (s->waiters > 0) {
-			aai_cv_broadcast(&s->idle_cv);
-		}
-	}
-	do_free = take_deferred_free(s);
-	aai_mtx_unlock(&s->mtx);
-	if (do_free) {
-		destroy(s);
-	} else if (again && aa_work_submit(&s->drain, s->target) != 0) {
-		strand_closed_under(s, NULL);
-	}
-}
-
-// queue_item queues w on ex (a strand or an external executor) unless ex
-// is closed: false then. Expects ex->mtx.
-static bool
-queue_item(aa_executor *ex, aa_work *w)
-{
-	if (ex->closed) {
-		return false;
-	}
-	__atomic_store_n(&w->ex_, ex, __ATOMIC_RELEASE);
-	w->aborted_ = false;
-	w_set_state(w, W_QUEUED);
-	q_push(ex, w);
-	return true;
-}
-
-static int
-strand_submit(aa_work *w, aa_executor *s)
-{
-	bool schedule;
-	bool do_free = false;
-	aai_mtx_lock(&s->mtx);
-	if (!queue_item(s, w)) {
-		aai_mtx_unlock(&s->mtx);
-		return AA_ECLOSED;
-	}
-	schedule = !s->scheduled;
-	s->scheduled = true;
-	aai_mtx_unlock(&s->mtx);
-	if (!schedule) {
-		return 0; // the running drain takes it (chaining)
-	}
-	if (s->target->kind != EX_INLINE) {
-		if (aa_work_submit(&s->drain, s->target) != 0) {
-			return strand_closed_under(s, w);
-		}
-		return 0;
-	}
-	// On the inline executor the submitting thread drains the strand.
-	for (;;) {
-		strand_run(s);
-		aai_mtx_lock(&s->mtx);
-		if (!s->closed && s->head != NULL) {
-			aai_mtx_unlock(&s->mtx);
-			continue;
-		}
-		s->scheduled = false;
-		if (s->waiters > 0) {
-			aai_cv_broadcast(&s->idle_cv);
-		}
-		do_free = take_deferred_free(s);
-		aai_mtx_unlock(&s->mtx);
-		break;
-	}
-	if (do_free) {
-		destroy(s);
-	}
-	return 0;
-}
-
-int
-aa_strand_alloc(aa_executor **exp, aa_executor *target)
-{
-	aa_executor *s;
-	bool closed;
-	if (exp == NULL || target == NULL) {
-		return AA_EINVAL;
-	}
-	aai_mtx_lock(&target->mtx);
-	closed = target->closed;
-	aai_mtx_unlock(&target->mtx);
-	if (closed) {
-		return AA_ECLOSED;
-	}
-	if ((s = ex_new(EX_STRAND)) == NULL) {
-		return AA_ENOMEM;
-	}
-	s->target = target;
-	aa_work_init(&s->drain, strand_drain_fn, strand_drain_done, s);
-	*exp = s;
 	return 0;
 }
 
@@ -790,18 +498,18 @@ aa_executor_close(aa_executor *ex)
 		// so that stop never waits for a busy (or our own) thread.
 		aa_executor *t = ex->target;
 		aai_mtx_lock(&t->mtx);
-		if (w_state(&ex->drain) == W_QUEUED) {
-			q_remove(t, &ex->drain);
-			w_set_state(&ex->drain, W_IDLE);
+		if (aai_work_state(&ex->drain) == W_QUEUED) {
+			aai_ex_q_remove(t, &ex->drain);
+			aai_work_set_state(&ex->drain, W_IDLE);
 			ex->scheduled = false;
 		}
 		aai_mtx_unlock(&t->mtx);
 	}
-	drop_queued(ex);
-	do_free = take_deferred_free(ex);
+	aai_ex_drop_queued(ex);
+	do_free = aai_ex_take_deferred_free(ex);
 	aai_mtx_unlock(&ex->mtx);
 	if (do_free) {
-		destroy(ex);
+		aai_ex_destroy(ex);
 	}
 }
 
@@ -861,7 +569,7 @@ aa_executor_free(aa_executor *ex)
 		ex->free_deferred = !do_free;
 		aai_mtx_unlock(&ex->mtx);
 		if (do_free) {
-			destroy(ex);
+			aai_ex_destroy(ex);
 		}
 		return;
 	}
@@ -869,91 +577,9 @@ aa_executor_free(aa_executor *ex)
 	// frees it, after this work has returned.
 	aai_mtx_lock(&ex->mtx);
 	ex->free_deferred = true;
-	do_free = take_deferred_free(ex);
+	do_free = aai_ex_take_deferred_free(ex);
 	aai_mtx_unlock(&ex->mtx);
 	if (do_free) {
-		destroy(ex);
+		aai_ex_destroy(ex);
 	}
-}
-
-// ---- External executors (executor_loop.c) ----
-
-int
-aai_ext_alloc(aa_executor **exp, const aai_ext_hooks *hooks, void *ctx)
-{
-	aa_executor *ex = ex_new(EX_EXTERN);
-	if (ex == NULL) {
-		return AA_ENOMEM;
-	}
-	ex->hooks = hooks;
-	ex->hooks_ctx = ctx;
-	*exp = ex;
-	return 0;
-}
-
-void *
-aai_ext_ctx(aa_executor *ex, const aai_ext_hooks *hooks)
-{
-	if (ex == NULL || ex->kind != EX_EXTERN || ex->hooks != hooks) {
-		return NULL;
-	}
-	return ex->hooks_ctx;
-}
-
-static int
-ext_submit(aa_work *w, aa_executor *ex)
-{
-	const aai_ext_hooks *h = ex->hooks;
-	void *ctx = ex->hooks_ctx;
-	aai_mtx_lock(&ex->mtx);
-	if (!queue_item(ex, w)) {
-		aai_mtx_unlock(&ex->mtx);
-		return AA_ECLOSED;
-	}
-	if (h->submitted != NULL) {
-		ex->pins++; // released by the run call submitted() asks for
-	}
-	aai_mtx_unlock(&ex->mtx);
-	// The pin keeps ex alive here even if another thread closes and
-	// frees it meanwhile.
-	if (h->submitted != NULL) {
-		h->submitted(ctx, ex);
-	}
-	return 0;
-}
-
-int
-aai_ext_run(aa_executor *ex, unsigned max, bool unpin, unsigned *ranp)
-{
-	unsigned ran = 0;
-	bool do_free;
-	int rv = 0;
-	aai_mtx_lock(&ex->mtx);
-	if (unpin) {
-		AAI_ASSERT(ex->pins > 0);
-		ex->pins--;
-	}
-	if (max == 0) {
-		// What is queued now, not what its own work queues meanwhile:
-		// one call of the application's loop stays bounded.
-		for (aa_work *w = ex->head; w != NULL; w = w->next_) {
-			max++;
-		}
-	}
-	if (ex->closed) {
-		rv = AA_ECLOSED;
-	}
-	while (!ex->closed && ran < max && ex->head != NULL) {
-		run_item(ex, q_pop(ex));
-		ran++;
-	}
-	do_free = take_deferred_free(ex);
-	aai_mtx_unlock(&ex->mtx);
-	if (do_free) {
-		destroy(ex);
-	}
-	if (ranp != NULL) {
-		*ranp = ran;
-	}
-	return rv;
 }

@@ -6,7 +6,7 @@
 //
 // Design notes.
 //
-// Both are executor.c's external executors (EX_EXTERN): the same queue,
+// Both are executor_ext.c's external executors (EX_EXTERN): the same queue,
 // work items, abort, close, stop and free as a pool, but no library
 // thread. Work runs only inside aai_ext_run, called by the application.
 //
@@ -24,9 +24,9 @@
 // each call runs the item at the head of the queue, if any. Items
 // therefore run in submission order whatever order the application runs
 // its calls in, and an aborted or dropped item simply leaves one call
-// with nothing to do. Every post holds a pin on the executor (executor.c)
-// so that a call arriving after close or free finds valid memory: it runs
-// nothing, and the last one frees the executor.
+// with nothing to do. Every post holds a pin on the executor
+// (executor_ext.c) so that a call arriving after close or free finds
+// valid memory: it runs nothing, and the last one frees the executor.
 //
 // Races, and who wins.
 // * submit vs drain vs abort vs close: each changes the queue in one

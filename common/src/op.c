@@ -23,45 +23,6 @@
 // handler runs exactly once and never under a lock. Delivery holds a
 // reference, so a handler may drop the last user reference.
 //
-// Waiting. Only aa_op_cancel ever waits for another thread: a cancel
-// waits while the handler or a progress callback runs on another thread,
-// so that after it returns no callback of the op is running (Envoy's abort
-// rule). It does not wait when the calling thread is itself inside one of
-// the op's callbacks (cancel from inside the handler or a progress
-// callback), nor when it comes from a parent's slot (an emit), which is
-// what makes those calls safe instead of deadlocks. The settle handler is
-// the exception: it reports what the provider really did, which may
-// become known long after cancel returned.
-//
-// Where a cancel waits. Such waits are rare and short, so ops keep no
-// condition variable of their own: they share a table of 64 stripes (a
-// mutex and a cv each; an op hashes to one by its address). The waiter
-// counts itself in `waiters` under the op's lock, takes the stripe's
-// mutex before dropping the op's, and waits on the stripe's cv. Whoever
-// ends a wait condition does it under the op's lock and then, only when
-// `waiters` is not zero, broadcasts on the stripe under the stripe's
-// mutex: lock order op, then stripe, so a wake-up cannot fall between a
-// waiter's check and its wait (no lost wake-up), and the hot path, where
-// nobody waits, touches no stripe at all. Several ops share a stripe, so
-// a waiter can be woken for another op: every wait is a loop that checks
-// its own op's condition again under the op's lock.
-//
-// Hand-over instead of waiting. Delivery and progress never wait for
-// another thread, because two ops whose callbacks call into each other
-// from two threads (a parent and its child forwarding progress) would
-// wait on each other for ever. The thread running a progress callback
-// (`pthread`) owns the op's callbacks until it returns:
-//   * a delivery that finds it running sets HANDED and returns; when the
-//     callback returns, that thread delivers (in the same locked step
-//     that clears progress_running, so a waiting cancel never sees a gap).
-//     The completion handler stays the last callback, never overlapping a
-//     progress callback on another thread;
-//   * a progress report that finds it running is copied into `pending`
-//     (replacing an older pending one: the latest report wins) and
-//     returns; that thread runs the callback again with it when the first
-//     returns, unless the op became final meanwhile (then it is dropped,
-//     as a report on a final op is).
-//
 // Cancel policies. Immediate: the cancel itself makes the op CANCELED (the
 // locked step above), calls the provider's cancel function once (outside
 // the lock) and delivers the handler inline. The provider's later finish is
@@ -83,148 +44,19 @@
 // Memory. An op is mostly pointers; the small state (policy, types,
 // delivery state, settlement, flags) is packed into bytes and bits under
 // the op's lock, the handlers' "set" flags are the function pointers
-// themselves, the condition variable is shared (above), and the work item
+// themselves, the condition variable is shared (op_wait.c), and the work item
 // that posts the handler to an executor (56 bytes) is allocated only for
 // an op associated with one, after the provider's bytes (op_work): 240
 // bytes on x86-64 instead of 384, so that an op and its provider's memory (the
 // client's cop, the server's entry) fit the recycler's size classes
 // (alloc.c) with room to spare. docs/PERFORMANCE.md has the breakdown.
-#include <stddef.h>
+//
+// The waits of a cancel are in op_wait.c, progress and its hand-over in
+// op_progress.c, the reads in op_read.c; op_impl.h holds the op itself.
 #include <stdlib.h>
 #include <string.h>
 
-#include "aai.h"
-
-// A progress report copied for the thread running a progress callback.
-struct pending_report {
-	size_t len;
-	max_align_t data[];
-};
-
-enum delivery {
-	D_NONE,
-	D_WAITING,
-	D_RUNNING,
-	D_HANDED,
-	D_POSTED,
-	D_DONE,
-};
-
-struct aa_op {
-	pthread_mutex_t mtx;
-	atomic_uint refs;
-	atomic_int state;  // aa_state, written under mtx
-	atomic_int detail; // what the provider's cancel fn returned
-	uint32_t size;     // bytes taken from the allocator
-	uint64_t id;
-
-	// Provider.
-	aa_op_cancel_fn cancel_fn;
-	aa_op_after_cancel_fn after_cancel_fn;
-	void *prov_arg;
-	aa_assoc assoc;
-
-	// Completion handler (set: cb != NULL).
-	aa_op_cb cb;
-	void *cb_arg;
-	pthread_t dthread; // (the aa_work that posts it: op_work)
-
-	// Progress handler.
-	aa_op_progress_cb pcb;
-	void *pcb_arg;
-	pthread_t pthread;
-	struct pending_report *pending; // handed to pthread, or NULL
-
-	// Settlement handler (set: scb != NULL).
-	aa_op_cb scb;
-	void *scb_arg;
-
-	// Result.
-	void *result;
-	size_t result_len;
-	aa_free_fn release;
-	char *errmsg;
-	int err;
-	int32_t app_code; // with err == AA_EAPP
-
-	// Small state, packed (an op is mostly pointers; see "Memory").
-	uint8_t policy;       // aa_cancel_policy
-	uint8_t cancel_types; // AA_CANCEL_* mask
-	uint8_t dstate;       // enum delivery
-	uint8_t settle;       // aa_settlement
-	uint16_t waiters;     // threads waiting on the op's wait stripe
-	bool cancel_called : 1;
-	bool slot_connected : 1;
-	bool leaving_slot : 1; // final; delivery waits until it left the slot
-	bool progress_running : 1;
-	bool scb_done : 1;
-
-	max_align_t extra[];
-};
-
-// ---- Waiting on a shared stripe ----
-
-// The rare waits (design notes, "Waiting") share a table of condition
-// variables instead of one per op (see "Memory"). Each stripe's cv is
-// only ever used with the stripe's own mutex, as POSIX requires.
-#define WAIT_STRIPES 64
-
-static struct wait_stripe {
-	pthread_mutex_t mtx;
-	pthread_cond_t cv;
-} wait_stripes[WAIT_STRIPES];
-
-static pthread_once_t wait_stripes_once = PTHREAD_ONCE_INIT;
-
-static void
-wait_stripes_init(void)
-{
-	for (int i = 0; i < WAIT_STRIPES; i++) {
-		aai_mtx_init(&wait_stripes[i].mtx);
-		aai_cv_init(&wait_stripes[i].cv);
-	}
-}
-
-static struct wait_stripe *
-stripe_of(const aa_op *op)
-{
-	(void)pthread_once(&wait_stripes_once, wait_stripes_init);
-	uint64_t h = (uint64_t)(uintptr_t)op * 0x9e3779b97f4a7c15ull;
-	return &wait_stripes[(h >> 32) % WAIT_STRIPES];
-}
-
-// op_wait blocks until a wake_waiters of op (or of another op of the same
-// stripe: the caller waits in a loop that checks its condition). Expects
-// the op's lock, which it drops while waiting and holds again on return.
-// The stripe's mutex is taken before the op's is dropped, so a wake-up
-// (made under the op's lock, then the stripe's) cannot fall between the
-// caller's check and its wait. Lock order: op, then stripe.
-static void
-op_wait(aa_op *op)
-{
-	struct wait_stripe *w = stripe_of(op);
-	op->waiters++;
-	aai_mtx_lock(&w->mtx);
-	aai_mtx_unlock(&op->mtx);
-	aai_cv_wait(&w->cv, &w->mtx);
-	aai_mtx_unlock(&w->mtx);
-	aai_mtx_lock(&op->mtx);
-	op->waiters--;
-}
-
-// wake_waiters wakes the threads waiting on op, if any (then also those
-// of the other ops of its stripe). Expects the op's lock.
-static void
-wake_waiters(aa_op *op)
-{
-	if (op->waiters == 0) {
-		return; // the common case: nobody waits, no stripe touched
-	}
-	struct wait_stripe *w = stripe_of(op);
-	aai_mtx_lock(&w->mtx);
-	aai_cv_broadcast(&w->cv);
-	aai_mtx_unlock(&w->mtx);
-}
+#include "op_impl.h"
 
 static atomic_uint_fast64_t next_op_id = 1;
 
@@ -248,19 +80,6 @@ op_work(aa_op *op)
 static bool deliver(aa_op *op, pthread_t *to);
 static void maybe_settle(aa_op *op);
 static void slot_handler(void *arg, aa_cancel_type type);
-
-static bool
-is_self(pthread_t t)
-{
-	return pthread_equal(t, pthread_self()) != 0;
-}
-
-static aa_state
-load_state(const aa_op *op)
-{
-	return (aa_state)atomic_load_explicit(&((aa_op *)op)->state,
-	                                      memory_order_acquire);
-}
 
 int
 aa_op_alloc(aa_op **opp, const aa_op_provider *prov, const aa_assoc *assoc)
@@ -332,12 +151,6 @@ aa_op_alloc(aa_op **opp, const aa_op_provider *prov, const aa_assoc *assoc)
 	return 0;
 }
 
-void *
-aa_op_extra(aa_op *op)
-{
-	return op->extra;
-}
-
 void
 aa_op_ref(aa_op *op)
 {
@@ -369,102 +182,6 @@ aa_op_unref(aa_op *op)
 	    1) {
 		op_free(op);
 	}
-}
-
-aa_state
-aa_op_status(const aa_op *op)
-{
-	return load_state(op);
-}
-
-const aa_assoc *
-aa_op_assoc(const aa_op *op)
-{
-	return &op->assoc;
-}
-
-uint64_t
-aa_op_id(const aa_op *op)
-{
-	return op->id;
-}
-
-aa_op_cancel_fn
-aai_op_cancel_fn(const aa_op *op)
-{
-	return op->cancel_fn;
-}
-
-int
-aa_op_cancel_detail(const aa_op *op)
-{
-	return atomic_load(&((aa_op *)op)->detail);
-}
-
-aa_settlement
-aa_op_settlement(const aa_op *op)
-{
-	aa_op *m = (aa_op *)op;
-	aai_mtx_lock(&m->mtx);
-	aa_settlement s = (aa_settlement)m->settle;
-	aai_mtx_unlock(&m->mtx);
-	return s;
-}
-
-int
-aa_op_result(const aa_op *op, const void **data, size_t *len)
-{
-	switch (load_state(op)) {
-	case AA_STARTED:
-		return AA_ESTATE;
-	case AA_CANCELED:
-		return AA_ECANCELED;
-	case AA_ERROR:
-		return op->err;
-	case AA_COMPLETED:
-		break;
-	}
-	if (data != NULL) {
-		*data = op->result;
-	}
-	if (len != NULL) {
-		*len = op->result_len;
-	}
-	return 0;
-}
-
-int
-aa_op_error(const aa_op *op)
-{
-	switch (load_state(op)) {
-	case AA_CANCELED:
-		return AA_ECANCELED;
-	case AA_ERROR:
-		return op->err;
-	default:
-		return 0;
-	}
-}
-
-int
-aa_op_app_code(const aa_op *op, int32_t *code)
-{
-	if (load_state(op) != AA_ERROR || op->err != AA_EAPP) {
-		return AA_ESTATE;
-	}
-	if (code != NULL) {
-		*code = op->app_code;
-	}
-	return 0;
-}
-
-const char *
-aa_op_error_msg(const aa_op *op)
-{
-	if (load_state(op) == AA_ERROR && op->errmsg != NULL) {
-		return op->errmsg;
-	}
-	return "";
 }
 
 // ---- Delivery ----
@@ -514,7 +231,7 @@ run_handler(aa_op *op)
 
 	aai_mtx_lock(&op->mtx);
 	op->dstate = D_DONE;
-	wake_waiters(op);
+	aai_op_wake_waiters(op);
 	aai_mtx_unlock(&op->mtx);
 	maybe_settle(op);
 }
@@ -537,10 +254,10 @@ posted_done(void *arg, int rv)
 	aa_op_unref(op);
 }
 
-// deliver_now runs (or posts) the handler on the calling thread, which
+// aai_op_deliver_now runs (or posts) the handler on the calling thread, which
 // owns the delivery (dstate RUNNING), without the lock.
-static void
-deliver_now(aa_op *op)
+void
+aai_op_deliver_now(aa_op *op)
 {
 	aa_executor *ex = op->assoc.executor;
 
@@ -550,7 +267,7 @@ deliver_now(aa_op *op)
 		aa_work_init(w, posted_work, posted_done, op);
 		aai_mtx_lock(&op->mtx);
 		op->dstate = D_POSTED;
-		wake_waiters(op); // cancels waiting for RUNNING
+		aai_op_wake_waiters(op); // cancels waiting for RUNNING
 		aai_mtx_unlock(&op->mtx);
 		if (aa_work_submit(w, ex) == 0) {
 			return; // posted_done drops the reference
@@ -569,7 +286,7 @@ static bool
 deliver(aa_op *op, pthread_t *to)
 {
 	aai_mtx_lock(&op->mtx);
-	if (op->progress_running && !is_self(op->pthread)) {
+	if (op->progress_running && !aai_op_is_self(op->pthread)) {
 		op->dstate = D_HANDED;
 		if (to != NULL) {
 			*to = op->pthread;
@@ -580,7 +297,7 @@ deliver(aa_op *op, pthread_t *to)
 		return true;
 	}
 	aai_mtx_unlock(&op->mtx);
-	deliver_now(op);
+	aai_op_deliver_now(op);
 	return false;
 }
 
@@ -654,23 +371,6 @@ aa_op_set_handler(aa_op *op, aa_op_cb cb, void *arg)
 }
 
 int
-aa_op_set_progress_handler(aa_op *op, aa_op_progress_cb cb, void *arg)
-{
-	if (cb == NULL) {
-		return AA_EINVAL;
-	}
-	aai_mtx_lock(&op->mtx);
-	if (op->pcb != NULL) {
-		aai_mtx_unlock(&op->mtx);
-		return AA_EBUSY;
-	}
-	op->pcb = cb;
-	op->pcb_arg = arg;
-	aai_mtx_unlock(&op->mtx);
-	return 0;
-}
-
-int
 aa_op_set_settle_handler(aa_op *op, aa_op_cb cb, void *arg)
 {
 	if (cb == NULL) {
@@ -690,25 +390,6 @@ aa_op_set_settle_handler(aa_op *op, aa_op_cb cb, void *arg)
 
 // ---- Cancel ----
 
-// wait_callbacks waits until neither the handler nor a progress callback
-// runs on another thread, unless this thread is inside one of them.
-// Expects the op's lock.
-static void
-wait_callbacks(aa_op *op)
-{
-	if ((op->progress_running && is_self(op->pthread)) ||
-	    (op->dstate == D_RUNNING && is_self(op->dthread))) {
-		return;
-	}
-	while ((op->dstate == D_RUNNING && !is_self(op->dthread)) ||
-	       (op->progress_running && !is_self(op->pthread))) {
-		// Checkpoint under the op's lock: it may record or open a
-		// gate, never call into the op.
-		AAI_CHECKPOINT("op.cancel_wait", op);
-		op_wait(op);
-	}
-}
-
 static int
 cancel(aa_op *op, aa_cancel_type type, bool may_wait)
 {
@@ -720,9 +401,9 @@ cancel(aa_op *op, aa_cancel_type type, bool may_wait)
 		return AA_EINVAL;
 	}
 	aai_mtx_lock(&op->mtx);
-	if (load_state(op) != AA_STARTED) {
+	if (aai_op_load_state(op) != AA_STARTED) {
 		if (may_wait) {
-			wait_callbacks(op);
+			aai_op_wait_callbacks(op);
 		}
 		aai_mtx_unlock(&op->mtx);
 		return AA_EALREADY;
@@ -781,7 +462,7 @@ cancel(aa_op *op, aa_cancel_type type, bool may_wait)
 		while (op->dstate == D_HANDED ||
 		       (op->dstate == D_RUNNING &&
 		        pthread_equal(op->dthread, to))) {
-			op_wait(op);
+			aai_op_wait(op);
 		}
 		aai_mtx_unlock(&op->mtx);
 	}
@@ -825,7 +506,7 @@ finish(aa_op *op, aa_state to, void *data, size_t len, aa_free_fn release,
 	bool run;
 
 	aai_mtx_lock(&op->mtx);
-	if (load_state(op) != AA_STARTED) {
+	if (aai_op_load_state(op) != AA_STARTED) {
 		// Absorbed. The first finish after an immediate cancel is what
 		// the provider really did: the settlement.
 		bool settled = false;
@@ -927,119 +608,4 @@ aa_op_settle(aa_op *op, aa_settlement s)
 	aai_mtx_unlock(&op->mtx);
 	maybe_settle(op);
 	return 0;
-}
-
-// hand_progress copies a report for the thread running a progress callback
-// on another thread, replacing an older pending one. Expects the op's lock.
-static int
-hand_progress(aa_op *op, const void *data, size_t len)
-{
-	struct pending_report *p;
-	if (len > SIZE_MAX - sizeof(*p) ||
-	    (p = aai_alloc(sizeof(*p) + len)) == NULL) {
-		return AA_ENOMEM;
-	}
-	p->len = len;
-	if (len > 0) {
-		memcpy(p->data, data, len);
-	}
-	aai_free(op->pending);
-	op->pending = p;
-	return 0;
-}
-
-// progress_done runs on the thread whose progress callback just returned:
-// it runs the reports handed to it meanwhile, then the delivery handed to
-// it, if any, and gives up the op's callbacks.
-static void
-progress_done(aa_op *op)
-{
-	struct pending_report *p;
-
-	aai_mtx_lock(&op->mtx);
-	while (op->pending != NULL && load_state(op) == AA_STARTED) {
-		p = op->pending;
-		op->pending = NULL;
-		aai_mtx_unlock(&op->mtx);
-		op->pcb(op, op->pcb_arg, p->data, p->len);
-		aai_free(p);
-		aai_mtx_lock(&op->mtx);
-	}
-	p = op->pending; // dropped: the op is final
-	op->pending = NULL;
-	op->progress_running = false;
-	bool handed = op->dstate == D_HANDED;
-	if (handed) {
-		// One locked step: a waiting cancel sees this thread deliver.
-		op->dstate = D_RUNNING;
-		op->dthread = pthread_self();
-	}
-	wake_waiters(op);
-	aai_mtx_unlock(&op->mtx);
-	aai_free(p);
-	if (handed) {
-		deliver_now(op);
-	}
-}
-
-int
-aa_op_progress(aa_op *op, const void *data, size_t len)
-{
-	int rv;
-
-	aai_mtx_lock(&op->mtx);
-	if (load_state(op) != AA_STARTED) {
-		aai_mtx_unlock(&op->mtx);
-		return AA_EALREADY;
-	}
-	if (op->pcb == NULL ||
-	    (op->progress_running && is_self(op->pthread))) {
-		// No handler, or a report from inside the callback: ignored.
-		aai_mtx_unlock(&op->mtx);
-		return 0;
-	}
-	if (op->progress_running) {
-		// Progress callbacks of one op are serialised, without
-		// waiting: the running thread takes the report over.
-		rv = hand_progress(op, data, len);
-		aai_mtx_unlock(&op->mtx);
-		return rv;
-	}
-	op->progress_running = true;
-	op->pthread = pthread_self();
-	aai_mtx_unlock(&op->mtx);
-
-	aa_op_ref(op);
-	op->pcb(op, op->pcb_arg, data, len);
-	progress_done(op);
-	aa_op_unref(op);
-	return 0;
-}
-
-const char *
-aa_op_state_name(aa_state s)
-{
-	switch (s) {
-	case AA_STARTED:
-		return "started";
-	case AA_COMPLETED:
-		return "completed";
-	case AA_CANCELED:
-		return "canceled";
-	case AA_ERROR:
-		return "error";
-	}
-	return "?";
-}
-
-const char *
-aa_settlement_name(aa_settlement s)
-{
-	static const char *const names[] = {"pending",  "never_started",
-	                                    "canceled", "completed",
-	                                    "failed",   "unknown"};
-	if ((unsigned)s < sizeof(names) / sizeof(names[0])) {
-		return names[s];
-	}
-	return "?";
 }

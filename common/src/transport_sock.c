@@ -10,6 +10,11 @@
 // batch (8-10 us each on a 2-vCPU VM). Here the thread that epoll wakes
 // reads the bytes and runs the frame callbacks itself: one wake-up.
 //
+// This file holds the loops and the connections' data path; addresses and
+// dial are in transport_sock_dial.c, the listener in
+// transport_sock_listen.c, the idle loops' spinning in
+// transport_sock_spin.c, what they share in transport_sock.h.
+//
 // Design notes.
 // * Loops. A loop is one thread, one epoll set and one eventfd. A listener
 //   owns one loop, which accepts and serves every connection accepted from
@@ -51,23 +56,6 @@
 //   to the loop thread (tx_loop): EPOLLOUT is in the mask exactly while
 //   tx_loop is set, and the loop writes the rest when the socket can take
 //   it, then the frames queued meanwhile, and clears tx_loop.
-// * Idle loops spin only where it pays (as the inproc ends do): a loop
-//   remembers which of its last 16 idle gaps (from running out of events
-//   to the next one) were short (under SPIN_MAX_US); while at least half
-//   were, it polls epoll with a zero timeout for up to SPIN_MAX_US before
-//   it sleeps, so a reply that comes within microseconds is taken without
-//   a wake-up (a wake-up costs 20-50 us on these VMs: docs/PERFORMANCE.md,
-//   "Socket backend"). A count, not an average: the heartbeats of a
-//   thousand idle clients give a busy server loop a long gap now and then,
-//   which must not switch its spinning off. A loop whose gaps are long
-//   sleeps at once, but every
-//   SPIN_PROBE-th sleep spins the full SPIN_MAX_US instead: two peers that
-//   both sleep see long gaps (each other's wake-ups) and would never find
-//   out that spinning pays. Spinning takes one of the process's spinner
-//   slots (aai_tp_spin_take, shared with the inproc ends): at most online
-//   CPUs - 1 spin at once, none on one CPU; a loop that finds none free
-//   sleeps. A 1,000-connection client process thus has at most one
-//   spinning loop on two CPUs.
 // * Cork: while the loop thread delivers the frames of one read, sends only
 //   queue; at its end (uncork) one write carries them all.
 // * Flow control as in transport_nng.c: queued counts pend and fly (and the
@@ -92,105 +80,21 @@
 //   loop: decided in transport.c (rx_done/free_deferred under c->mtx).
 //   Free vs a close still running on another thread: teardown waits
 //   (aai_conn_quiesce) before closing the fd, so shutdown never hits a
-//   reused fd number. Listener close vs accept: `accepting` under the
-//   loop's mutex; a close during an accept leaves closing the fd to the
-//   loop thread when the accept batch ends; free waits for it.
-// * Out of fds at accept (EMFILE, ENFILE; also ENOBUFS, ENOMEM): the
-//   pending connection keeps the listening socket readable, so the loop
-//   takes EPOLLIN off it for ACCEPT_RETRY_MS (checkpoint
-//   transport.accept_paused) and then tries again, instead of spinning.
-// * Dial blocks the caller only: TCP connects non-blocking and polls up to
-//   connect_timeout_ms; AF_UNIX connects with SO_SNDTIMEO set to it (a
-//   full backlog makes the connect wait, then fail with EAGAIN).
+//   reused fd number. Listener close vs accept: transport_sock_listen.c.
 // * fork: the child has none of the loop threads; nothing of ours runs at
 //   exit, so a child that never uses the transport exits cleanly.
-#define _GNU_SOURCE // accept4, SOCK_NONBLOCK, EPOLLRDHUP
+#define _GNU_SOURCE // EPOLLRDHUP
 
 #include <errno.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/time.h>
-#include <sys/un.h>
 #include <unistd.h>
 
-#include "transport_impl.h"
-
-#define RBUF_INITIAL    (4u * 1024)
-#define RBUF_KEEP       (64u * 1024) // a receive buffer up to this size stays
-#define RBUF_IDLE_MS    200          // a larger one goes after this long idle
-#define LOOP_EVENTS     64
-#define LISTEN_BACKLOG  128
-#define IPC_SNDBUF      (1 << 20)
-#define ACCEPT_RETRY_MS 100 // accept paused this long when out of fds
-
-typedef struct sloop sloop;
-typedef struct sconn sconn;
-
-typedef struct sconn {
-	aai_conn base;
-	int fd;
-	sloop *loop;
-	// Loop thread only: the receive buffer and the big-buffer list.
-	aai_tbuf rbuf;
-	atomic_size_t rx_cap; // rbuf.cap, for the test hook
-	sconn *big_next;
-	sconn *big_prev;
-	bool in_big;
-	uint64_t last_big_ms;
-	// base.mtx: send buffers, the token, cork, flow control, epoll mask.
-	aai_tbuf pend;
-	aai_tbuf fly; // the write in flight; owned by the sending token
-	size_t fly_off;
-	bool sending; // a thread (or the loop: tx_loop) holds the token
-	bool tx_loop; // the loop finishes the write when writable
-	bool corked;
-	size_t queued;
-	bool rx_paused;
-	bool registered; // in the loop's epoll set
-	uint32_t mask;   // events asked for while registered
-} sconn;
-
-struct sloop {
-	aai_listener base; // used when the loop belongs to a listener
-	int epfd;
-	int wakefd;
-	pthread_t thread;
-	pthread_mutex_t mtx; // refs, quit, self_free, listener fields
-	pthread_cond_t cv;   // accepting went false
-	int refs;
-	atomic_bool quit;
-	bool self_free; // the loop thread frees the loop on its way out
-	// Loop thread only.
-	sconn *big;
-	int nbig;
-	uint64_t last_sweep_ms;
-	bool accept_paused; // out of fds: EPOLLIN off on lfd for a while
-	uint64_t accept_paused_ms;
-	uint16_t short_gaps; // the last 16 idle gaps: bit set if short
-	unsigned sleeps;     // counts sleeps between probes
-	// Listener (mtx): the accepting socket, closed once.
-	bool is_listener;
-	int lfd;
-	bool lclosed;
-	bool accepting;
-	bool tcp;
-	char *unlink_path; // ipc: the socket file, removed at close
-	aai_tp_opts opts;  // for accepted conns; heartbeat frame copied
-	uint8_t *hb_frame;
-	void (*accept)(void *, aai_conn *);
-	void *arg;
-};
+#include "transport_sock.h"
 
 // The epoll tag of a loop's eventfd (a listener's socket is tagged with
 // the loop itself, a connection with its sconn).
@@ -201,146 +105,12 @@ static _Thread_local sloop *current_loop;
 
 static const aai_conn_ops sconn_ops;
 
-// ---- addresses ----
-
-typedef struct saddr {
-	struct sockaddr_storage ss;
-	socklen_t len;
-	int family;
-	bool tcp;
-} saddr;
-
-// parse_ipc fills a for ipc://path (the path as nng took it: the rest of
-// the URL, relative or absolute).
-static int
-parse_ipc(saddr *a, const char *path)
-{
-	struct sockaddr_un *un = (struct sockaddr_un *)&a->ss;
-	size_t n = strlen(path);
-	if (n == 0 || n >= sizeof(un->sun_path)) {
-		return AA_EINVAL;
-	}
-	memset(a, 0, sizeof(*a));
-	un->sun_family = AF_UNIX;
-	memcpy(un->sun_path, path, n + 1);
-	a->len = (socklen_t)sizeof(*un);
-	a->family = AF_UNIX;
-	a->tcp = false;
-	return 0;
-}
-
-// resolve_tcp resolves tcp://host:port (host may be a name, an IPv4
-// address, [IPv6], empty or * for any) into *res (freeaddrinfo).
-static int
-resolve_tcp(struct addrinfo **res, const char *hp, bool passive)
-{
-	char host[256];
-	const char *colon;
-	const char *h = hp;
-	size_t hlen;
-	if (hp[0] == '[') {
-		const char *end = strchr(hp, ']');
-		if (end == NULL || end[1] != ':') {
-			return AA_EINVAL;
-		}
-		h = hp + 1;
-		hlen = (size_t)(end - h);
-		colon = end + 1;
-	} else {
-		colon = strrchr(hp, ':');
-		if (colon == NULL) {
-			return AA_EINVAL;
-		}
-		hlen = (size_t)(colon - hp);
-	}
-	if (hlen >= sizeof(host)) {
-		return AA_EINVAL;
-	}
-	memcpy(host, h, hlen);
-	host[hlen] = '\0';
-	const char *port = colon + 1;
-	char *endp;
-	if (*port == '\0') {
-		return AA_EINVAL;
-	}
-	long pn = strtol(port, &endp, 10);
-	if (*endp != '\0' || pn < 0 || pn > 65535) {
-		return AA_EINVAL;
-	}
-	struct addrinfo hints;
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_NUMERICSERV;
-	bool any = hlen == 0 || strcmp(host, "*") == 0;
-	if (any) {
-		hints.ai_family = AF_INET;
-		hints.ai_flags |= AI_PASSIVE;
-	} else {
-		hints.ai_family = AF_UNSPEC;
-		if (passive) {
-			hints.ai_flags |= AI_PASSIVE;
-		}
-	}
-	if (getaddrinfo(any ? NULL : host, port, &hints, res) != 0) {
-		return AA_EINVAL;
-	}
-	return 0;
-}
-
-static int
-map_errno(int e)
-{
-	switch (e) {
-	case ECONNREFUSED:
-	case ENOENT:
-		return AA_ECONNREF;
-	case ETIMEDOUT:
-	case EAGAIN:
-	case EINPROGRESS:
-		return AA_ETIMEDOUT;
-	case EADDRINUSE:
-		return AA_EBUSY;
-	case EADDRNOTAVAIL:
-	case EAFNOSUPPORT:
-	case EINVAL:
-	case ENAMETOOLONG:
-	case ENOTDIR:
-		return AA_EINVAL;
-	case ENOMEM:
-	case ENOBUFS:
-		return AA_ENOMEM;
-	default:
-		return AA_ESYSTEM;
-	}
-}
-
-// set_ipc_sndbuf: an AF_UNIX stream's in-flight bytes are bounded by the
-// sender's SO_SNDBUF (208 KiB by default); 1 MiB (the kernel doubles it)
-// lets a 1 MiB frame go in one or two writes instead of five wake-ups of
-// each side. It costs kernel memory only while bytes are in flight.
-// Measured: echo of 1 MiB payloads went from 29-57 % to 75-117 % of a raw
-// socket's rate (docs/PERFORMANCE.md, "Socket backend"). TCP keeps the
-// kernel's autotuning, which measured as well as a fixed 1 MiB.
-static void
-set_ipc_sndbuf(int fd)
-{
-	int n = IPC_SNDBUF;
-	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &n, sizeof(n));
-}
-
-static void
-set_nodelay(int fd)
-{
-	int one = 1;
-	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-}
-
 // ---- loops ----
 
 static void *loop_main(void *arg);
 
-static int
-loop_alloc(sloop **lpp)
+int
+aai_sock_loop_alloc(sloop **lpp)
 {
 	sloop *lp = aai_zalloc(sizeof(*lp));
 	if (lp == NULL) {
@@ -370,9 +140,9 @@ fail:
 	return AA_ESYSTEM;
 }
 
-// loop_run starts the loop's thread.
-static int
-loop_run(sloop *lp)
+// aai_sock_loop_run starts the loop's thread.
+int
+aai_sock_loop_run(sloop *lp)
 {
 	if (pthread_create(&lp->thread, NULL, loop_main, lp) != 0) {
 		return AA_ESYSTEM;
@@ -380,8 +150,8 @@ loop_run(sloop *lp)
 	return 0;
 }
 
-static void
-loop_destroy(sloop *lp)
+void
+aai_sock_loop_destroy(sloop *lp)
 {
 	close(lp->epfd);
 	close(lp->wakefd);
@@ -400,9 +170,10 @@ loop_ref(sloop *lp)
 	aai_mtx_unlock(&lp->mtx);
 }
 
-// loop_unref drops a reference; the last one ends the loop (see notes).
-static void
-loop_unref(sloop *lp)
+// aai_sock_loop_unref drops a reference; the last one ends the loop (see
+// notes).
+void
+aai_sock_loop_unref(sloop *lp)
 {
 	aai_mtx_lock(&lp->mtx);
 	if (--lp->refs > 0) {
@@ -421,7 +192,7 @@ loop_unref(sloop *lp)
 		return; // loop_main frees lp when this event ends
 	}
 	pthread_join(lp->thread, NULL);
-	loop_destroy(lp);
+	aai_sock_loop_destroy(lp);
 }
 
 // ---- connection: send ----
@@ -793,60 +564,6 @@ sweep(sloop *lp, uint64_t now)
 	}
 }
 
-static void listener_accept(sloop *lp);
-static void accept_resume(sloop *lp);
-
-#define SPIN_MAX_US 50u // the longest spin, and the gap it pays up to
-#define SPIN_PROBE  16u // every SPIN_PROBE-th sleep is a full spin
-
-static atomic_uint_fast64_t n_spins, n_spin_hits;
-
-void
-aai_sock_spins(uint64_t *spins, uint64_t *hits)
-{
-	*spins = atomic_load(&n_spins);
-	*hits = atomic_load(&n_spin_hits);
-}
-
-// loop_wait waits for events as epoll_wait(timeout) does, spinning first
-// where it pays (see the notes). Loop thread only.
-static int
-loop_wait(sloop *lp, struct epoll_event *evs, int timeout)
-{
-	uint64_t t0 = aa_clock_us();
-	uint64_t budget = 0;
-	if (__builtin_popcount(lp->short_gaps) >= 8 ||
-	    ++lp->sleeps % SPIN_PROBE == 0) {
-		budget = SPIN_MAX_US;
-	}
-	int n = 0;
-	if (budget > 0 && aai_tp_spin_take()) {
-		do {
-			n = epoll_wait(lp->epfd, evs, LOOP_EVENTS, 0);
-			if (n == 0) {
-				// A thread of this CPU that has work
-				// (a caller woken by a handler) goes
-				// first: spinning must not delay it.
-				sched_yield();
-			}
-		} while (n == 0 && !atomic_load(&lp->quit) &&
-		         aa_clock_us() - t0 < budget);
-		aai_tp_spin_release();
-		atomic_fetch_add(&n_spins, 1);
-		if (n > 0) {
-			atomic_fetch_add(&n_spin_hits, 1);
-		}
-	}
-	if (n == 0 && !atomic_load(&lp->quit)) {
-		n = epoll_wait(lp->epfd, evs, LOOP_EVENTS, timeout);
-	}
-	if (n > 0) {
-		bool is_short = aa_clock_us() - t0 < SPIN_MAX_US;
-		lp->short_gaps = (uint16_t)(lp->short_gaps << 1 | is_short);
-	}
-	return n;
-}
-
 static void *
 loop_main(void *arg)
 {
@@ -859,7 +576,7 @@ loop_main(void *arg)
 		    (timeout < 0 || timeout > ACCEPT_RETRY_MS)) {
 			timeout = ACCEPT_RETRY_MS;
 		}
-		int n = loop_wait(lp, evs, timeout);
+		int n = aai_sock_loop_wait(lp, evs, timeout);
 		if (n < 0 && errno != EINTR) {
 			aai_panic("epoll_wait: %s", strerror(errno));
 		}
@@ -870,7 +587,7 @@ loop_main(void *arg)
 				ssize_t rv = read(lp->wakefd, &v, sizeof(v));
 				(void)rv;
 			} else if (p == lp) {
-				listener_accept(lp);
+				aai_sock_listener_accept(lp);
 			} else {
 				conn_event(p, evs[i].events);
 			}
@@ -881,7 +598,7 @@ loop_main(void *arg)
 		if (lp->accept_paused &&
 		    aai_tp_now_ms() - lp->accept_paused_ms >=
 		        ACCEPT_RETRY_MS) {
-			accept_resume(lp);
+			aai_sock_accept_resume(lp);
 		}
 		if (lp->nbig > 0) {
 			uint64_t now = aai_tp_now_ms();
@@ -894,7 +611,7 @@ loop_main(void *arg)
 	bool self_free = lp->self_free;
 	aai_mtx_unlock(&lp->mtx);
 	if (self_free) {
-		loop_destroy(lp);
+		aai_sock_loop_destroy(lp);
 	}
 	return NULL;
 }
@@ -948,7 +665,7 @@ sconn_teardown(aai_conn *c, bool from_rx)
 	aai_conn_base_fini(c);
 	aai_free(sc);
 	aai_live_dec(AA_LIVE_OTHER);
-	loop_unref(lp);
+	aai_sock_loop_unref(lp);
 }
 
 static const aai_conn_ops sconn_ops = {
@@ -958,10 +675,10 @@ static const aai_conn_ops sconn_ops = {
     .teardown = sconn_teardown,
 };
 
-// sconn_alloc wraps the connected non-blocking fd on loop lp (taking a
+// aai_sock_conn_alloc wraps the connected non-blocking fd on loop lp (taking a
 // reference to lp); on error fd is closed.
-static int
-sconn_alloc(aai_conn **cp, int fd, sloop *lp, const aai_tp_opts *o)
+int
+aai_sock_conn_alloc(aai_conn **cp, int fd, sloop *lp, const aai_tp_opts *o)
 {
 	sconn *sc = aai_zalloc(sizeof(*sc));
 	int rv;
@@ -996,435 +713,4 @@ aai_sock_rx_cap(aai_conn *c)
 	}
 	return atomic_load_explicit(&((sconn *)c)->rx_cap,
 	                            memory_order_relaxed);
-}
-
-// ---- dial ----
-
-// connect_unix connects fd (blocking) with SO_SNDTIMEO as the bound: a
-// full backlog makes connect wait, then fail with EAGAIN.
-static int
-connect_unix(int fd, const saddr *a, int timeout_ms)
-{
-	struct timeval tv = {.tv_sec = timeout_ms / 1000,
-	                     .tv_usec = (timeout_ms % 1000) * 1000};
-	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	int rv;
-	do {
-		rv = connect(fd, (const struct sockaddr *)&a->ss, a->len);
-	} while (rv != 0 && errno == EINTR);
-	if (rv != 0) {
-		return map_errno(errno);
-	}
-	struct timeval zero = {0, 0};
-	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &zero, sizeof(zero));
-	return 0;
-}
-
-// connect_tcp connects the non-blocking fd within timeout_ms.
-static int
-connect_tcp(int fd, const struct sockaddr *sa, socklen_t len, int timeout_ms)
-{
-	if (connect(fd, sa, len) == 0) {
-		return 0;
-	}
-	if (errno != EINPROGRESS && errno != EINTR) {
-		return map_errno(errno);
-	}
-	struct pollfd pfd = {.fd = fd, .events = POLLOUT};
-	int rv;
-	do {
-		rv = poll(&pfd, 1, timeout_ms);
-	} while (rv < 0 && errno == EINTR);
-	if (rv == 0) {
-		return AA_ETIMEDOUT;
-	}
-	int err = 0;
-	socklen_t elen = sizeof(err);
-	if (rv < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0) {
-		return AA_ESYSTEM;
-	}
-	return err == 0 ? 0 : map_errno(err);
-}
-
-static int
-dial_fd(int *fdp, const char *url, int timeout_ms)
-{
-	if (strncmp(url, "ipc://", 6) == 0) {
-		saddr a;
-		int rv = parse_ipc(&a, url + 6);
-		if (rv != 0) {
-			return rv;
-		}
-		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd < 0) {
-			return map_errno(errno);
-		}
-		set_ipc_sndbuf(fd);
-		if ((rv = connect_unix(fd, &a, timeout_ms)) != 0 ||
-		    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) {
-			close(fd);
-			return rv != 0 ? rv : AA_ESYSTEM;
-		}
-		*fdp = fd;
-		return 0;
-	}
-	struct addrinfo *res;
-	int rv = resolve_tcp(&res, url + 6, false);
-	if (rv != 0) {
-		return rv;
-	}
-	rv = AA_ECONNREF;
-	for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
-		int fd = socket(ai->ai_family,
-		                SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		if (fd < 0) {
-			rv = map_errno(errno);
-			continue;
-		}
-		rv = connect_tcp(fd, ai->ai_addr, ai->ai_addrlen, timeout_ms);
-		if (rv == 0) {
-			set_nodelay(fd);
-			*fdp = fd;
-			break;
-		}
-		close(fd);
-		if (rv == AA_ETIMEDOUT) {
-			break; // the time is spent
-		}
-	}
-	freeaddrinfo(res);
-	return rv;
-}
-
-int
-aai_sock_dial(aai_conn **cp, const char *url, const aai_tp_opts *o)
-{
-	int fd = -1;
-	int rv = dial_fd(&fd, url, o->connect_timeout_ms);
-	if (rv != 0) {
-		return rv;
-	}
-	sloop *lp;
-	if ((rv = loop_alloc(&lp)) != 0) {
-		close(fd);
-		return rv;
-	}
-	if ((rv = sconn_alloc(cp, fd, lp, o)) != 0) {
-		loop_destroy(lp);
-		return rv;
-	}
-	if ((rv = loop_run(lp)) != 0) {
-		// No thread: undo by hand (the conn holds lp).
-		sconn *sc = (sconn *)*cp;
-		close(sc->fd);
-		aai_tbuf_fini(&sc->rbuf);
-		aai_conn_base_fini(&sc->base);
-		aai_free(sc);
-		aai_live_dec(AA_LIVE_OTHER);
-		loop_destroy(lp);
-		return rv;
-	}
-	return 0;
-}
-
-// ---- listener ----
-
-// lclose_locked closes the accepting socket once. Expects lp->mtx and
-// that the loop thread is not accepting.
-static void
-lclose_locked(sloop *lp)
-{
-	if (lp->lfd < 0) {
-		return;
-	}
-	(void)epoll_ctl(lp->epfd, EPOLL_CTL_DEL, lp->lfd, NULL);
-	close(lp->lfd);
-	lp->lfd = -1;
-	if (lp->unlink_path != NULL) {
-		(void)unlink(lp->unlink_path);
-	}
-}
-
-// accept_pause stops accepting for ACCEPT_RETRY_MS when out of fds (or
-// memory): the pending connection would keep the level-triggered socket
-// readable and the loop would spin. Loop thread.
-static void
-accept_pause(sloop *lp)
-{
-	aai_mtx_lock(&lp->mtx);
-	if (!lp->lclosed && lp->lfd >= 0) {
-		struct epoll_event ev = {.events = 0, .data.ptr = lp};
-		(void)epoll_ctl(lp->epfd, EPOLL_CTL_MOD, lp->lfd, &ev);
-	}
-	aai_mtx_unlock(&lp->mtx);
-	lp->accept_paused = true;
-	lp->accept_paused_ms = aai_tp_now_ms();
-	AAI_CHECKPOINT("transport.accept_paused", lp);
-}
-
-// accept_resume puts EPOLLIN back on the listening socket. Loop thread.
-static void
-accept_resume(sloop *lp)
-{
-	aai_mtx_lock(&lp->mtx);
-	if (!lp->lclosed && lp->lfd >= 0) {
-		struct epoll_event ev = {.events = EPOLLIN, .data.ptr = lp};
-		(void)epoll_ctl(lp->epfd, EPOLL_CTL_MOD, lp->lfd, &ev);
-	}
-	aai_mtx_unlock(&lp->mtx);
-	lp->accept_paused = false;
-}
-
-// listener_accept runs on the loop thread: accept every pending
-// connection and hand each to the accept callback, with no lock held.
-static void
-listener_accept(sloop *lp)
-{
-	aai_mtx_lock(&lp->mtx);
-	if (lp->lclosed || lp->lfd < 0) {
-		aai_mtx_unlock(&lp->mtx);
-		return;
-	}
-	lp->accepting = true;
-	int lfd = lp->lfd;
-	aai_mtx_unlock(&lp->mtx);
-	for (int i = 0; i < LOOP_EVENTS; i++) {
-		int fd =
-		    accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		if (fd < 0) {
-			if (errno == EINTR || errno == ECONNABORTED) {
-				continue;
-			}
-			if (errno == EMFILE || errno == ENFILE ||
-			    errno == ENOBUFS || errno == ENOMEM) {
-				accept_pause(lp);
-			}
-			break; // EAGAIN: level triggering brings the next
-		}
-		if (lp->tcp) {
-			set_nodelay(fd);
-		} else {
-			set_ipc_sndbuf(fd);
-		}
-		aai_conn *c;
-		if (sconn_alloc(&c, fd, lp, &lp->opts) == 0) {
-			lp->accept(lp->arg, c);
-		}
-		aai_mtx_lock(&lp->mtx);
-		bool closed = lp->lclosed;
-		aai_mtx_unlock(&lp->mtx);
-		if (closed) {
-			break;
-		}
-	}
-	aai_mtx_lock(&lp->mtx);
-	lp->accepting = false;
-	if (lp->lclosed) {
-		lclose_locked(lp);
-	}
-	aai_cv_broadcast(&lp->cv);
-	aai_mtx_unlock(&lp->mtx);
-}
-
-static int
-slistener_port(aai_listener *l)
-{
-	sloop *lp = (sloop *)l;
-	struct sockaddr_storage ss;
-	socklen_t len = sizeof(ss);
-	int port = 0;
-	aai_mtx_lock(&lp->mtx);
-	if (lp->tcp && lp->lfd >= 0 &&
-	    getsockname(lp->lfd, (struct sockaddr *)&ss, &len) == 0) {
-		if (ss.ss_family == AF_INET) {
-			port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-		} else if (ss.ss_family == AF_INET6) {
-			port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-		}
-	}
-	aai_mtx_unlock(&lp->mtx);
-	return port;
-}
-
-static void
-slistener_close(aai_listener *l)
-{
-	sloop *lp = (sloop *)l;
-	aai_mtx_lock(&lp->mtx);
-	lp->lclosed = true;
-	if (!lp->accepting) {
-		lclose_locked(lp);
-	} // else the loop thread closes it when its accept batch ends
-	aai_mtx_unlock(&lp->mtx);
-}
-
-static void
-slistener_free(aai_listener *l)
-{
-	sloop *lp = (sloop *)l;
-	slistener_close(l);
-	aai_mtx_lock(&lp->mtx);
-	while (lp->accepting) {
-		aai_cv_wait(&lp->cv, &lp->mtx);
-	}
-	aai_mtx_unlock(&lp->mtx);
-	aai_live_dec(AA_LIVE_OTHER);
-	loop_unref(lp); // the loop lives on while accepted conns do
-}
-
-static const aai_listener_ops slistener_ops = {
-    .port = slistener_port,
-    .close = slistener_close,
-    .free = slistener_free,
-};
-
-// listen_unix binds path; a stale socket file that nobody listens on is
-// replaced (as nng does), a live one is AA_EBUSY.
-static int
-listen_unix(int *fdp, const saddr *a)
-{
-	int fd =
-	    socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		return map_errno(errno);
-	}
-	const struct sockaddr *sa = (const struct sockaddr *)&a->ss;
-	if (bind(fd, sa, a->len) != 0) {
-		int e = errno;
-		if (e != EADDRINUSE) {
-			close(fd);
-			return e == ENOENT ? AA_EINVAL : map_errno(e);
-		}
-		// Someone there? Probe with a connect (non-blocking: a live
-		// listener with a full backlog answers EAGAIN, not a wait).
-		int probe = socket(
-		    AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		int live = probe >= 0 && connect(probe, sa, a->len) == 0;
-		int pe = errno;
-		if (probe >= 0) {
-			close(probe);
-		}
-		if (live || pe != ECONNREFUSED) {
-			close(fd);
-			return AA_EBUSY;
-		}
-		const struct sockaddr_un *un = (const struct sockaddr_un *)sa;
-		(void)unlink(un->sun_path);
-		if (bind(fd, sa, a->len) != 0) {
-			e = errno;
-			close(fd);
-			return map_errno(e);
-		}
-	}
-	if (listen(fd, LISTEN_BACKLOG) != 0) {
-		int e = errno;
-		close(fd);
-		return map_errno(e);
-	}
-	*fdp = fd;
-	return 0;
-}
-
-static int
-listen_tcp(int *fdp, const char *hostport)
-{
-	struct addrinfo *res;
-	int rv = resolve_tcp(&res, hostport, true);
-	if (rv != 0) {
-		return rv;
-	}
-	struct addrinfo *ai = res;
-	int fd = socket(ai->ai_family,
-	                SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		rv = map_errno(errno);
-		freeaddrinfo(res);
-		return rv;
-	}
-	int one = 1;
-	(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 ||
-	    listen(fd, LISTEN_BACKLOG) != 0) {
-		rv = map_errno(errno);
-		close(fd);
-		freeaddrinfo(res);
-		return rv;
-	}
-	freeaddrinfo(res);
-	set_nodelay(fd); // inherited by accepted sockets
-	*fdp = fd;
-	return 0;
-}
-
-int
-aai_sock_listen(aai_listener **lp_out, const char *url, const aai_tp_opts *o,
-                void (*accept)(void *, aai_conn *), void *arg)
-{
-	int fd = -1;
-	int rv;
-	bool tcp = strncmp(url, "tcp://", 6) == 0;
-	char *path = NULL;
-	if (tcp) {
-		rv = listen_tcp(&fd, url + 6);
-	} else {
-		saddr a;
-		if ((rv = parse_ipc(&a, url + 6)) == 0) {
-			rv = listen_unix(&fd, &a);
-		}
-		if (rv == 0 && (path = aai_strdup(url + 6)) == NULL) {
-			close(fd);
-			(void)unlink(url + 6);
-			rv = AA_ENOMEM;
-		}
-	}
-	if (rv != 0) {
-		return rv;
-	}
-	sloop *lp;
-	if ((rv = loop_alloc(&lp)) != 0) {
-		goto fail;
-	}
-	lp->base.ops = &slistener_ops;
-	lp->refs = 1; // the listener's
-	lp->is_listener = true;
-	lp->tcp = tcp;
-	lp->lfd = fd;
-	lp->unlink_path = path;
-	lp->accept = accept;
-	lp->arg = arg;
-	lp->opts = *o;
-	lp->opts.tls_cert_file = lp->opts.tls_key_file = NULL;
-	lp->opts.tls_ca_file = lp->opts.tls_server_name = NULL;
-	if (o->heartbeat_len > 0) {
-		if ((lp->hb_frame = aai_alloc(o->heartbeat_len)) == NULL) {
-			lp->unlink_path = NULL;
-			loop_destroy(lp);
-			rv = AA_ENOMEM;
-			goto fail;
-		}
-		memcpy(lp->hb_frame, o->heartbeat_frame, o->heartbeat_len);
-		lp->opts.heartbeat_frame = lp->hb_frame;
-	}
-	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = lp};
-	if (epoll_ctl(lp->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
-		lp->unlink_path = NULL;
-		loop_destroy(lp);
-		rv = AA_ESYSTEM;
-		goto fail;
-	}
-	if ((rv = loop_run(lp)) != 0) {
-		lp->unlink_path = NULL;
-		loop_destroy(lp);
-		goto fail;
-	}
-	aai_live_inc(AA_LIVE_OTHER);
-	*lp_out = &lp->base;
-	return 0;
-fail:
-	close(fd);
-	if (path != NULL) {
-		(void)unlink(path);
-		aai_free(path);
-	}
-	return rv;
 }

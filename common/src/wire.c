@@ -1,4 +1,7 @@
 // wire.c: encoding and decoding of aaproxy's wire messages with protobuf-c.
+// The decode arena is in wire_arena.c, the protocol's rules in
+// wire_rules.c, the raw-byte scans in wire_scan.c and the hand-written
+// fast path in wire_fast.c.
 //
 // Design notes.
 //
@@ -14,19 +17,6 @@
 //   a big method table. aai_wire_size runs the same fill and asks
 //   protobuf-c for the size, so a caller can reserve exactly that much
 //   room in its send buffer.
-//
-// * Decoding hands protobuf-c an allocator over the caller's arena: a bump
-//   pointer over a fixed buffer whose free is a no-op, reset as a whole
-//   before each decode. In steady state (frames that fit the buffer) no
-//   malloc happens at all. A frame that does not fit spills into heap
-//   chunks taken with aai_alloc (so aa_heap_allocs() sees them) and freed
-//   by the next reset. A growing arena (a connection's) owns its buffer:
-//   it starts with none, and a decode whose worst-case cost (the bound
-//   below) does not fit first replaces it with one that does, rounded up
-//   to a power of two and capped: an idle connection holds what its
-//   frames needed (a few hundred bytes for a handshake), not the 8 or
-//   16 KiB a fixed buffer sized for the largest frame cost, and steady
-//   state still allocates nothing once the buffer reached the peak.
 //
 // * Hostile input. protobuf-c has no size limit and may allocate far more
 //   than the frame's size: 32 bytes of scan slab per field (slabs that
@@ -52,444 +42,11 @@
 //   unpacking, aai_wire_check applies the protocol's rules. Every failure is
 //   AA_EPROTO (or AA_EMSGSIZE for an oversized frame) with a static reason
 //   string.
-//
-// * The same rules run on encode (AA_EINVAL), so a bug on our side shows up
-//   at the sender rather than as a closed connection at the peer. The one
-//   exception: texts longer than AAI_WIRE_TEXT_MAX are cut on encode,
-//   because an over-long error message should not lose the result.
 #include <string.h>
 
 #include "aa.pb-c.h"
 #include "wire.h"
 #include "wire_impl.h"
-
-// ---------------------------------------------------------------------------
-// The arena.
-
-#define SPILL_MIN 4096u // smallest heap chunk
-
-struct aai_wire_chunk {
-	struct aai_wire_chunk *next;
-	size_t cap;
-	size_t used;
-	uint8_t data[];
-};
-
-_Static_assert(offsetof(struct aai_wire_chunk, data) % AAI_WIRE_ARENA_ALIGN ==
-                   0,
-               "chunk data must be aligned");
-
-void
-aai_wire_arena_init(aai_wire_arena *a, void *buf, size_t cap)
-{
-	uintptr_t p = (uintptr_t)buf;
-	size_t pad = (size_t)(-p & (AAI_WIRE_ARENA_ALIGN - 1));
-
-	memset(a, 0, sizeof(*a));
-	if (buf != NULL && cap > pad) {
-		a->buf = (uint8_t *)buf + pad;
-		a->cap = (cap - pad) & ~(size_t)(AAI_WIRE_ARENA_ALIGN - 1);
-	}
-}
-
-void
-aai_wire_arena_init_growing(aai_wire_arena *a, size_t grow_max)
-{
-	memset(a, 0, sizeof(*a));
-	a->grow_max = grow_max & ~(size_t)(AAI_WIRE_ARENA_ALIGN - 1);
-}
-
-// aai_wire_arena_fit gives a growing arena a buffer of at least need bytes (up
-// to its grow_max) unless it has one. The arena holds nothing (just reset).
-// Allocation failure keeps the old buffer: the decode then spills.
-void
-aai_wire_arena_fit(aai_wire_arena *a, size_t need)
-{
-	if (a->grow_max == 0 || need <= a->cap || a->cap >= a->grow_max) {
-		return;
-	}
-	size_t cap = AAI_WIRE_ARENA_GROW_MIN;
-	while (cap < need && cap < a->grow_max) {
-		cap *= 2;
-	}
-	if (cap > a->grow_max) {
-		cap = a->grow_max;
-	}
-	void *b = aai_alloc(cap); // malloc aligns it for any type
-	if (b == NULL) {
-		return;
-	}
-	aai_free(a->owned);
-	a->owned = b;
-	a->buf = b;
-	a->cap = cap;
-}
-
-void
-aai_wire_arena_reset(aai_wire_arena *a)
-{
-	struct aai_wire_chunk *c = a->chunks;
-	while (c != NULL) {
-		struct aai_wire_chunk *next = c->next;
-		aai_free(c);
-		c = next;
-	}
-	a->chunks = NULL;
-	a->used = 0;
-	a->budget = 0;
-	a->taken = 0;
-}
-
-void
-aai_wire_arena_fini(aai_wire_arena *a)
-{
-	aai_wire_arena_reset(a);
-	aai_free(a->owned);
-	a->owned = NULL;
-	a->buf = NULL;
-	a->cap = 0;
-}
-
-// arena_alloc is the ProtobufCAllocator's alloc: bump from the buffer,
-// then from the newest heap chunk, then from a new chunk.
-static void *
-arena_alloc(void *ctx, size_t size)
-{
-	aai_wire_arena *a = ctx;
-	struct aai_wire_chunk *c;
-	size_t need;
-
-	// A refusal zeroes the budget: protobuf-c then gives up, and decode
-	// can tell "too much memory" from "malformed".
-	if (size > a->budget) {
-		a->budget = 0;
-		return NULL;
-	}
-	need = (size + AAI_WIRE_ARENA_ALIGN - 1) &
-	       ~(size_t)(AAI_WIRE_ARENA_ALIGN - 1);
-	if (need == 0) {
-		need = AAI_WIRE_ARENA_ALIGN;
-	}
-	if (need > a->budget) {
-		a->budget = 0;
-		return NULL;
-	}
-	a->budget -= need;
-	a->taken += need;
-	if (a->cap - a->used >= need) {
-		void *p = a->buf + a->used;
-		a->used += need;
-		return p;
-	}
-	c = a->chunks;
-	if (c == NULL || c->cap - c->used < need) {
-		size_t cap = SPILL_MIN;
-		if (c != NULL && c->cap <= SIZE_MAX / 4) {
-			cap = c->cap * 2;
-		}
-		if (cap < need) {
-			cap = need;
-		}
-		c = aai_alloc(sizeof(*c) + cap);
-		if (c == NULL) {
-			a->budget = 0;
-			a->taken -= need;
-			return NULL;
-		}
-		c->next = a->chunks;
-		c->cap = cap;
-		c->used = 0;
-		a->chunks = c;
-		a->spills++;
-	}
-	void *p = c->data + c->used;
-	c->used += need;
-	return p;
-}
-
-void *
-aai_wire_arena_alloc(aai_wire_arena *a, size_t size)
-{
-	return arena_alloc(a, size);
-}
-
-// arena_free is a no-op: the arena is released as a whole.
-static void
-arena_free(void *ctx, void *ptr)
-{
-	(void)ctx;
-	(void)ptr;
-}
-
-// ---------------------------------------------------------------------------
-// Names and rules.
-
-const char *
-aai_wire_kind_name(aai_wire_kind kind)
-{
-	switch (kind) {
-	case AAI_WIRE_START:
-		return "start";
-	case AAI_WIRE_COMPLETE:
-		return "complete";
-	case AAI_WIRE_CANCEL:
-		return "cancel";
-	case AAI_WIRE_PROGRESS:
-		return "progress";
-	case AAI_WIRE_HEARTBEAT:
-		return "heartbeat";
-	case AAI_WIRE_HELLO:
-		return "hello";
-	case AAI_WIRE_GOODBYE:
-		return "goodbye";
-	default:
-		return "none";
-	}
-}
-
-const char *
-aai_wire_status_name(aai_wire_status status)
-{
-	switch (status) {
-	case AAI_WIRE_COMPLETED:
-		return "completed";
-	case AAI_WIRE_CANCELED:
-		return "canceled";
-	case AAI_WIRE_FAILED:
-		return "failed";
-	case AAI_WIRE_REJECTED:
-		return "rejected";
-	default:
-		return "invalid";
-	}
-}
-
-// text_len returns strlen(s) if it is at most max, else max + 1; NULL is "".
-static size_t
-text_len(const char *s, size_t max)
-{
-	size_t n = 0;
-	if (s == NULL) {
-		return 0;
-	}
-	while (n <= max && s[n] != '\0') {
-		n++;
-	}
-	return n;
-}
-
-// name_ok says whether s is a valid method name: 1..AAI_WIRE_METHOD_MAX
-// bytes of well-formed UTF-8, none of them a control character (C0 or
-// DEL). Which bytes may appear is all a JSON log needs to escape.
-static bool
-name_ok(const char *s)
-{
-	size_t n = 0;
-	if (s == NULL) {
-		return false;
-	}
-	for (; s[n] != '\0'; n++) {
-		unsigned char ch = (unsigned char)s[n];
-		if (n >= AAI_WIRE_METHOD_MAX || ch < 0x20 || ch == 0x7f) {
-			return false;
-		}
-	}
-	return n > 0 && aai_wire_utf8_ok((const uint8_t *)s, n);
-}
-
-static bool
-single_cancel_type(uint32_t t)
-{
-	return t == AA_CANCEL_TERMINAL || t == AA_CANCEL_PARTIAL ||
-	       t == AA_CANCEL_TOTAL;
-}
-
-static int
-check_hello(const char **why, const aai_wire_hello *h)
-{
-	if (h->version == 0) {
-		*why = "hello without a version";
-		return AA_EPROTO;
-	}
-	if (h->max_msg_size < AAI_WIRE_MIN_MSG_SIZE) {
-		*why = "hello with max message size below 512";
-		return AA_EPROTO;
-	}
-	switch (h->role) {
-	case AAI_WIRE_ROLE_CLIENT:
-		if (h->instance_id == 0) {
-			*why = "client hello without an instance id";
-			return AA_EPROTO;
-		}
-		// The server-only fields are ignored, not checked.
-		return 0;
-	case AAI_WIRE_ROLE_SERVER:
-		if (h->max_pending == 0) {
-			*why = "server hello with max pending ops 0";
-			return AA_EPROTO;
-		}
-		if (h->conn_id == 0) {
-			*why = "server hello without a connection id";
-			return AA_EPROTO;
-		}
-		if (h->n_methods > AAI_WIRE_METHODS_MAX ||
-		    (h->n_methods > 0 && h->methods == NULL)) {
-			*why = "server hello with a bad method table";
-			return AA_EPROTO;
-		}
-		for (size_t i = 0; i < h->n_methods; i++) {
-			if (!name_ok(h->methods[i].name)) {
-				*why = "server hello with a bad method name";
-				return AA_EPROTO;
-			}
-			if ((h->methods[i].cancel_types &
-			     ~(uint32_t)AAI_WIRE_CANCEL_MASK) != 0) {
-				*why = "server hello with bad cancel types";
-				return AA_EPROTO;
-			}
-		}
-		return 0;
-	default:
-		*why = "hello with an unknown role";
-		return AA_EPROTO;
-	}
-}
-
-static int
-check_complete(const char **why, const aai_wire_msg *m, bool encoding)
-{
-	uint32_t err = m->complete.error;
-
-	if (m->op_id == 0) {
-		*why = "complete with op id 0";
-		return AA_EPROTO;
-	}
-	if (err > AAI_WIRE_ERROR_MAX) {
-		*why = "complete with an error code out of range";
-		return AA_EPROTO;
-	}
-	switch (m->complete.status) {
-	case AAI_WIRE_COMPLETED:
-		if (err != 0) {
-			*why = "completed with an error code";
-			return AA_EPROTO;
-		}
-		break;
-	case AAI_WIRE_CANCELED:
-		// ECANCELED: the client's Cancel; ETIMEDOUT: the deadline;
-		// ESRVCANCEL: the server on its own.
-		if (err != 0 && err != AA_ECANCELED && err != AA_ETIMEDOUT &&
-		    err != AA_ESRVCANCEL) {
-			*why = "canceled with an error code other than "
-			       "ECANCELED, ETIMEDOUT or ESRVCANCEL";
-			return AA_EPROTO;
-		}
-		break;
-	case AAI_WIRE_FAILED:
-	case AAI_WIRE_REJECTED:
-		if (err == 0) {
-			*why = "failed or rejected without an error code";
-			return AA_EPROTO;
-		}
-		break;
-	default:
-		*why = "complete with an unknown status";
-		return AA_EPROTO;
-	}
-	if (!encoding && text_len(m->complete.message, AAI_WIRE_TEXT_MAX) >
-	                     AAI_WIRE_TEXT_MAX) {
-		*why = "complete with an over-long message";
-		return AA_EPROTO;
-	}
-	if (m->complete.payload == NULL && m->complete.payload_len != 0) {
-		*why = "complete with a NULL payload";
-		return AA_EPROTO;
-	}
-	return 0;
-}
-
-// check_msg applies the protocol's rules; encoding relaxes the text limit
-// (encode cuts texts instead).
-static int
-check_msg(const char **why, const aai_wire_msg *m, bool encoding)
-{
-	switch (m->kind) {
-	case AAI_WIRE_START:
-		if (m->op_id == 0) {
-			*why = "start with op id 0";
-			return AA_EPROTO;
-		}
-		if (!name_ok(m->start.method)) {
-			*why = "start with an empty, long or bad method name";
-			return AA_EPROTO;
-		}
-		if ((m->start.cancel_types &
-		     ~(uint32_t)AAI_WIRE_CANCEL_MASK) != 0) {
-			*why = "start with bad cancel types";
-			return AA_EPROTO;
-		}
-		if (m->start.payload == NULL && m->start.payload_len != 0) {
-			*why = "start with a NULL payload";
-			return AA_EPROTO;
-		}
-		return 0;
-	case AAI_WIRE_COMPLETE:
-		return check_complete(why, m, encoding);
-	case AAI_WIRE_CANCEL:
-		if (m->op_id == 0) {
-			*why = "cancel with op id 0";
-			return AA_EPROTO;
-		}
-		if (!single_cancel_type(m->cancel.type)) {
-			*why = "cancel with a bad cancellation type";
-			return AA_EPROTO;
-		}
-		return 0;
-	case AAI_WIRE_PROGRESS:
-		if (m->op_id == 0) {
-			*why = "progress with op id 0";
-			return AA_EPROTO;
-		}
-		if (m->progress.payload == NULL &&
-		    m->progress.payload_len != 0) {
-			*why = "progress with a NULL payload";
-			return AA_EPROTO;
-		}
-		return 0;
-	case AAI_WIRE_HEARTBEAT:
-		return 0;
-	case AAI_WIRE_HELLO:
-		return check_hello(why, &m->hello);
-	case AAI_WIRE_GOODBYE:
-		if (m->goodbye.reason > AAI_WIRE_ERROR_MAX) {
-			*why = "goodbye with a reason out of range";
-			return AA_EPROTO;
-		}
-		if (!encoding &&
-		    text_len(m->goodbye.message, AAI_WIRE_TEXT_MAX) >
-		        AAI_WIRE_TEXT_MAX) {
-			*why = "goodbye with an over-long message";
-			return AA_EPROTO;
-		}
-		return 0;
-	default:
-		*why = "no message body";
-		return AA_EPROTO;
-	}
-}
-
-int
-aai_wire_rules(const char **why, const aai_wire_msg *m, bool encoding)
-{
-	return check_msg(why, m, encoding);
-}
-
-int
-aai_wire_check(const char **why, const aai_wire_msg *m)
-{
-	const char *unused;
-	return check_msg(why != NULL ? why : &unused, m, false);
-}
 
 // ---------------------------------------------------------------------------
 // Encoding.
@@ -540,7 +97,7 @@ str(const char *s)
 static char *
 text(packer *pk, const char *s)
 {
-	size_t n = text_len(s, AAI_WIRE_TEXT_MAX);
+	size_t n = aai_wire_text_len(s, AAI_WIRE_TEXT_MAX);
 	if (n <= AAI_WIRE_TEXT_MAX &&
 	    aai_wire_utf8_ok((const uint8_t *)s, n)) {
 		return str(s);
@@ -548,7 +105,8 @@ text(packer *pk, const char *s)
 	const uint8_t *p = (const uint8_t *)s;
 	size_t in = 0, out = 0;
 	while (p[in] != 0) {
-		size_t k = aai_wire_utf8_seq(p + in, text_len(s + in, 4));
+		size_t k =
+		    aai_wire_utf8_seq(p + in, aai_wire_text_len(s + in, 4));
 		if (out + (k ? k : 1) > AAI_WIRE_TEXT_MAX) {
 			break;
 		}
@@ -622,7 +180,7 @@ fill(packer *pk, const aai_wire_msg *m)
 
 	pk->heap_infos = NULL;
 	pk->heap_ptrs = NULL;
-	if (check_msg(&why, m, true) != 0) {
+	if (aai_wire_rules(&why, m, true) != 0) {
 		return AA_EINVAL;
 	}
 	pk->kind = m->kind;
@@ -679,7 +237,7 @@ fill(packer *pk, const aai_wire_msg *m)
 		return 0;
 	}
 	default:
-		return AA_EINVAL; // unreachable: check_msg refused it
+		return AA_EINVAL; // unreachable: the rules refused it
 	}
 }
 
@@ -791,7 +349,8 @@ view_hello(const char **why, aai_wire_msg *m, aai_wire_arena *a,
 		*why = "server hello with too many methods";
 		return AA_EPROTO;
 	}
-	aai_wire_method *ms = arena_alloc(a, h->n_methods * sizeof(*ms));
+	aai_wire_method *ms =
+	    aai_wire_arena_alloc(a, h->n_methods * sizeof(*ms));
 	if (ms == NULL) {
 		*why = "frame needs too much memory";
 		return AA_EPROTO;
@@ -916,8 +475,9 @@ aai_wire_decode(aai_wire_msg *m, const char **why, aai_wire_arena *a,
 
 	aai_wire_arena_fit(a, cost);
 
-	ProtobufCAllocator alloc = {
-	    .alloc = arena_alloc, .free = arena_free, .allocator_data = a};
+	ProtobufCAllocator alloc = {.alloc = aai_wire_arena_pb_alloc,
+	                            .free = aai_wire_arena_pb_free,
+	                            .allocator_data = a};
 	a->budget = cap;
 	env = aa__v1__envelope__unpack(&alloc, len, frame);
 	if (env == NULL) {
@@ -925,7 +485,7 @@ aai_wire_decode(aai_wire_msg *m, const char **why, aai_wire_arena *a,
 		                      : "malformed frame";
 		rv = AA_EPROTO;
 	} else if ((rv = view(why, m, a, env)) == 0) {
-		rv = check_msg(why, m, false);
+		rv = aai_wire_rules(why, m, false);
 	}
 	if (rv != 0) {
 		memset(m, 0, sizeof(*m));

@@ -201,8 +201,8 @@ int aai_wire_encode(size_t *lenp, void *buf, size_t cap, const aai_wire_msg *m,
 int aai_wire_decode(aai_wire_msg *m, const char **why, aai_wire_arena *a,
                     const void *frame, size_t len, size_t max_size);
 
-// The arena's alignment: every allocation is rounded up to it (wire.c),
-// and the cost walk counts the same way (wire_scan.c).
+// The arena's alignment: every allocation is rounded up to it
+// (wire_arena.c), and the cost walk counts the same way (wire_scan.c).
 #define AAI_WIRE_ARENA_ALIGN 8u
 
 // aai_wire_utf8_seq returns the length (1-4) of the well-formed UTF-8
