@@ -2,7 +2,9 @@
 //
 // test_sample_high.c: the high-level sample and cancel-all
 // (demos/samples/high.c): success through the whole stack (top-level op
-// over retries over the fake-cancel low level), cancel-all with calls in
+// over retries over the fake-cancel low level); one call cancelled before
+// its first attempt, during an attempt, during the retry wait and after
+// completion; 10,000 cancel-vs-completion races; cancel-all with calls in
 // every state (in an attempt, queued, waiting to retry), cancel-all
 // against a call started from a handler it runs, 10,000 cancel-all vs
 // completion races, destroy with calls pending.
@@ -13,6 +15,7 @@ TestSuite(sample_high, .timeout = 120, .fini = aa_test_check_live);
 
 typedef struct fixture {
 	lowfx low;
+	spy spy; // between the retries and the low level
 	high *h;
 } fixture;
 
@@ -20,8 +23,10 @@ static void
 fx_init(fixture *f, int threads, uint64_t backoff_ms)
 {
 	lowfx_init(&f->low, threads, "!");
+	spy_init(&f->spy, f->low.layer);
 	cr_assert_eq(
-	    high_alloc(&f->h, f->low.layer, (retry_policy){3, backoff_ms}), 0);
+	    high_alloc(&f->h, f->spy.as_layer, (retry_policy){3, backoff_ms}),
+	    0);
 }
 
 static void
@@ -29,6 +34,7 @@ fx_fini(fixture *f)
 {
 	high_free(f->h);
 	lowfx_fini(&f->low);
+	spy_fini(&f->spy);
 }
 
 Test(sample_high, success_through_the_stack)
@@ -48,6 +54,125 @@ Test(sample_high, success_through_the_stack)
 	cr_assert_eq(tally_get(&f.low.e.calls), 2);
 	fx_fini(&f);
 	tally_fini(&done);
+}
+
+// One top-level call cancelled by the user, with aa_op_cancel, in each
+// state: before its first attempt started (queued behind a held call),
+// during an attempt, during the retry wait, after completion.
+
+Test(sample_high, cancel_before_the_first_attempt_starts)
+{
+	fixture f;
+	tally done;
+	seen first;
+	seen second;
+	aa_op *op1;
+	aa_op *op2;
+	fx_init(&f, 1, 0);
+	tally_init(&done);
+	seen_init(&first, &done);
+	seen_init(&second, NULL);
+	atomic_store(&f.low.e.hold, true);
+	cr_assert_eq(high_call(f.h, "1", 1, NULL, seen_cb, &first, &op1), 0);
+	gate_wait(&f.low.held);
+	cr_assert_eq(high_call(f.h, "2", 1, NULL, seen_cb, &second, &op2), 0);
+	aa_op_ref(op2);
+	cr_assert_eq(aa_op_cancel(op2, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(atomic_load(&second.runs), 1, "at once");
+	cr_assert_eq(atomic_load(&second.state), AA_CANCELED);
+	atomic_store(&f.low.e.hold, false);
+	gate_open(&f.low.release);
+	tally_wait(&done, 1);
+	cr_assert_eq(atomic_load(&first.state), AA_COMPLETED);
+	cr_assert_str_eq(first.result, "1!");
+	aa_op_unref(op2);
+	high_free(f.h);
+	f.h = NULL;
+	lowfx_stop(&f.low);
+	cr_assert_eq(tally_get(&f.low.e.calls), 1, "op2's call never ran");
+	cr_assert_eq(tally_get(&f.spy.calls), 2, "and was not retried");
+	fx_fini(&f);
+	tally_fini(&done);
+}
+
+Test(sample_high, cancel_during_an_attempt)
+{
+	fixture f;
+	seen s;
+	aa_op *op;
+	fx_init(&f, 1, 0);
+	seen_init(&s, NULL);
+	atomic_store(&f.low.e.hold, true);
+	cr_assert_eq(high_call(f.h, "a", 1, NULL, seen_cb, &s, &op), 0);
+	aa_op_ref(op);
+	gate_wait(&f.low.held);
+	tally_wait(&f.spy.returned, 1); // the attempt's handler is set
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(atomic_load(&s.runs), 1, "at once");
+	cr_assert_eq(atomic_load(&s.state), AA_CANCELED);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), AA_EALREADY);
+	gate_open(&f.low.release);
+	aa_op_unref(op);
+	high_free(f.h);
+	f.h = NULL;
+	lowfx_stop(&f.low);
+	cr_assert_eq(tally_get(&f.spy.calls), 1, "no attempt after cancel");
+	cr_assert_eq(atomic_load(&s.runs), 1, "no callback after destroy");
+	fx_fini(&f);
+}
+
+Test(sample_high, cancel_during_the_retry_wait)
+{
+	fixture f;
+	seen s;
+	aa_op *op;
+	fx_init(&f, 1, 3600 * 1000);
+	seen_init(&s, NULL);
+	atomic_store(&f.low.e.fail_first, 1);
+	cr_assert_eq(high_call(f.h, "w", 1, NULL, seen_cb, &s, &op), 0);
+	aa_op_ref(op);
+	// The failed attempt's handler returned: the hour's wait is armed.
+	tally_wait(&f.spy.ended, 1);
+	cr_assert_eq(aa_op_status(op), AA_STARTED);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(atomic_load(&s.runs), 1, "at once, not in an hour");
+	cr_assert_eq(atomic_load(&s.state), AA_CANCELED);
+	aa_op_unref(op);
+	high_free(f.h);
+	f.h = NULL;
+	lowfx_stop(&f.low);
+	cr_assert_eq(tally_get(&f.spy.calls), 1, "no attempt after cancel");
+	fx_fini(&f);
+}
+
+Test(sample_high, cancel_after_completion_does_nothing)
+{
+	fixture f;
+	tally done;
+	seen s;
+	aa_op *op;
+	fx_init(&f, 1, 0);
+	tally_init(&done);
+	seen_init(&s, &done);
+	s.keep = true;
+	cr_assert_eq(high_call(f.h, "z", 1, NULL, seen_cb, &s, &op), 0);
+	tally_wait(&done, 1);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), AA_EALREADY);
+	cr_assert_eq(aa_op_status(op), AA_COMPLETED);
+	cr_assert_eq(high_cancel_all(f.h, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(atomic_load(&s.runs), 1);
+	aa_op_unref(op);
+	fx_fini(&f);
+	tally_fini(&done);
+}
+
+Test(sample_high, cancel_races_completion_10000_times)
+{
+	fixture f;
+	fx_init(&f, 2, 0);
+	race_cancel_completion(10000, &f.low.e, (smp_layer){high_call, f.h},
+	                       AA_CANCEL_TERMINAL, "r!", NULL, NULL);
+	fx_fini(&f);
 }
 
 Test(sample_high, cancel_all_in_every_state)
@@ -166,6 +291,7 @@ Test(sample_high, destroy_with_calls_pending)
 	}
 	gate_open(&f.low.release);
 	lowfx_fini(&f.low);
+	spy_fini(&f.spy);
 	cr_assert_eq(tally_get(&done), 3, "no callback after destroy");
 	tally_fini(&done);
 }
