@@ -282,7 +282,7 @@ partial_cancel_in_attempt(bool attempt_fails, aa_state want)
 	cr_assert_eq(aa_op_status(op), AA_STARTED, "the attempt goes on");
 	gate_open(&f.low.release);
 	tally_wait(&done, 1);
-	cr_assert_eq(atomic_load(&s.state), want);
+	cr_assert_eq(atomic_load(&s.state), (int)want);
 	if (want == AA_COMPLETED) {
 		cr_assert_str_eq(s.result, "p!");
 	}
