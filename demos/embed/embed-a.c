@@ -22,6 +22,8 @@
 //   --cancel-all-after-ms T   cancel every pending call after T ms
 //   --kill-server-after-ms T  (with --server) SIGKILL B after T ms ...
 //   --restart-after-ms T      ... and start it again T ms later
+//                             (T counts from the moment the calls start,
+//                             once B answered and passed the check)
 //   --attempts N, --backoff-ms MS   the retry policy (default 5, 100)
 //
 // Exit 0 when every call ended, no handler (the top-level ones, nor the
@@ -323,6 +325,15 @@ start_calls(app *a)
 	moments[2] = a->kill_after_ms >= 0 && a->restart_after_ms >= 0
 	                 ? a->kill_after_ms + a->restart_after_ms
 	                 : -1;
+	// Counted from now, when the calls start, not from A's start: B
+	// may take a while to answer the first dial (a loaded machine, a
+	// sanitizer build), and a kill "after 200 ms" must find the calls
+	// in B.
+	for (int k = 0; k < 3; k++) {
+		if (moments[k] >= 0) {
+			moments[k] += (long)ms_since(a);
+		}
+	}
 	a->loop_thread = pthread_self();
 	if (high_alloc(&a->h, (smp_layer){remote_call, a}, a->policy) != 0) {
 		return 1;
