@@ -141,6 +141,37 @@ close_now(afile *file)
 	tally_fini(&done);
 }
 
+Test(sample_afile, a_refused_action_never_runs_its_callback)
+{
+	fixture f;
+	seen s;
+	aa_op *op = NULL;
+	afile *file;
+	fx_init(&f, 1);
+	seen_init(&s, NULL);
+	cr_assert_eq(
+	    afile_open(NULL, f.path, O_RDWR | O_CREAT, NULL, seen_cb, &s, &op),
+	    AA_EINVAL);
+	cr_assert_eq(
+	    afile_open(f.m, NULL, O_RDWR | O_CREAT, NULL, seen_cb, &s, &op),
+	    AA_EINVAL);
+	cr_assert_eq(
+	    afile_open(f.m, f.path, O_RDWR | O_CREAT, NULL, NULL, &s, &op),
+	    AA_EINVAL);
+	file = open_now(&f);
+	cr_assert_eq(afile_write(file, NULL, 3, 0, NULL, seen_cb, &s, &op),
+	             AA_EINVAL);
+	cr_assert_eq(afile_write(file, "x", 1, 0, NULL, seen_cb, &s, NULL),
+	             AA_EINVAL);
+	cr_assert_eq(afile_read(NULL, 1, 0, NULL, seen_cb, &s, &op),
+	             AA_EINVAL);
+	cr_assert_eq(afile_close(file, NULL, NULL, &s, &op), AA_EINVAL);
+	cr_assert_null(op);
+	close_now(file);
+	fx_fini(&f);
+	cr_assert_eq(atomic_load(&s.runs), 0, "no callback ran");
+}
+
 // ---- Chained: each step started from the previous one's handler ----
 
 typedef struct story {

@@ -63,6 +63,15 @@ Test(sample_chain, success_and_a_failing_step)
 	tally_fini(&done);
 }
 
+Test(sample_chain, a_refused_call_never_runs_its_callback)
+{
+	fixture f;
+	fx_init(&f);
+	refused_calls((smp_layer){chain_call, f.m});
+	cr_assert_eq(tally_get(&f.spy_one.calls), 0, "no step");
+	fx_fini(&f);
+}
+
 // cancel_in_step holds step n's blocking call, cancels, checks.
 static void
 cancel_in_step(int n)

@@ -65,6 +65,15 @@ Test(sample_high, success_through_the_stack)
 // state: before its first attempt started (queued behind a held call),
 // during an attempt, during the retry wait, after completion.
 
+Test(sample_high, a_refused_call_never_runs_its_callback)
+{
+	fixture f;
+	fx_init(&f, 1, 0);
+	refused_calls((smp_layer){high_call, f.h});
+	cr_assert_eq(tally_get(&f.spy.calls), 0, "no attempt");
+	fx_fini(&f);
+}
+
 Test(sample_high, cancel_before_the_first_attempt_starts)
 {
 	fixture f;

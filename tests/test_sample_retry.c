@@ -58,6 +58,15 @@ Test(sample_retry, succeeds_after_failures)
 	tally_fini(&done);
 }
 
+Test(sample_retry, a_refused_call_never_runs_its_callback)
+{
+	fixture f;
+	fx_init(&f, 1, 3, 0);
+	refused_calls((smp_layer){retry_call, f.m});
+	cr_assert_eq(tally_get(&f.spy.calls), 0, "no attempt");
+	fx_fini(&f);
+}
+
 Test(sample_retry, gives_up_with_the_last_error)
 {
 	fixture f;
