@@ -26,7 +26,7 @@
 
 #if defined(AA_SERVER_BIN) && defined(AA_EMBED_A_BIN)
 
-TestSuite(embed, .timeout = 120);
+TestSuite(embed, .timeout = 120, .fini = aa_test_check_live);
 
 typedef struct run {
 	char dir[64];
