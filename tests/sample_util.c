@@ -352,3 +352,21 @@ race_cancel_completion(int rounds, echo *e, smp_layer layer,
 	test_note("%d rounds: cancel won %d, the work won %d", rounds, won[0],
 	          won[1]);
 }
+
+void
+refused_calls(smp_layer layer)
+{
+	seen s;
+	aa_op *op = NULL;
+	seen_init(&s, NULL);
+	cr_assert_eq(layer.call(NULL, "x", 1, NULL, seen_cb, &s, &op),
+	             AA_EINVAL, "no handle");
+	cr_assert_eq(layer.call(layer.handle, "x", 1, NULL, NULL, &s, &op),
+	             AA_EINVAL, "no callback");
+	cr_assert_eq(layer.call(layer.handle, "x", 1, NULL, seen_cb, &s, NULL),
+	             AA_EINVAL, "no out-parameter");
+	cr_assert_eq(layer.call(layer.handle, NULL, 1, NULL, seen_cb, &s, &op),
+	             AA_EINVAL, "input bytes missing");
+	cr_assert_null(op, "no op handed out");
+	cr_assert_eq(atomic_load(&s.runs), 0, "the callback never runs");
+}

@@ -116,4 +116,9 @@ void race_cancel_completion(int rounds, echo *e, smp_layer layer,
                             aa_cancel_type type, const char *want,
                             race_cancel_fn cancel, void *ctx);
 
+// refused_calls makes calls that layer must refuse (no handle, no
+// callback, no op out-parameter, input bytes missing): each returns
+// AA_EINVAL, leaves *opp alone and never runs the callback.
+void refused_calls(smp_layer layer);
+
 #endif // AA_SAMPLE_UTIL_H

@@ -1,14 +1,18 @@
+// aa-test-labels: concurrent
+//
 // test_embed.c: the embedding demo as two processes (demos/embed/embed-a.c
 // as process A, aa-server as process B): calls across the boundary, typed
 // (B's log names each op aa.demo.Demo/Sleep, A decodes B's typed reply),
-// with logs that correlate by op id, cancel-all across the boundary, B killed
-// mid-operation (A's calls end in ERROR), B killed then restarted (A's
-// retries recover), and a B without the typed service (refused at
-// connect). Each test runs A to its exit (waitpid, no sleeps) with
-// its stdout and B's log in files under a mkdtemp directory; A starts and
-// stops B itself. Not run under ThreadSanitizer: nng 1.5.2's dialer
-// reports a race inside libnng when a dial is refused (B not listening
-// yet, or killed), which these scenarios do on purpose.
+// with logs that correlate by op id, cancel-all across the boundary, B
+// killed mid-operation (A's remote ops end in ERROR, connection lost, and
+// the retries stop with "connection refused"), B killed then restarted
+// (A's retries recover), B started separately and reached by URL, and a B
+// without the typed service (refused at connect). Each test runs A to its
+// exit (waitpid, no sleeps) with its stdout and B's log in files under a
+// mkdtemp directory; A starts and stops B itself (but in the test that
+// starts B separately). Labelled concurrent: the TSan phase runs it too,
+// with A and B built with ThreadSanitizer (a report in either makes it
+// exit non-zero, and the test fails on A's exit status).
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -22,7 +26,7 @@
 
 #if defined(AA_SERVER_BIN) && defined(AA_EMBED_A_BIN)
 
-TestSuite(embed, .timeout = 120);
+TestSuite(embed, .timeout = 120, .fini = aa_test_check_live);
 
 typedef struct run {
 	char dir[64];
@@ -139,6 +143,38 @@ remote_ids(const char *a, unsigned long long *ids, int max)
 	return n;
 }
 
+// line_with returns whether a line of text contains both strings.
+static bool
+line_with(const char *text, const char *s1, const char *s2)
+{
+	return count(text, s1, s2) > 0;
+}
+
+// a_remote_end says whether A logged the remote op id's end with state
+// and error (an aa_strerror text, "" for none).
+static bool
+a_remote_end(const char *a, unsigned long long id, const char *state,
+             const char *error)
+{
+	char key[64];
+	char tail[160];
+	snprintf(key, sizeof(key), "\"remote_end\",\"remote_op\":%llu,", id);
+	snprintf(tail, sizeof(tail), "\"state\":\"%s\",\"error\":\"%s\"",
+	         state, error);
+	return line_with(a, key, tail);
+}
+
+// b_has says whether B's log has the event for op id.
+static bool
+b_has(const char *b, unsigned long long id, const char *event)
+{
+	char op[48];
+	char ev[48];
+	snprintf(op, sizeof(op), "{\"op\":%llu,", id);
+	snprintf(ev, sizeof(ev), "\"event\":\"%s\"", event);
+	return line_with(b, op, ev);
+}
+
 Test(embed, calls_cross_two_processes_with_correlated_logs)
 {
 	run r = {0};
@@ -181,6 +217,20 @@ Test(embed, cancel_all_crosses_the_boundary)
 	cr_assert_eq(count(r.b, "\"start\"", NULL),
 	             count(r.b, "\"start\"", "aa.demo.Demo/Sleep"), "%s", r.b);
 	cr_assert_eq(count(r.a, "\"done\"", "\"slept_ms\":-1,"), 3, "%s", r.a);
+	// Correlated by op id: each remote op A cancelled is one that B
+	// started and cancelled.
+	{
+		unsigned long long ids[16];
+		int n = remote_ids(r.a, ids, 16);
+		cr_assert_eq(n, 3, "%s", r.a);
+		for (int i = 0; i < n; i++) {
+			cr_assert(a_remote_end(r.a, ids[i], "canceled",
+			                       aa_strerror(AA_ECANCELED)),
+			          "op %llu: %s", ids[i], r.a);
+			cr_assert(b_has(r.b, ids[i], "start"), "%s", r.b);
+			cr_assert(b_has(r.b, ids[i], "canceled"), "%s", r.b);
+		}
+	}
 	run_fini(&r);
 }
 
@@ -191,9 +241,36 @@ Test(embed, killing_b_ends_the_calls_in_error)
 	                                "--kill-server-after-ms", "200",
 	                                "--attempts", "2", "--backoff-ms",
 	                                "50", NULL});
+	unsigned long long ids[16];
+	int n;
+	int lost = 0;
 	cr_assert_eq(r.status, 0, "%s", r.a);
 	cr_assert_eq(count(r.a, "\"server_killed\"", NULL), 1, "%s", r.a);
-	cr_assert_eq(count(r.a, "\"done\"", "\"error\""), 2, "%s", r.a);
+	// Every remote op that B had started when it died ended in ERROR,
+	// connection lost (correlated by op id with B's log)...
+	n = remote_ids(r.a, ids, 16);
+	for (int i = 0; i < n; i++) {
+		if (b_has(r.b, ids[i], "start")) {
+			cr_assert(a_remote_end(r.a, ids[i], "error",
+			                       aa_strerror(AA_ECONNLOST)),
+			          "op %llu: %s", ids[i], r.a);
+			lost++;
+		}
+	}
+	cr_assert_eq(lost, 2, "both calls were in B: %s\n%s", r.a, r.b);
+	// ...and the retries stopped after --attempts with a clear error: the
+	// second attempt found nobody listening.
+	cr_assert_eq(count(r.a, "\"done\"", "\"state\":\"error\""), 2, "%s",
+	             r.a);
+	cr_assert_eq(
+	    count(r.a, "\"done\"", "\"error\":\"connection refused\""), 2,
+	    "%s", r.a);
+	// Two attempts per call: an attempt is a remote op that ended, or a
+	// call refused at once (the client dials inside it, and over ipc://
+	// a refused dial returns at once), whichever the timing gave.
+	cr_assert_eq(count(r.a, "\"remote_start\"", NULL) +
+	                 count(r.a, "\"remote_refused\"", NULL),
+	             4, "2 x 2 attempts: %s", r.a);
 	run_fini(&r);
 }
 
@@ -209,7 +286,92 @@ Test(embed, retries_recover_against_a_restarted_b)
 	cr_assert_eq(count(r.a, "\"done\"", "\"completed\""), 2, "%s", r.a);
 	cr_assert_eq(count(r.a, "\"done\"", "\"slept_ms\":300,"), 2, "%s",
 	             r.a);
+	// The killed attempts ended connection lost; the restarted B
+	// completed two ops (its log is appended to across the restart).
+	cr_assert_geq(
+	    count(r.a, "\"remote_end\"", "connection to the peer lost"), 2,
+	    "%s", r.a);
+	cr_assert_eq(count(r.b, "\"completed\"", "aa.demo.Demo/Sleep"), 2,
+	             "%s", r.b);
 	run_fini(&r);
+}
+
+// B started separately (not by A): A gets only its URL, as an
+// application would that joins a running B.
+Test(embed, a_b_started_separately_is_reached_by_url)
+{
+	char dir[64] = "/tmp/aa-embed-XXXXXX";
+	char url[128];
+	char b_log[128];
+	char a_out[128];
+	char line[256] = {0};
+	int fds[2];
+	pid_t b;
+	pid_t a;
+	int st;
+	char *aout;
+	char *blog;
+	unsigned long long ids[16];
+	int n;
+	size_t got = 0;
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(url, sizeof(url), "ipc://%s/b.sock", dir);
+	snprintf(b_log, sizeof(b_log), "%s/b.log", dir);
+	snprintf(a_out, sizeof(a_out), "%s/a.out", dir);
+	cr_assert_eq(pipe(fds), 0);
+	b = fork();
+	cr_assert_geq(b, 0);
+	if (b == 0) {
+		dup2(fds[1], STDERR_FILENO);
+		execl(AA_SERVER_BIN, AA_SERVER_BIN, "--listen", url, "--log",
+		      b_log, (char *)NULL);
+		_exit(127);
+	}
+	close(fds[1]);
+	// B says "listening on URL" once it listens.
+	while (got < sizeof(line) - 1 && read(fds[0], line + got, 1) == 1 &&
+	       line[got] != '\n') {
+		got++;
+	}
+	close(fds[0]);
+	cr_assert_not_null(strstr(line, "listening on"), "%s", line);
+	a = fork();
+	cr_assert_geq(a, 0);
+	if (a == 0) {
+		int fd = open(a_out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		dup2(fd, STDOUT_FILENO);
+		execl(AA_EMBED_A_BIN, AA_EMBED_A_BIN, "--url", url, "--calls",
+		      "2", "--sleep-ms", "20", (char *)NULL);
+		_exit(127);
+	}
+	while (waitpid(a, &st, 0) < 0) {
+		cr_assert_eq(errno, EINTR);
+	}
+	aout = slurp(a_out);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", aout);
+	// A did not start or stop B: B is still serving.
+	cr_assert_eq(count(aout, "\"server_started\"", NULL), 0, "%s", aout);
+	cr_assert_eq(waitpid(b, &st, WNOHANG), 0, "B still runs");
+	kill(b, SIGTERM);
+	while (waitpid(b, &st, 0) < 0) {
+		cr_assert_eq(errno, EINTR);
+	}
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "B's exit");
+	blog = slurp(b_log);
+	cr_assert_eq(count(aout, "\"done\"", "\"slept_ms\":20,"), 2, "%s",
+	             aout);
+	n = remote_ids(aout, ids, 16);
+	cr_assert_eq(n, 2, "%s", aout);
+	for (int i = 0; i < n; i++) {
+		cr_assert(b_has(blog, ids[i], "start"), "%s", blog);
+		cr_assert(b_has(blog, ids[i], "completed"), "%s", blog);
+	}
+	free(aout);
+	free(blog);
+	unlink(a_out);
+	unlink(b_log);
+	unlink(url + strlen("ipc://"));
+	rmdir(dir);
 }
 
 #ifdef AA_TEST_PEER

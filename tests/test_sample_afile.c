@@ -6,8 +6,9 @@
 // and in order under concurrent enqueues; the three abort cases, each
 // forced with a gate (a queued action dropped, a running action finished
 // without its result and a cancelled open closing its file, a handler in
-// progress waited for); 10,000 cancel-vs-completion races; destroy with
-// actions pending.
+// progress waited for), and case 2 for a running write, read and close;
+// cancel after completion; 10,000 cancel-vs-completion races; destroy
+// with actions pending (no callback after it, no descriptor left).
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -138,6 +139,37 @@ close_now(afile *file)
 	tally_wait(&done, 1);
 	cr_assert_eq(atomic_load(&s.state), AA_COMPLETED);
 	tally_fini(&done);
+}
+
+Test(sample_afile, a_refused_action_never_runs_its_callback)
+{
+	fixture f;
+	seen s;
+	aa_op *op = NULL;
+	afile *file;
+	fx_init(&f, 1);
+	seen_init(&s, NULL);
+	cr_assert_eq(
+	    afile_open(NULL, f.path, O_RDWR | O_CREAT, NULL, seen_cb, &s, &op),
+	    AA_EINVAL);
+	cr_assert_eq(
+	    afile_open(f.m, NULL, O_RDWR | O_CREAT, NULL, seen_cb, &s, &op),
+	    AA_EINVAL);
+	cr_assert_eq(
+	    afile_open(f.m, f.path, O_RDWR | O_CREAT, NULL, NULL, &s, &op),
+	    AA_EINVAL);
+	file = open_now(&f);
+	cr_assert_eq(afile_write(file, NULL, 3, 0, NULL, seen_cb, &s, &op),
+	             AA_EINVAL);
+	cr_assert_eq(afile_write(file, "x", 1, 0, NULL, seen_cb, &s, NULL),
+	             AA_EINVAL);
+	cr_assert_eq(afile_read(NULL, 1, 0, NULL, seen_cb, &s, &op),
+	             AA_EINVAL);
+	cr_assert_eq(afile_close(file, NULL, NULL, &s, &op), AA_EINVAL);
+	cr_assert_null(op);
+	close_now(file);
+	fx_fini(&f);
+	cr_assert_eq(atomic_load(&s.runs), 0, "no callback ran");
 }
 
 // ---- Chained: each step started from the previous one's handler ----
@@ -337,6 +369,124 @@ Test(sample_afile, abort_of_a_running_open_closes_the_file_it_opened)
 	tally_fini(&done);
 }
 
+// ---- Abort, case 2 for the other actions: write, read, close ----
+
+// cancel_running holds the file's next action (kind k) right before its
+// system call, cancels it, releases it and checks case 2: the call ran,
+// its result was not delivered, the op ended CANCELED.
+enum { RUN_WRITE, RUN_READ, RUN_CLOSE };
+
+static void
+cancel_running(int k)
+{
+	fixture f;
+	tally done;
+	seen s;
+	aa_op *op;
+	afile *file;
+	int fds;
+	char buf[8] = {0};
+	int fd;
+	fx_init(&f, 1);
+	tally_init(&done);
+	seen_init(&s, &done);
+	fds = count_fds();
+	file = open_now(&f);
+	if (k == RUN_READ) {
+		tally w;
+		seen ws;
+		tally_init(&w);
+		seen_init(&ws, &w);
+		cr_assert_eq(
+		    afile_write(file, "old", 3, 0, NULL, seen_cb, &ws, &op),
+		    0);
+		tally_wait(&w, 1);
+		tally_fini(&w);
+	}
+	atomic_store(&f.hold, true);
+	if (k == RUN_WRITE) {
+		cr_assert_eq(
+		    afile_write(file, "new", 3, 0, NULL, seen_cb, &s, &op), 0);
+	} else if (k == RUN_READ) {
+		cr_assert_eq(afile_read(file, 3, 0, NULL, seen_cb, &s, &op),
+		             0);
+	} else {
+		cr_assert_eq(afile_close(file, NULL, seen_cb, &s, &op), 0);
+	}
+	aa_op_ref(op);
+	gate_wait(&f.held); // right before its system call
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(aa_op_cancel_detail(op), 2);
+	cr_assert_eq(aa_op_status(op), AA_STARTED, "it finishes first");
+	cr_assert_eq(atomic_load(&s.runs), 0);
+	atomic_store(&f.hold, false);
+	gate_open(&f.release);
+	tally_wait(&done, 1);
+	cr_assert_eq(atomic_load(&s.runs), 1);
+	cr_assert_eq(atomic_load(&s.state), AA_CANCELED, "no result");
+	cr_assert_eq(s.result[0], '\0', "nothing delivered");
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), AA_EALREADY);
+	aa_op_unref(op);
+	if (k != RUN_CLOSE) {
+		close_now(file);
+	}
+	afile_mgr_free(f.m);
+	f.m = NULL;
+	cr_assert_eq(count_fds(), fds, "the file is closed");
+	if (k == RUN_WRITE) {
+		// The write did happen: case 2 drops the result, not the
+		// side effect.
+		fd = open(f.path, O_RDONLY);
+		cr_assert_geq(fd, 0);
+		cr_assert_eq(read(fd, buf, sizeof(buf)), 3);
+		cr_assert_str_eq(buf, "new");
+		close(fd);
+	}
+	fx_fini(&f);
+	tally_fini(&done);
+}
+
+Test(sample_afile, abort_of_a_running_write_drops_its_result)
+{
+	cancel_running(RUN_WRITE);
+}
+
+Test(sample_afile, abort_of_a_running_read_drops_its_bytes)
+{
+	cancel_running(RUN_READ);
+}
+
+Test(sample_afile, abort_of_a_running_close_still_closes_the_file)
+{
+	cancel_running(RUN_CLOSE);
+}
+
+// ---- Cancel after completion ----
+
+Test(sample_afile, cancel_after_completion_does_nothing)
+{
+	fixture f;
+	tally done;
+	seen s;
+	aa_op *op;
+	afile *file;
+	fx_init(&f, 1);
+	tally_init(&done);
+	seen_init(&s, &done);
+	s.keep = true;
+	file = open_now(&f);
+	cr_assert_eq(afile_write(file, "done", 4, 0, NULL, seen_cb, &s, &op),
+	             0);
+	tally_wait(&done, 1);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), AA_EALREADY);
+	cr_assert_eq(aa_op_status(op), AA_COMPLETED);
+	cr_assert_eq(atomic_load(&s.runs), 1);
+	aa_op_unref(op);
+	close_now(file);
+	fx_fini(&f);
+	tally_fini(&done);
+}
+
 // ---- Abort, case 3: a handler in progress is waited for ----
 
 typedef struct in_progress {
@@ -511,8 +661,10 @@ Test(sample_afile, destroy_with_actions_pending)
 	seen s[3];
 	aa_op *op;
 	thr t;
+	int fds;
 	fx_init(&f, 1);
 	tally_init(&done);
+	fds = count_fds();
 	atomic_store(&f.hold, true);
 	for (int i = 0; i < 3; i++) {
 		char p[128];
@@ -529,7 +681,8 @@ Test(sample_afile, destroy_with_actions_pending)
 	gate_open(&f.release);
 	thr_join(&t);
 	f.m = NULL;
-	cr_assert_eq(tally_get(&done), 3);
+	cr_assert_eq(tally_get(&done), 3, "no callback after destroy");
+	cr_assert_eq(count_fds(), fds, "the running open's file was closed");
 	for (int i = 0; i < 3; i++) {
 		char p[128];
 		cr_assert_eq(atomic_load(&s[i].state), AA_CANCELED);

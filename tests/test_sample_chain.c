@@ -2,9 +2,10 @@
 //
 // test_sample_chain.c: the middle-level sample with an async chain
 // (demos/samples/chain.c): success (step two runs on step one's result),
-// a failing step, cancel during step one, between the steps (from step
-// one's handler) and during step two, after completion, 10,000
-// cancel-vs-completion races on step two, destroy with calls pending.
+// a failing step, cancel before step one starts (queued), during step one,
+// between the steps (from step one's handler) and during step two, after
+// completion, 10,000 cancel-vs-completion races on step two, destroy with
+// calls pending.
 #include "chain.h"
 #include "sample_util.h"
 
@@ -62,6 +63,15 @@ Test(sample_chain, success_and_a_failing_step)
 	tally_fini(&done);
 }
 
+Test(sample_chain, a_refused_call_never_runs_its_callback)
+{
+	fixture f;
+	fx_init(&f);
+	refused_calls((smp_layer){chain_call, f.m});
+	cr_assert_eq(tally_get(&f.spy_one.calls), 0, "no step");
+	fx_fini(&f);
+}
+
 // cancel_in_step holds step n's blocking call, cancels, checks.
 static void
 cancel_in_step(int n)
@@ -103,6 +113,44 @@ Test(sample_chain, cancel_during_step_one)
 Test(sample_chain, cancel_during_step_two)
 {
 	cancel_in_step(2);
+}
+
+// Step one of a second call waits behind the first call's (step one's
+// pool has one thread): cancelled before any of its work started.
+Test(sample_chain, cancel_before_step_one_starts)
+{
+	fixture f;
+	tally done;
+	seen first;
+	seen second;
+	aa_op *op1;
+	aa_op *op2;
+	fx_init(&f);
+	tally_init(&done);
+	seen_init(&first, &done);
+	seen_init(&second, NULL);
+	atomic_store(&f.one.e.hold, true);
+	cr_assert_eq(chain_call(f.m, "1", 1, NULL, seen_cb, &first, &op1), 0);
+	gate_wait(&f.one.held);
+	cr_assert_eq(chain_call(f.m, "2", 1, NULL, seen_cb, &second, &op2), 0);
+	aa_op_ref(op2);
+	cr_assert_eq(aa_op_cancel(op2, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(atomic_load(&second.runs), 1, "at once");
+	cr_assert_eq(atomic_load(&second.state), AA_CANCELED);
+	cr_assert_eq(aa_op_cancel_detail(op2), 1, "step one was current");
+	atomic_store(&f.one.e.hold, false);
+	gate_open(&f.one.release);
+	tally_wait(&done, 1);
+	cr_assert_eq(atomic_load(&first.state), AA_COMPLETED);
+	aa_op_unref(op2);
+	chain_free(f.m);
+	f.m = NULL;
+	lowfx_stop(&f.one);
+	lowfx_stop(&f.two);
+	cr_assert_eq(tally_get(&f.one.e.calls), 1, "op2's step one never ran");
+	cr_assert_eq(tally_get(&f.two.e.calls), 1, "only op1's step two ran");
+	fx_fini(&f);
+	tally_fini(&done);
 }
 
 typedef struct between {

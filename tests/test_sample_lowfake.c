@@ -29,6 +29,16 @@ Test(sample_lowfake, success)
 	tally_fini(&done);
 }
 
+Test(sample_lowfake, a_refused_call_never_runs_its_callback)
+{
+	lowfx f;
+	lowfx_init(&f, 1, "!");
+	refused_calls(f.layer);
+	lowfx_stop(&f);
+	cr_assert_eq(tally_get(&f.e.calls), 0);
+	lowfx_fini(&f);
+}
+
 Test(sample_lowfake, cancel_during_the_blocking_call_is_immediate)
 {
 	lowfx f;

@@ -30,6 +30,14 @@ Test(sample_lowreal, success)
 	tally_fini(&done);
 }
 
+Test(sample_lowreal, a_refused_call_never_runs_its_callback)
+{
+	lowreal *m;
+	cr_assert_eq(lowreal_alloc(&m, 0), 0);
+	refused_calls((smp_layer){lowreal_call, m});
+	lowreal_free(m);
+}
+
 Test(sample_lowreal, cancel_while_armed_really_stops_the_timer)
 {
 	lowreal *m;

@@ -60,6 +60,43 @@ Test(sample_passthru, success_and_failure_pass_up)
 	tally_fini(&done);
 }
 
+static int
+refusing_call(void *handle, const void *in, size_t len, const aa_assoc *assoc,
+              aa_op_cb cb, void *arg, aa_op **opp)
+{
+	(void)handle;
+	(void)in;
+	(void)len;
+	(void)assoc;
+	(void)cb;
+	(void)arg;
+	(void)opp;
+	return AA_EBUSY;
+}
+
+Test(sample_passthru, a_refused_call_never_runs_its_callback)
+{
+	fixture f;
+	passthru *over_refusing;
+	seen s;
+	aa_op *op = NULL;
+	fx_init(&f, 1);
+	refused_calls((smp_layer){passthru_call, f.m});
+	// A lower layer that refuses: the refusal comes back from the call,
+	// and no callback runs.
+	seen_init(&s, NULL);
+	cr_assert_eq(
+	    passthru_alloc(&over_refusing, (smp_layer){refusing_call, NULL}),
+	    0);
+	cr_assert_eq(
+	    passthru_call(over_refusing, "x", 1, NULL, seen_cb, &s, &op),
+	    AA_EBUSY);
+	cr_assert_null(op);
+	passthru_free(over_refusing);
+	cr_assert_eq(atomic_load(&s.runs), 0);
+	fx_fini(&f);
+}
+
 Test(sample_passthru, a_type_the_lower_op_refuses_changes_nothing)
 {
 	fixture f;

@@ -2,7 +2,8 @@
 //
 // test_sample_retry.c: the middle-level sample with retries
 // (demos/samples/retry.c) over the fake-cancel low level: success after
-// failures, giving up with the last error, cancel during an attempt,
+// failures, giving up with the last error, cancel before the first
+// attempt starts (queued), during an attempt,
 // during the backoff wait and after completion, no attempt after cancel,
 // 10,000 cancel-vs-completion races, destroy with calls pending (one
 // waiting, one in an attempt).
@@ -57,6 +58,15 @@ Test(sample_retry, succeeds_after_failures)
 	tally_fini(&done);
 }
 
+Test(sample_retry, a_refused_call_never_runs_its_callback)
+{
+	fixture f;
+	fx_init(&f, 1, 3, 0);
+	refused_calls((smp_layer){retry_call, f.m});
+	cr_assert_eq(tally_get(&f.spy.calls), 0, "no attempt");
+	fx_fini(&f);
+}
+
 Test(sample_retry, gives_up_with_the_last_error)
 {
 	fixture f;
@@ -99,6 +109,43 @@ Test(sample_retry, cancel_during_an_attempt_stops_it)
 	lowfx_stop(&f.low);
 	cr_assert_eq(tally_get(&f.spy.calls), 1, "no attempt after cancel");
 	fx_fini(&f);
+}
+
+// The first attempt of a second call waits behind the first call's (one
+// pool thread): cancelled before it started, and never retried.
+Test(sample_retry, cancel_before_the_first_attempt_starts)
+{
+	fixture f;
+	tally done;
+	seen first;
+	seen second;
+	aa_op *op1;
+	aa_op *op2;
+	fx_init(&f, 1, 5, 0);
+	tally_init(&done);
+	seen_init(&first, &done);
+	seen_init(&second, NULL);
+	atomic_store(&f.low.e.hold, true);
+	cr_assert_eq(retry_call(f.m, "1", 1, NULL, seen_cb, &first, &op1), 0);
+	gate_wait(&f.low.held);
+	cr_assert_eq(retry_call(f.m, "2", 1, NULL, seen_cb, &second, &op2), 0);
+	aa_op_ref(op2);
+	cr_assert_eq(aa_op_cancel(op2, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(atomic_load(&second.runs), 1, "at once");
+	cr_assert_eq(atomic_load(&second.state), AA_CANCELED);
+	cr_assert_eq(retry_attempts(op2), 1);
+	atomic_store(&f.low.e.hold, false);
+	gate_open(&f.low.release);
+	tally_wait(&done, 1);
+	cr_assert_eq(atomic_load(&first.state), AA_COMPLETED);
+	aa_op_unref(op2);
+	retry_free(f.m);
+	f.m = NULL;
+	lowfx_stop(&f.low);
+	cr_assert_eq(tally_get(&f.low.e.calls), 1, "op2's attempt never ran");
+	cr_assert_eq(tally_get(&f.spy.calls), 2, "and was not retried");
+	fx_fini(&f);
+	tally_fini(&done);
 }
 
 Test(sample_retry, cancel_during_the_backoff_wait)
@@ -244,7 +291,7 @@ partial_cancel_in_attempt(bool attempt_fails, aa_state want)
 	cr_assert_eq(aa_op_status(op), AA_STARTED, "the attempt goes on");
 	gate_open(&f.low.release);
 	tally_wait(&done, 1);
-	cr_assert_eq(atomic_load(&s.state), want);
+	cr_assert_eq(atomic_load(&s.state), (int)want);
 	if (want == AA_COMPLETED) {
 		cr_assert_str_eq(s.result, "p!");
 	}

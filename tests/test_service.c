@@ -566,7 +566,8 @@ Test(service, a_method_gives_its_rejection_a_text)
 		    0);
 		cr_assert_eq(aa_op_set_handler(op, on_done, &s), 0);
 		gate_wait(&s.done);
-		cr_assert_eq(s.state, cases[i].state, "%s", cases[i].payload);
+		cr_assert_eq((int)s.state, (int)cases[i].state, "%s",
+		             cases[i].payload);
 		cr_assert_str_eq(aa_op_error_msg(op), cases[i].msg);
 		aa_op_unref(op);
 	}

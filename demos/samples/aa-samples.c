@@ -170,7 +170,10 @@ story_low_level(aa_executor *pool)
 	aa_op_ref(op);
 	upper_wait(&u, 0);
 	EXPECT(aa_op_cancel(op, AA_CANCEL_TOTAL) == AA_ENOTSUP);
-	printf("  a TOTAL cancel is refused: %s\n", aa_strerror(AA_ENOTSUP));
+	printf("  a TOTAL cancel is refused: %s, no cancellation will "
+	       "occur\n",
+	       aa_strerror(AA_ENOTSUP));
+	EXPECT(aa_op_status(op) == AA_STARTED);
 	EXPECT(aa_op_cancel(op, AA_CANCEL_TERMINAL) == 0);
 	EXPECT(done.ran && done.state == AA_CANCELED); // at once
 	upper_hold(&u, false);
@@ -221,6 +224,8 @@ story_middle_level(aa_executor *pool)
 	outcome waiting = OUTCOME("cancelled in its wait");
 	outcome chained = OUTCOME("chain");
 	outcome passed = OUTCOME("pass-through");
+	outcome partial = OUTCOME("partial cancel in an attempt");
+	outcome terminal = OUTCOME("terminal cancel in an attempt");
 	lowfake *lf;
 	lowreal *lr;
 	retry *rt;
@@ -228,7 +233,8 @@ story_middle_level(aa_executor *pool)
 	passthru *pt;
 	aa_op *op;
 	int n;
-	printf("middle level: retries, a chain, a pass-through\n");
+	printf("middle level: retries, a chain, partial vs terminal, a "
+	       "pass-through\n");
 	EXPECT(lowfake_alloc(&lf, pool, upper_blocking, &u) == 0);
 	EXPECT(lowreal_alloc(&lr, 10) == 0);
 	EXPECT(retry_alloc(&rt, (smp_layer){lowfake_call, lf},
@@ -254,6 +260,29 @@ story_middle_level(aa_executor *pool)
 	       0);
 	EXPECT(outcome_wait(&chained) == AA_COMPLETED);
 	chain_free(ch);
+
+	// Partial vs terminal on the same retrying call, held in its
+	// attempt: PARTIAL stops what comes next and lets the attempt
+	// finish (its success is reported); TERMINAL stops the attempt.
+	EXPECT(retry_alloc(&rt, (smp_layer){lowfake_call, lf},
+	                   (retry_policy){4, 5}) == 0);
+	for (int k = 0; k < 2; k++) {
+		aa_cancel_type type =
+		    k == 0 ? AA_CANCEL_PARTIAL : AA_CANCEL_TERMINAL;
+		outcome *o = k == 0 ? &partial : &terminal;
+		upper_hold(&u, true);
+		EXPECT(retry_call(rt, "kept", 4, NULL, outcome_cb, o, &op) ==
+		       0);
+		aa_op_ref(op);
+		upper_wait(&u, 0);
+		EXPECT(aa_op_cancel(op, type) == 0);
+		EXPECT(o->ran == (type == AA_CANCEL_TERMINAL));
+		upper_hold(&u, false);
+		EXPECT(outcome_wait(o) ==
+		       (k == 0 ? AA_COMPLETED : AA_CANCELED));
+		aa_op_unref(op);
+	}
+	retry_free(rt);
 
 	EXPECT(passthru_alloc(&pt, (smp_layer){lowfake_call, lf}) == 0);
 	upper_hold(&u, true);
