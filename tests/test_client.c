@@ -29,9 +29,11 @@ static hold_point hp_closing = {.name = "server.closing"};
 static hold_point hp_fail = {.name = "client.before_fail"};
 static hold_point hp_cclosing = {.name = "client.closing"};
 static hold_point hp_reconnect = {.name = "client.reconnect"};
-static hold_point *const points[] = {&hp_submit,   &hp_deliver,  &hp_reply,
-                                     &hp_start,    &hp_closing,  &hp_fail,
-                                     &hp_cclosing, &hp_reconnect};
+static hold_point hp_cstopping = {.name = "client.stopping"};
+static hold_point hp_stopping = {.name = "server.stopping"};
+static hold_point *const points[] = {
+    &hp_submit, &hp_deliver,  &hp_reply,     &hp_start,     &hp_closing,
+    &hp_fail,   &hp_cclosing, &hp_reconnect, &hp_cstopping, &hp_stopping};
 
 // Actions at "op.slot_connected" (inside aa_op_alloc, during a call).
 static aa_cancel_signal *emit_at_connect;
@@ -1560,6 +1562,70 @@ Test(client, server_stop_waits_for_a_close_running_on_another_thread)
 	thr_join(&closer.t);
 	thr_join(&stopper.t);
 	cr_assert_eq(stopper.rv, 0);
+}
+
+static void *
+client_free_main(void *arg)
+{
+	lifecycle_call *l = arg;
+	aa_client_free(l->obj);
+	gate_open(&l->done);
+	return NULL;
+}
+
+static void *
+server_free_main(void *arg)
+{
+	lifecycle_call *l = arg;
+	aa_server_free(l->obj);
+	gate_open(&l->done);
+	return NULL;
+}
+
+// A stop held on one thread (counted, not closed yet) while free runs on
+// another: free closes, stops and then waits for the other stop before it
+// destroys the client (before, it freed the client under that stop, which
+// then locked a destroyed mutex in freed memory).
+Test(client, free_waits_for_a_stop_running_on_another_thread)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("ipc");
+	aa_op *op = call("hold", "x", &s);
+	gate_wait(&S.started);
+	hold_arm(&hp_cstopping);
+	lifecycle_call stopper, freer;
+	lifecycle_start(&stopper, client_stop_main, E.cli);
+	gate_wait(&hp_cstopping.reached);
+	lifecycle_start(&freer, client_free_main, E.cli);
+	gate_wait(&s.done); // the free's close cancelled the op
+	cr_assert_eq(s.state, AA_CANCELED);
+	cr_assert(!gate_wait_ms(&freer.done, 300),
+	          "free returned while a stop still ran");
+	gate_open(&hp_cstopping.release);
+	thr_join(&stopper.t);
+	thr_join(&freer.t);
+	cr_assert_eq(stopper.rv, 0);
+	E.cli = NULL;
+	aa_op_unref(op);
+}
+
+// The same on the server: a stop held on one thread, free on another.
+Test(client, server_free_waits_for_a_stop_running_on_another_thread)
+{
+	env_up("ipc");
+	hold_arm(&hp_stopping);
+	lifecycle_call stopper, freer;
+	lifecycle_start(&stopper, server_stop_main, E.srv);
+	gate_wait(&hp_stopping.reached);
+	lifecycle_start(&freer, server_free_main, E.srv);
+	cr_assert(!gate_wait_ms(&freer.done, 300),
+	          "free returned while a stop still ran");
+	gate_open(&hp_stopping.release);
+	thr_join(&stopper.t);
+	thr_join(&freer.t);
+	cr_assert_eq(stopper.rv, 0);
+	E.srv = NULL;
 }
 
 // close, stop and close again racing on three threads with ops pending,

@@ -36,7 +36,13 @@
 // vs Complete: the op's state again. Loss vs everything: ops still in the
 // map when the link goes down end in ERROR (absorbed if already final) and
 // settle "unknown"; queued ones settle "never_started". Close vs call: the
-// `closed` flag under the mutex.
+// `closed` flag under the mutex. Teardown on several threads: a close
+// counts itself in `closers` and pins its link; stop waits for closers
+// (and the link, flushers, reconnects, owed cancels); stop counts itself
+// in `stoppers`, and free waits for closers and stoppers to reach zero
+// before it destroys the mutex (checkpoints client.closing and
+// client.stopping). A call that begins after free began is the caller's
+// use after free, as with any free.
 //
 // fork. A client belongs to the process that opened it. A forked child has
 // a copy of its memory (its mutex possibly locked by a thread that does not
@@ -400,6 +406,10 @@ aa_client_stop(aa_client *c)
 	    on_link_thread(c)) {
 		return AA_EDEADLK;
 	}
+	aai_mtx_lock(&c->mtx);
+	c->stoppers++; // free waits until this stop is done with c
+	aai_mtx_unlock(&c->mtx);
+	AAI_CHECKPOINT("client.stopping", c);
 	aa_client_close(c);
 	aai_mtx_lock(&c->mtx);
 	// The link's down callback runs on its own thread; flushers finish
@@ -410,6 +420,10 @@ aa_client_stop(aa_client *c)
 	}
 	aai_mtx_unlock(&c->mtx);
 	aai_link_free_dead(c);
+	aai_mtx_lock(&c->mtx);
+	c->stoppers--;
+	aai_cv_broadcast(&c->cv);
+	aai_mtx_unlock(&c->mtx); // the last touch of c
 	return 0;
 }
 
@@ -417,6 +431,14 @@ static void
 client_free_now(aa_client *c)
 {
 	aa_client_stop(c);
+	// A stop or close still running on another thread (begun before
+	// this free) finishes with c first: its mutex is not destroyed under
+	// it.
+	aai_mtx_lock(&c->mtx);
+	while (c->stoppers > 0 || c->closers > 0) {
+		aai_cv_wait(&c->cv, &c->mtx);
+	}
+	aai_mtx_unlock(&c->mtx);
 	aa_timer_queue_free(c->timers);
 	for (size_t i = 0; i < c->n_methods; i++) {
 		aai_free(c->methods[i].name);

@@ -114,7 +114,8 @@ struct aa_client {
 	uint64_t conn_id; // the server's id for the link
 	int down_err;     // why the last link went down
 	bool closed;
-	int closers; // threads inside aa_client_close: stop waits for them
+	int closers;  // threads inside aa_client_close: stop waits for them
+	int stoppers; // threads inside aa_client_stop: free waits for them
 	// A reconnect runs on a thread of its own (aai_link_reconnect) while
 	// calls queue, pre-submit: nothing blocks a caller.
 	bool reconnecting;
