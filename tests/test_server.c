@@ -1149,6 +1149,53 @@ BOTH(pending_limit_is_per_client_instance)
 	rawc_free(other);
 }
 
+// The case at a smaller scale: one instance over twenty
+// connections, each sending two Starts of a method that holds, against a
+// limit of 8 pending ops: 8 start in all, the other 32 are refused with
+// ELIMIT, whichever connections they came on.
+BOTH(pending_limit_holds_over_twenty_connections_of_one_instance)
+{
+	fx_serve(&(aa_server_opts){.max_pending = 8});
+	rawc *conns[20];
+	for (int i = 0; i < 20; i++) {
+		conns[i] = rawc_open(fx.url, 7, NULL);
+	}
+	for (int i = 0; i < 20; i++) {
+		rawc_start(conns[i], 1, "hold", NULL, 0);
+		rawc_start(conns[i], 2, "hold", NULL, 0);
+	}
+	fx_wait(AA_SEV_START, 8);
+	fx_wait(AA_SEV_REJECTED, 32);
+	for (;;) { // each connection's Hello, and the 32 refusals arrived
+		int got = 0;
+		for (int i = 0; i < 20; i++) {
+			got += rawc_count(conns[i]);
+		}
+		if (got == 20 + 32) {
+			break;
+		}
+		sched_yield();
+	}
+	int refused = 0;
+	for (int i = 0; i < 20; i++) { // every Complete so far: a refusal
+		for (int k = rawc_count(conns[i]) - 1; k > 0; k--) {
+			rmsg c = rawc_wait(conns[i], AAI_WIRE_COMPLETE, 0);
+			cr_assert_eq(c.status, AAI_WIRE_REJECTED);
+			cr_assert_eq(c.error, AA_ELIMIT);
+			refused++;
+		}
+	}
+	cr_assert_eq(refused, 32);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.started, 8);
+	cr_assert_eq(st.pending, 8);
+	cr_assert_eq(fx_event(AA_SEV_START), 8, "no ninth op started");
+	for (int i = 0; i < 20; i++) {
+		rawc_free(conns[i]);
+	}
+}
+
 // Method names are exactly their bytes: an embedded NUL or invalid UTF-8
 // is a protocol error, never a silent truncation.
 BOTH(method_names_with_nul_or_invalid_utf8_are_protocol_errors)
