@@ -1828,6 +1828,7 @@ Test(client, a_call_while_reconnecting_never_blocks)
 	cr_assert_eq(aa_op_settlement(c), AA_SETTLE_NEVER_STARTED);
 	client_stats(&after);
 	cr_assert_eq(after.sent_start, before.sent_start, "nothing was sent");
+	cr_assert_eq(after.sent_cancel, before.sent_cancel, "no Cancel either");
 
 	// A server again: the reconnect succeeds and sends what queued.
 	server_up(&E, "ipc", 0);

@@ -1625,14 +1625,23 @@ Test(server, a_client_drops_a_server_that_never_reads, .timeout = 120)
 	static char payload[256 * 1024];
 	aa_op *ops[32];
 	int n = 0, refused = 0;
+	uint64_t most_queued = 0;
+	aa_client_stats cst;
 	for (; n < 32; n++) {
 		refused = aa_client_call(&ops[n], c, "echo", payload,
 		                         sizeof(payload), NULL, NULL);
 		if (refused != 0) {
 			break; // dropped already: later calls are refused
 		}
+		aa_client_stats_get(c, &cst);
+		if (cst.send_queued > most_queued) {
+			most_queued = cst.send_queued;
+		}
 	}
 	cr_assert_gt(n, 0);
+	test_note("the client queued at most %llu bytes for the server",
+	          (unsigned long long)most_queued);
+	cr_assert_leq(most_queued, 2u << 20, "queued past send_queue_max");
 	int limited = refused == AA_ELIMIT;
 	for (int i = 0; i < n; i++) {
 		while (aa_op_status(ops[i]) == AA_STARTED) {
@@ -1642,6 +1651,8 @@ Test(server, a_client_drops_a_server_that_never_reads, .timeout = 120)
 		aa_op_unref(ops[i]);
 	}
 	cr_assert_gt(limited, 0, "no call ended with AA_ELIMIT");
+	aa_client_stats_get(c, &cst);
+	cr_assert_eq(cst.send_limit_drops, 1, "the drop is counted");
 	aa_client_free(c);
 	close(fd);
 	close(lfd);

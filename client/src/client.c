@@ -184,6 +184,7 @@ aa_client_open(aa_client **cp, const aa_client_opts *o)
 	    .silence_ms = opts.dead_after_ms,
 	    .connect_timeout_ms = opts.connect_timeout_ms,
 	    .send_max = opts.send_queue_max,
+	    .budget = &c->sendq,
 	    .tls_cert_file = opts.tls_cert_file,
 	    .tls_key_file = opts.tls_key_file,
 	    .tls_ca_file = opts.tls_ca_file,
@@ -284,6 +285,7 @@ aa_client_stats_get(aa_client *c, aa_client_stats *st)
 	aai_mtx_lock(&c->mtx);
 	*st = c->st;
 	st->pending = c->ops.count;
+	st->send_queued = atomic_load(&c->sendq.used);
 	aai_mtx_unlock(&c->mtx);
 }
 

@@ -134,6 +134,9 @@ struct aa_client {
 	aa_timer_queue *timers;
 	aai_pool *pool; // op memory; outlives c while ops hold blocks
 	aa_client_stats st;
+	// Bytes queued to the server, counted by the transport (max 0: a
+	// count, not a bound; the bound is tp.send_max per connection).
+	aai_tp_budget sendq;
 	unsigned forks; // forks counted when c was opened (client.c, "fork")
 };
 
