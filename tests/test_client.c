@@ -1828,7 +1828,8 @@ Test(client, a_call_while_reconnecting_never_blocks)
 	cr_assert_eq(aa_op_settlement(c), AA_SETTLE_NEVER_STARTED);
 	client_stats(&after);
 	cr_assert_eq(after.sent_start, before.sent_start, "nothing was sent");
-	cr_assert_eq(after.sent_cancel, before.sent_cancel, "no Cancel either");
+	cr_assert_eq(after.sent_cancel, before.sent_cancel,
+	             "no Cancel either");
 
 	// A server again: the reconnect succeeds and sends what queued.
 	server_up(&E, "ipc", 0);
@@ -1845,6 +1846,67 @@ Test(client, a_call_while_reconnecting_never_blocks)
 	aa_op_unref(b);
 	aa_op_unref(c);
 	aa_op_unref(d);
+}
+
+// The same from a library thread: the server's Goodbye ends a call on the
+// link's receive thread, and its handler calls again there. That call
+// starts the reconnect and returns at once (the reconnect is held, and
+// released only after the call returned: a call that dialled would wait
+// here for ever), queues, and goes out once the reconnect is done.
+static struct {
+	aa_client *c;
+	int rv;
+	aa_op *op;
+	pthread_t thread;
+	gate returned;
+} from_handler;
+
+static void
+call_again_from_handler(aa_op *op, void *arg)
+{
+	(void)arg;
+	from_handler.thread = pthread_self();
+	cr_assert_eq(aa_op_error(op), AA_EUNAVAIL);
+	from_handler.rv = aa_client_call(&from_handler.op, from_handler.c,
+	                                 "echo", "again", 5, NULL, NULL);
+	gate_open(&from_handler.returned);
+}
+
+Test(client, a_call_from_a_receive_thread_handler_never_blocks)
+{
+	static seen s;
+	seen_init(&s);
+	gate_init(&from_handler.returned);
+	server_up(&E, "ipc", 0);
+	aa_client_opts co = {.url = E.url, .reconnect = true};
+	cr_assert_eq(aa_client_open(&E.cli, &co), 0);
+	from_handler.c = E.cli;
+	aa_op *first;
+	cr_assert_eq(aa_client_call(&first, E.cli, "hold", "x", 1, NULL, NULL),
+	             0);
+	cr_assert_eq(aa_op_set_handler(first, call_again_from_handler, NULL),
+	             0);
+	gate_wait(&S.started);
+	hold_arm(&hp_reconnect);
+	aa_server_close(E.srv);            // its Goodbye ends the call
+	gate_wait(&from_handler.returned); // while the reconnect is held
+	cr_assert(!pthread_equal(from_handler.thread, pthread_self()),
+	          "the handler ran on the link's thread");
+	cr_assert_eq(from_handler.rv, 0);
+	cr_assert_eq(aa_op_status(from_handler.op), AA_STARTED);
+	cr_assert_eq(aa_op_set_handler(from_handler.op, on_done, &s), 0);
+	aa_server_free(E.srv);
+	E.srv = NULL;
+	aa_op_unref(S.held);
+	S.held = NULL;
+	server_up(&E, "ipc", 0); // a server again, same address
+	gate_wait(&hp_reconnect.reached);
+	gate_open(&hp_reconnect.release);
+	gate_wait(&s.done);
+	cr_assert_eq(s.state, AA_COMPLETED, "%s",
+	             aa_strerror(aa_op_error(from_handler.op)));
+	aa_op_unref(from_handler.op);
+	aa_op_unref(first);
 }
 
 Test(client, tls_in_flight_and_a_client_that_trusts_another_ca)
