@@ -39,10 +39,16 @@ static hold_point *const points[] = {
 static aa_cancel_signal *emit_at_connect;
 static aa_client *close_at_connect;
 
+// Stops that have begun (counted by the client, so a free may follow).
+static atomic_int stops_entered;
+
 static void
 on_checkpoint(void *arg, const char *name, void *subject)
 {
 	(void)arg;
+	if (strcmp(name, "client.stopping") == 0) {
+		atomic_fetch_add(&stops_entered, 1);
+	}
 	if (strcmp(name, "op.slot_connected") == 0) {
 		if (emit_at_connect != NULL) {
 			aa_cancel_signal_emit(emit_at_connect,
@@ -1626,6 +1632,51 @@ Test(client, server_free_waits_for_a_stop_running_on_another_thread)
 	thr_join(&freer.t);
 	cr_assert_eq(stopper.rv, 0);
 	E.srv = NULL;
+}
+
+// Three stops (each closes too) and the server's close racing, then a
+// free on a fifth thread as soon as the three stops have begun, while
+// they may still run: the free waits for them. Many rounds (under ASan
+// and TSan in CI).
+Test(client, free_racing_stops_on_several_threads, .timeout = 120)
+{
+#ifdef AA_TSAN
+	const int rounds = 30;
+#else
+	const int rounds = 150;
+#endif
+	for (int round = 0; round < rounds; round++) {
+		env_up("inproc");
+		aa_op *ops[4];
+		for (int i = 0; i < 4; i++) {
+			cr_assert_eq(aa_client_call(&ops[i], E.cli, "park",
+			                            "x", 1, NULL, NULL),
+			             0);
+		}
+		atomic_store(&stops_entered, 0);
+		lifecycle_call st[3], sc, fr;
+		for (int i = 0; i < 3; i++) {
+			lifecycle_start(&st[i], client_stop_main, E.cli);
+		}
+		lifecycle_start(&sc, server_close_main, E.srv);
+		while (atomic_load(&stops_entered) < 3) {
+			sched_yield();
+		}
+		lifecycle_start(&fr, client_free_main, E.cli);
+		for (int i = 0; i < 3; i++) {
+			thr_join(&st[i].t);
+			cr_assert_eq(st[i].rv, 0);
+		}
+		thr_join(&sc.t);
+		thr_join(&fr.t);
+		E.cli = NULL;
+		for (int i = 0; i < 4; i++) {
+			cr_assert_neq(aa_op_status(ops[i]), AA_STARTED);
+			aa_op_unref(ops[i]);
+		}
+		aa_server_free(E.srv);
+		E.srv = NULL;
+	}
 }
 
 // close, stop and close again racing on three threads with ops pending,
