@@ -29,18 +29,26 @@ static hold_point hp_closing = {.name = "server.closing"};
 static hold_point hp_fail = {.name = "client.before_fail"};
 static hold_point hp_cclosing = {.name = "client.closing"};
 static hold_point hp_reconnect = {.name = "client.reconnect"};
-static hold_point *const points[] = {&hp_submit,   &hp_deliver,  &hp_reply,
-                                     &hp_start,    &hp_closing,  &hp_fail,
-                                     &hp_cclosing, &hp_reconnect};
+static hold_point hp_cstopping = {.name = "client.stopping"};
+static hold_point hp_stopping = {.name = "server.stopping"};
+static hold_point *const points[] = {
+    &hp_submit, &hp_deliver,  &hp_reply,     &hp_start,     &hp_closing,
+    &hp_fail,   &hp_cclosing, &hp_reconnect, &hp_cstopping, &hp_stopping};
 
 // Actions at "op.slot_connected" (inside aa_op_alloc, during a call).
 static aa_cancel_signal *emit_at_connect;
 static aa_client *close_at_connect;
 
+// Stops that have begun (counted by the client, so a free may follow).
+static atomic_int stops_entered;
+
 static void
 on_checkpoint(void *arg, const char *name, void *subject)
 {
 	(void)arg;
+	if (strcmp(name, "client.stopping") == 0) {
+		atomic_fetch_add(&stops_entered, 1);
+	}
 	if (strcmp(name, "op.slot_connected") == 0) {
 		if (emit_at_connect != NULL) {
 			aa_cancel_signal_emit(emit_at_connect,
@@ -1619,6 +1627,115 @@ Test(client, server_stop_waits_for_a_close_running_on_another_thread)
 	cr_assert_eq(stopper.rv, 0);
 }
 
+static void *
+client_free_main(void *arg)
+{
+	lifecycle_call *l = arg;
+	aa_client_free(l->obj);
+	gate_open(&l->done);
+	return NULL;
+}
+
+static void *
+server_free_main(void *arg)
+{
+	lifecycle_call *l = arg;
+	aa_server_free(l->obj);
+	gate_open(&l->done);
+	return NULL;
+}
+
+// A stop held on one thread (counted, not closed yet) while free runs on
+// another: free closes, stops and then waits for the other stop before it
+// destroys the client (before, it freed the client under that stop, which
+// then locked a destroyed mutex in freed memory).
+Test(client, free_waits_for_a_stop_running_on_another_thread)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("ipc");
+	aa_op *op = call("hold", "x", &s);
+	gate_wait(&S.started);
+	hold_arm(&hp_cstopping);
+	lifecycle_call stopper, freer;
+	lifecycle_start(&stopper, client_stop_main, E.cli);
+	gate_wait(&hp_cstopping.reached);
+	lifecycle_start(&freer, client_free_main, E.cli);
+	gate_wait(&s.done); // the free's close cancelled the op
+	cr_assert_eq(s.state, AA_CANCELED);
+	cr_assert(!gate_wait_ms(&freer.done, 300),
+	          "free returned while a stop still ran");
+	gate_open(&hp_cstopping.release);
+	thr_join(&stopper.t);
+	thr_join(&freer.t);
+	cr_assert_eq(stopper.rv, 0);
+	E.cli = NULL;
+	aa_op_unref(op);
+}
+
+// The same on the server: a stop held on one thread, free on another.
+Test(client, server_free_waits_for_a_stop_running_on_another_thread)
+{
+	env_up("ipc");
+	hold_arm(&hp_stopping);
+	lifecycle_call stopper, freer;
+	lifecycle_start(&stopper, server_stop_main, E.srv);
+	gate_wait(&hp_stopping.reached);
+	lifecycle_start(&freer, server_free_main, E.srv);
+	cr_assert(!gate_wait_ms(&freer.done, 300),
+	          "free returned while a stop still ran");
+	gate_open(&hp_stopping.release);
+	thr_join(&stopper.t);
+	thr_join(&freer.t);
+	cr_assert_eq(stopper.rv, 0);
+	E.srv = NULL;
+}
+
+// Three stops (each closes too) and the server's close racing, then a
+// free on a fifth thread as soon as the three stops have begun, while
+// they may still run: the free waits for them. Many rounds (under ASan
+// and TSan in CI).
+Test(client, free_racing_stops_on_several_threads, .timeout = 120)
+{
+#ifdef AA_TSAN
+	const int rounds = 30;
+#else
+	const int rounds = 150;
+#endif
+	for (int round = 0; round < rounds; round++) {
+		env_up("inproc");
+		aa_op *ops[4];
+		for (int i = 0; i < 4; i++) {
+			cr_assert_eq(aa_client_call(&ops[i], E.cli, "park",
+			                            "x", 1, NULL, NULL),
+			             0);
+		}
+		atomic_store(&stops_entered, 0);
+		lifecycle_call st[3], sc, fr;
+		for (int i = 0; i < 3; i++) {
+			lifecycle_start(&st[i], client_stop_main, E.cli);
+		}
+		lifecycle_start(&sc, server_close_main, E.srv);
+		while (atomic_load(&stops_entered) < 3) {
+			sched_yield();
+		}
+		lifecycle_start(&fr, client_free_main, E.cli);
+		for (int i = 0; i < 3; i++) {
+			thr_join(&st[i].t);
+			cr_assert_eq(st[i].rv, 0);
+		}
+		thr_join(&sc.t);
+		thr_join(&fr.t);
+		E.cli = NULL;
+		for (int i = 0; i < 4; i++) {
+			cr_assert_neq(aa_op_status(ops[i]), AA_STARTED);
+			aa_op_unref(ops[i]);
+		}
+		aa_server_free(E.srv);
+		E.srv = NULL;
+	}
+}
+
 // close, stop and close again racing on three threads with ops pending,
 // then free; many rounds (under ASan and TSan in CI).
 Test(client, close_and_stop_race_on_several_threads, .timeout = 120)
@@ -1819,6 +1936,8 @@ Test(client, a_call_while_reconnecting_never_blocks)
 	cr_assert_eq(aa_op_settlement(c), AA_SETTLE_NEVER_STARTED);
 	client_stats(&after);
 	cr_assert_eq(after.sent_start, before.sent_start, "nothing was sent");
+	cr_assert_eq(after.sent_cancel, before.sent_cancel,
+	             "no Cancel either");
 
 	// A server again: the reconnect succeeds and sends what queued.
 	server_up(&E, "ipc", 0);
@@ -1835,6 +1954,67 @@ Test(client, a_call_while_reconnecting_never_blocks)
 	aa_op_unref(b);
 	aa_op_unref(c);
 	aa_op_unref(d);
+}
+
+// The same from a library thread: the server's Goodbye ends a call on the
+// link's receive thread, and its handler calls again there. That call
+// starts the reconnect and returns at once (the reconnect is held, and
+// released only after the call returned: a call that dialled would wait
+// here for ever), queues, and goes out once the reconnect is done.
+static struct {
+	aa_client *c;
+	int rv;
+	aa_op *op;
+	pthread_t thread;
+	gate returned;
+} from_handler;
+
+static void
+call_again_from_handler(aa_op *op, void *arg)
+{
+	(void)arg;
+	from_handler.thread = pthread_self();
+	cr_assert_eq(aa_op_error(op), AA_EUNAVAIL);
+	from_handler.rv = aa_client_call(&from_handler.op, from_handler.c,
+	                                 "echo", "again", 5, NULL, NULL);
+	gate_open(&from_handler.returned);
+}
+
+Test(client, a_call_from_a_receive_thread_handler_never_blocks)
+{
+	static seen s;
+	seen_init(&s);
+	gate_init(&from_handler.returned);
+	server_up(&E, "ipc", 0);
+	aa_client_opts co = {.url = E.url, .reconnect = true};
+	cr_assert_eq(aa_client_open(&E.cli, &co), 0);
+	from_handler.c = E.cli;
+	aa_op *first;
+	cr_assert_eq(aa_client_call(&first, E.cli, "hold", "x", 1, NULL, NULL),
+	             0);
+	cr_assert_eq(aa_op_set_handler(first, call_again_from_handler, NULL),
+	             0);
+	gate_wait(&S.started);
+	hold_arm(&hp_reconnect);
+	aa_server_close(E.srv);            // its Goodbye ends the call
+	gate_wait(&from_handler.returned); // while the reconnect is held
+	cr_assert(!pthread_equal(from_handler.thread, pthread_self()),
+	          "the handler ran on the link's thread");
+	cr_assert_eq(from_handler.rv, 0);
+	cr_assert_eq(aa_op_status(from_handler.op), AA_STARTED);
+	cr_assert_eq(aa_op_set_handler(from_handler.op, on_done, &s), 0);
+	aa_server_free(E.srv);
+	E.srv = NULL;
+	aa_op_unref(S.held);
+	S.held = NULL;
+	server_up(&E, "ipc", 0); // a server again, same address
+	gate_wait(&hp_reconnect.reached);
+	gate_open(&hp_reconnect.release);
+	gate_wait(&s.done);
+	cr_assert_eq(s.state, AA_COMPLETED, "%s",
+	             aa_strerror(aa_op_error(from_handler.op)));
+	aa_op_unref(from_handler.op);
+	aa_op_unref(first);
 }
 
 Test(client, tls_in_flight_and_a_client_that_trusts_another_ca)

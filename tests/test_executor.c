@@ -1181,3 +1181,63 @@ Test(executor_lifecycle, stop_waits_for_running_work)
 	gate_fini(&reached);
 	gate_fini(&release);
 }
+
+// A stop held on one thread (counted, not closed yet) while free runs on
+// another: free closes, stops and then waits for the other stop before it
+// destroys the pool (before, it freed the pool under that stop, which then
+// locked a destroyed mutex in freed memory).
+static hold_point hp_ex_stopping = {.name = "executor.stopping"};
+static hold_point *const ex_points[] = {&hp_ex_stopping};
+
+static void
+ex_checkpoint(void *arg, const char *name, void *subject)
+{
+	(void)arg;
+	hold_points_hit(ex_points, 1, name, subject);
+}
+
+typedef struct ex_call {
+	thr t;
+	aa_executor *ex;
+	int rv;
+	gate done;
+} ex_call;
+
+static void *
+ex_stop_main(void *arg)
+{
+	ex_call *c = arg;
+	c->rv = aa_executor_stop(c->ex);
+	gate_open(&c->done);
+	return NULL;
+}
+
+static void *
+ex_free_main(void *arg)
+{
+	ex_call *c = arg;
+	aa_executor_free(c->ex);
+	gate_open(&c->done);
+	return NULL;
+}
+
+Test(executor_lifecycle, free_waits_for_a_stop_running_on_another_thread)
+{
+	aa_executor *pool;
+	cr_assert_eq(aa_pool_alloc(&pool, 2), 0);
+	aa_checkpoint_set(ex_checkpoint, NULL);
+	hold_arm(&hp_ex_stopping);
+	ex_call stopper = {.ex = pool, .rv = -1}, freer = {.ex = pool};
+	gate_init(&stopper.done);
+	gate_init(&freer.done);
+	thr_start(&stopper.t, ex_stop_main, &stopper);
+	gate_wait(&hp_ex_stopping.reached);
+	thr_start(&freer.t, ex_free_main, &freer);
+	cr_assert(!gate_wait_ms(&freer.done, 300),
+	          "free returned while a stop still ran");
+	gate_open(&hp_ex_stopping.release);
+	thr_join(&stopper.t);
+	thr_join(&freer.t);
+	cr_assert_eq(stopper.rv, 0);
+	aa_checkpoint_set(NULL, NULL);
+}

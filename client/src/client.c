@@ -36,7 +36,13 @@
 // vs Complete: the op's state again. Loss vs everything: ops still in the
 // map when the link goes down end in ERROR (absorbed if already final) and
 // settle "unknown"; queued ones settle "never_started". Close vs call: the
-// `closed` flag under the mutex.
+// `closed` flag under the mutex. Teardown on several threads: a close
+// counts itself in `closers` and pins its link; stop waits for closers
+// (and the link, flushers, reconnects, owed cancels); stop counts itself
+// in `stoppers`, and free waits for closers and stoppers to reach zero
+// before it destroys the mutex (checkpoints client.closing and
+// client.stopping). A call that begins after free began is the caller's
+// use after free, as with any free.
 //
 // fork. A client belongs to the process that opened it. A forked child has
 // a copy of its memory (its mutex possibly locked by a thread that does not
@@ -178,6 +184,7 @@ aa_client_open(aa_client **cp, const aa_client_opts *o)
 	    .silence_ms = opts.dead_after_ms,
 	    .connect_timeout_ms = opts.connect_timeout_ms,
 	    .send_max = opts.send_queue_max,
+	    .budget = &c->sendq,
 	    .tls_cert_file = opts.tls_cert_file,
 	    .tls_key_file = opts.tls_key_file,
 	    .tls_ca_file = opts.tls_ca_file,
@@ -278,6 +285,7 @@ aa_client_stats_get(aa_client *c, aa_client_stats *st)
 	aai_mtx_lock(&c->mtx);
 	*st = c->st;
 	st->pending = c->ops.count;
+	st->send_queued = atomic_load(&c->sendq.used);
 	aai_mtx_unlock(&c->mtx);
 }
 
@@ -400,6 +408,10 @@ aa_client_stop(aa_client *c)
 	    on_link_thread(c)) {
 		return AA_EDEADLK;
 	}
+	aai_mtx_lock(&c->mtx);
+	c->stoppers++; // free waits until this stop is done with c
+	aai_mtx_unlock(&c->mtx);
+	AAI_CHECKPOINT("client.stopping", c);
 	aa_client_close(c);
 	aai_mtx_lock(&c->mtx);
 	// The link's down callback runs on its own thread; flushers finish
@@ -410,6 +422,10 @@ aa_client_stop(aa_client *c)
 	}
 	aai_mtx_unlock(&c->mtx);
 	aai_link_free_dead(c);
+	aai_mtx_lock(&c->mtx);
+	c->stoppers--;
+	aai_cv_broadcast(&c->cv);
+	aai_mtx_unlock(&c->mtx); // the last touch of c
 	return 0;
 }
 
@@ -417,6 +433,14 @@ static void
 client_free_now(aa_client *c)
 {
 	aa_client_stop(c);
+	// A stop or close still running on another thread (begun before
+	// this free) finishes with c first: its mutex is not destroyed under
+	// it.
+	aai_mtx_lock(&c->mtx);
+	while (c->stoppers > 0 || c->closers > 0) {
+		aai_cv_wait(&c->cv, &c->mtx);
+	}
+	aai_mtx_unlock(&c->mtx);
 	aa_timer_queue_free(c->timers);
 	for (size_t i = 0; i < c->n_methods; i++) {
 		aai_free(c->methods[i].name);

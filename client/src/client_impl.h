@@ -114,7 +114,8 @@ struct aa_client {
 	uint64_t conn_id; // the server's id for the link
 	int down_err;     // why the last link went down
 	bool closed;
-	int closers; // threads inside aa_client_close: stop waits for them
+	int closers;  // threads inside aa_client_close: stop waits for them
+	int stoppers; // threads inside aa_client_stop: free waits for them
 	// A reconnect runs on a thread of its own (aai_link_reconnect) while
 	// calls queue, pre-submit: nothing blocks a caller.
 	bool reconnecting;
@@ -133,6 +134,9 @@ struct aa_client {
 	aa_timer_queue *timers;
 	aai_pool *pool; // op memory; outlives c while ops hold blocks
 	aa_client_stats st;
+	// Bytes queued to the server, counted by the transport (max 0: a
+	// count, not a bound; the bound is tp.send_max per connection).
+	aai_tp_budget sendq;
 	unsigned forks; // forks counted when c was opened (client.c, "fork")
 };
 

@@ -265,7 +265,9 @@ clink_down(void *arg, aai_conn *conn, int err)
 	const char *why_msg = l->goodbye_msg != NULL ? l->goodbye_msg
 	                      : why == AA_EUNAVAIL   ? "server shut down"
 	                                             : "connection lost";
-	(void)err;
+	if (err == AA_ELIMIT) {
+		c->st.send_limit_drops++;
+	}
 	if (c->link == l) {
 		c->link = NULL;
 		c->conn_id = 0;

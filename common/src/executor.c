@@ -46,6 +46,10 @@
 //   the executor's work (in_thread) it only sets free_deferred. The thread
 //   that makes the executor quiescent (no runrec, no closer dispatching,
 //   no worker alive, no drain item scheduled) frees it after unlocking.
+// * stop and free on several threads: each stop counts itself in
+//   `stoppers` (checkpoint executor.stopping); free, and a deferred free,
+//   wait until no stop of another thread is inside (the last stop to
+//   leave does a deferred free), so no stop touches a freed executor.
 //
 // The strand's notes are in executor_strand.c, the external executors'
 // in executor_ext.c; executor_impl.h holds what the three share.
@@ -216,7 +220,8 @@ quiescent(aa_executor *ex)
 bool
 aai_ex_take_deferred_free(aa_executor *ex)
 {
-	if (ex->free_deferred && quiescent(ex) && ex->pins == 0) {
+	if (ex->free_deferred && quiescent(ex) && ex->pins == 0 &&
+	    ex->stoppers == 0) {
 		ex->free_deferred = false;
 		return true;
 	}
@@ -524,12 +529,35 @@ aa_executor_in_thread(aa_executor *ex)
 	return false;
 }
 
+static int stop_counted(aa_executor *ex);
+
 int
 aa_executor_stop(aa_executor *ex)
 {
 	if (ex == NULL || ex->kind == EX_INLINE) {
 		return 0;
 	}
+	aai_mtx_lock(&ex->mtx);
+	ex->stoppers++; // a free on another thread waits for this stop
+	aai_mtx_unlock(&ex->mtx);
+	AAI_CHECKPOINT("executor.stopping", ex);
+	int rv = stop_counted(ex);
+	aai_mtx_lock(&ex->mtx);
+	ex->stoppers--;
+	if (ex->waiters > 0) {
+		aai_cv_broadcast(&ex->idle_cv);
+	}
+	bool do_free = take_deferred_free(ex);
+	aai_mtx_unlock(&ex->mtx);
+	if (do_free) {
+		destroy(ex);
+	}
+	return rv;
+}
+
+static int
+stop_counted(aa_executor *ex)
+{
 	aa_executor_close(ex);
 	if (aa_executor_in_thread(ex)) {
 		return AA_EDEADLK;
@@ -563,8 +591,12 @@ aa_executor_free(aa_executor *ex)
 	}
 	if (aa_executor_stop(ex) == 0) {
 		// An external executor's pins keep its memory until the
-		// application has made its last run call.
+		// application has made its last run call. A stop still
+		// running on another thread finishes with ex first.
 		aai_mtx_lock(&ex->mtx);
+		while (ex->stoppers > 0) {
+			wait_idle(ex);
+		}
 		do_free = ex->pins == 0;
 		ex->free_deferred = !do_free;
 		aai_mtx_unlock(&ex->mtx);

@@ -27,8 +27,9 @@ struct aa_executor {
 	aa_work *head;          // the FIFO queue, through next_/prev_
 	aa_work *tail;
 	runrec *running;
-	int closers; // threads dispatching dropped items
-	int waiters; // threads waiting on idle_cv
+	int closers;  // threads dispatching dropped items
+	int waiters;  // threads waiting on idle_cv
+	int stoppers; // threads inside aa_executor_stop: free waits for them
 	bool closed;
 	bool free_deferred;
 

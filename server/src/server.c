@@ -42,7 +42,11 @@
 //
 // * Stop waits for "no session left": a session is freed (on the timer
 //   thread) only after its last entry, so that also means every real op
-//   has ended and no callback of the server runs.
+//   has ended and no callback of the server runs. Teardown on several
+//   threads: a close counts itself in `closers` (stop waits for it before
+//   freeing the listeners), a stop in `stoppers`; free waits for both to
+//   reach zero before it destroys the mutex (checkpoints server.closing
+//   and server.stopping).
 #include <stdio.h>
 #include <string.h>
 
@@ -502,6 +506,10 @@ aa_server_stop(aa_server *s)
 	if (aai_cb_inside(AAI_CB_SERVER, s) || on_session_thread(s)) {
 		return AA_EDEADLK;
 	}
+	aai_mtx_lock(&s->mtx);
+	s->stoppers++; // free waits until this stop is done with s
+	aai_mtx_unlock(&s->mtx);
+	AAI_CHECKPOINT("server.stopping", s);
 	aa_server_close(s);
 	aai_mtx_lock(&s->mtx);
 	// A close running on another thread may still use the listeners.
@@ -521,7 +529,9 @@ aa_server_stop(aa_server *s)
 	while (s->nsessions > 0) {
 		aai_cv_wait(&s->cv, &s->mtx);
 	}
-	aai_mtx_unlock(&s->mtx);
+	s->stoppers--;
+	aai_cv_broadcast(&s->cv);
+	aai_mtx_unlock(&s->mtx); // the last touch of s
 	return 0;
 }
 
@@ -536,6 +546,14 @@ aa_server_free(aa_server *s)
 		          "server it frees");
 	}
 	(void)aa_server_stop(s);
+	// A stop or close still running on another thread (begun before
+	// this free, e.g. still freeing the listeners it took) finishes with
+	// s first: its mutex is not destroyed under it.
+	aai_mtx_lock(&s->mtx);
+	while (s->stoppers > 0 || s->closers > 0) {
+		aai_cv_wait(&s->cv, &s->mtx);
+	}
+	aai_mtx_unlock(&s->mtx);
 	aa_timer_queue_free(s->tq); // waits for a reap still returning
 	for (size_t i = 0; i < s->nmethods; i++) {
 		aai_free(s->methods[i].name);

@@ -175,7 +175,8 @@ struct aa_server {
 	size_t nsessions;
 	aai_idmap instances; // instance id -> instance (dedup.c)
 	bool closed;
-	int closers; // threads inside aa_server_close: stop waits for them
+	int closers;  // threads inside aa_server_close: stop waits for them
+	int stoppers; // threads inside aa_server_stop: free waits for them
 	_Atomic bool closed_flag; // closed, readable without the lock
 	counters st;
 };

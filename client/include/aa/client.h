@@ -91,6 +91,11 @@ typedef struct aa_client_stats {
 	uint64_t recv_other;
 	uint64_t connects; // successful handshakes
 	uint64_t pending;  // ops in the table now
+	// Flow control (docs/protocol.md § 17): bytes waiting to be written
+	// to the server now (ipc://, tcp://, tls+tcp://; 0 over inproc://),
+	// and connections dropped because they would pass send_queue_max.
+	uint64_t send_queued;
+	uint64_t send_limit_drops;
 } aa_client_stats;
 
 // aa_client_open connects to o->url and performs the handshake, blocking up
