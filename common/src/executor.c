@@ -547,10 +547,10 @@ aa_executor_stop(aa_executor *ex)
 	if (ex->waiters > 0) {
 		aai_cv_broadcast(&ex->idle_cv);
 	}
-	bool do_free = take_deferred_free(ex);
+	bool do_free = aai_ex_take_deferred_free(ex);
 	aai_mtx_unlock(&ex->mtx);
 	if (do_free) {
-		destroy(ex);
+		aai_ex_destroy(ex);
 	}
 	return rv;
 }
