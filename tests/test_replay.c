@@ -194,9 +194,20 @@ static const struct {
 	const char *error; // after "FILE:"
 } malformed[] = {
     {"call a echo \"x\"\nfrobnicate x\n", "2:1: unknown step 'frobnicate'"},
+    // The four checkpoints that fire with a library lock held.
     {"hold op.cancel_wait\n",
      "1:6: cannot hold a checkpoint that fires with a library lock held "
-     "(record only) 'op.cancel_wait'"},
+     "(a thread held there would hold the lock) 'op.cancel_wait'"},
+    {"call a work x\nhold op.deliver_handoff a\n",
+     "2:6: cannot hold a checkpoint that fires with a library lock held "
+     "(a thread held there would hold the lock) 'op.deliver_handoff'"},
+    {"hold cancel.disconnect_wait\n",
+     "1:6: cannot hold a checkpoint that fires with a library lock held "
+     "(a thread held there would hold the lock) "
+     "'cancel.disconnect_wait'"},
+    {"wait reached timer.cancel_wait\n",
+     "1:14: cannot hold a checkpoint that fires with a library lock held "
+     "(a thread held there would hold the lock) 'timer.cancel_wait'"},
     {"hold client.nowhere a\n", "1:6: unknown checkpoint 'client.nowhere'"},
     {"call a echo \"x\n", "1:13: unterminated string"},
     {"par\n  u: cancel a\n", "3:1: par block without end"},
@@ -207,6 +218,7 @@ static const struct {
     {"par\n  u: expect a status canceled\nend\n",
      "2:6: expectations go after the par block, not in it"},
     {"call a echo x deadline=soon\n", "1:24: expected a number 'soon'"},
+    {"heartbeat 0\n", "1:11: a heartbeat interval is > 0 '0'"},
 };
 
 Test(replay, malformed_scenarios_name_file_line_and_column)
@@ -352,10 +364,10 @@ Test(replay, injected_bug_found_over_ipc_with_the_server_in_a_process)
 Test(replay, a_server_kill_needs_the_server_in_its_own_process)
 {
 	const char *argv[] = {AA_REPLAY_BIN, "--transport", "inproc",
-	                      SCENARIOS "cancel_vs_connection_loss.aa", NULL};
+	                      SCENARIOS "cancel_vs_server_kill.aa", NULL};
 	ran r = run(argv);
 	cr_assert_eq(r.status, 2, "%s%s", r.out, r.err);
-	cr_assert_not_null(strstr(r.err, "cancel_vs_connection_loss.aa:11:1: "
+	cr_assert_not_null(strstr(r.err, "cancel_vs_server_kill.aa:12:1: "
 	                                 "step 'server kill': needs the "
 	                                 "server in its own process"),
 	                   "%s", r.err);

@@ -407,8 +407,12 @@ rp_write(const char *path, const rp_scenario *sc, const int *order,
 		return -1;
 	}
 	fprintf(f, "%s", header);
-	fprintf(f, "transport %s\ntimeout %d\n\n", sc->transport,
+	fprintf(f, "transport %s\ntimeout %d\n", sc->transport,
 	        sc->timeout_ms);
+	if (sc->heartbeat_ms != 0) {
+		fprintf(f, "heartbeat %d\n", sc->heartbeat_ms);
+	}
+	fputc('\n', f);
 	for (int i = 0; i < n_order; i++) {
 		const rp_unit *u = &sc->units[order[i]];
 		for (int k = 0; k < u->n; k++) {

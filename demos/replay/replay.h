@@ -95,6 +95,7 @@ typedef struct rp_scenario {
 	char file[256];
 	char transport[16]; // "inproc" or "ipc"
 	int timeout_ms;     // per step
+	int heartbeat_ms;   // the client's heartbeat interval; 0: default
 	rp_step *steps;
 	int n_steps;
 	rp_unit *units;

@@ -724,7 +724,7 @@ setup(const rp_scenario *sc)
 	if (rv != 0) {
 		return -1;
 	}
-	aa_client_opts co = {.url = R.url};
+	aa_client_opts co = {.url = R.url, .heartbeat_ms = sc->heartbeat_ms};
 	return aa_client_open(&R.cli, &co) == 0 ? 0 : -1;
 }
 
