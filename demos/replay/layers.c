@@ -444,13 +444,21 @@ do_cancel(const rp_step *st)
 	int rv = aa_op_cancel(e->op, st->ctype);
 	aa_client_stats_get(R.cli, &s1);
 	aa_timeline tl = aa_client_timeline(e->op);
+	aa_state now = aa_op_status(e->op);
 	bool sent = s1.sent_cancel > s0.sent_cancel;
 	char b[16];
 	pthread_mutex_lock(&R.mtx);
 	e->cancel_rv = rv;
 	e->cancelled_ok |= rv == 0;
 	ev_append(at, " → %s", err_name(rv, b, sizeof(b)));
-	if (rv == 0) {
+	if (rv == 0 && now != AA_CANCELED) {
+		// Observed, not assumed: a cancel that returned 0 must have
+		// made the op CANCELED (the invariants say so too).
+		ev_insert(at + 1, COL_CLAYER,
+		          "cancel accepted (%s), yet the op "
+		          "is %s",
+		          aa_timeline_name(tl), aa_op_state_name(now));
+	} else if (rv == 0) {
 		ev_insert(at + 1, COL_CLAYER, "CANCELED at once (%s)%s",
 		          aa_timeline_name(tl),
 		          sent                          ? "; Cancel → wire"
