@@ -2,9 +2,11 @@
 // test_replay.c: aa-replay (demos/replay) as a process: output formats and
 // exit statuses, the documented errors of malformed scenarios, exploration
 // of at least 10,000 interleavings without a failure, and an injected
-// client bug (aa-replay-bug) found by each strategy, shrunk, and replayed
-// deterministically from the file it wrote. The shipped scenarios run as
-// their own CTest tests (replay-NAME-inproc, replay-NAME-ipc).
+// client bug (aa-replay-bug) found by each strategy, shrunk (fewer units,
+// no more preemptions), and replayed deterministically from the file it
+// wrote, and the runs each strategy needed over ten seeds. The shipped
+// scenarios run as their own CTest tests (replay-NAME-inproc,
+// replay-NAME-ipc).
 //
 // No sleeps: each test runs the tool and waits for its exit.
 #include <fcntl.h>
@@ -321,12 +323,19 @@ found_and_replayed(const char *strategy, const char *transport)
 	cr_assert_not_null(strstr(r.out, "cancelled before its result was "
 	                                 "handed over, so CANCELED"),
 	                   "%s", r.out);
-	long from = number_after(r.out, "shrunk from ");
-	long to = number_after(r.out, "preemption(s) to ");
+	long from, pfrom, to, pto;
+	const char *sh = strstr(r.out, "shrunk from ");
+	cr_assert_not_null(sh, "%s", r.out);
+	cr_assert_eq(sscanf(sh,
+	                    "shrunk from %ld units / %ld preemption(s) to "
+	                    "%ld units / %ld preemption(s)",
+	                    &from, &pfrom, &to, &pto),
+	             4, "%s", sh);
 	test_note("%s over %s found the bug at run %ld; shrunk from %ld "
-	          "to %ld units",
-	          strategy, transport, at, from, to);
+	          "units / %ld preemption(s) to %ld / %ld",
+	          strategy, transport, at, from, pfrom, to, pto);
 	cr_assert_lt(to, from, "shrinking removed units");
+	cr_assert_leq(pto, pfrom, "shrinking never adds preemptions");
 	ran_free(&r);
 
 	// The written scenario replays the failure deterministically.
@@ -359,6 +368,50 @@ Test(replay, injected_bug_found_by_pct_shrunk_and_replayed)
 Test(replay, injected_bug_found_over_ipc_with_the_server_in_a_process)
 {
 	found_and_replayed("pct", "ipc");
+}
+
+// Runs needed by each strategy to meet the injected bug, over ten seeds
+// (no shrinking): each seed must find it; the counts are reported.
+Test(replay, injected_bug_runs_needed_by_each_strategy)
+{
+	static const char *const strategies[] = {"random", "pct"};
+	for (int k = 0; k < 2; k++) {
+		long total = 0, worst = 0;
+		char runs[128] = "";
+		for (int seed = 1; seed <= 10; seed++) {
+			char s[16], found[128];
+			snprintf(s, sizeof(s), "%d", seed);
+			snprintf(found, sizeof(found), "%s/found-%s-%d.aa",
+			         dir, strategies[k], seed);
+			const char *argv[] = {AA_REPLAY_BUG_BIN,
+			                      "--explore",
+			                      "1000",
+			                      "--seed",
+			                      s,
+			                      "--strategy",
+			                      strategies[k],
+			                      "--no-shrink",
+			                      "--out",
+			                      found,
+			                      AA_SOURCE_DIR
+			                      "/tests/replay/bug_window.aa",
+			                      NULL};
+			ran r = run(argv);
+			cr_assert_eq(r.status, 1, "seed %d: %s%s", seed, r.out,
+			             r.err);
+			long at = number_after(r.out, "first failure at run ");
+			cr_assert_gt(at, 0);
+			total += at;
+			worst = at > worst ? at : worst;
+			size_t n = strlen(runs);
+			snprintf(runs + n, sizeof(runs) - n, "%s%ld",
+			         seed > 1 ? "," : "", at);
+			ran_free(&r);
+		}
+		test_note("%s: runs needed for seeds 1..10: %s (mean %.1f, "
+		          "worst %ld)",
+		          strategies[k], runs, (double)total / 10, worst);
+	}
 }
 
 Test(replay, a_server_kill_needs_the_server_in_its_own_process)
