@@ -156,6 +156,44 @@ Test(replay, json_and_mermaid)
 	ran_free(&r);
 }
 
+Test(replay, explore_with_json_prints_one_object)
+{
+	char found[128];
+	snprintf(found, sizeof(found), "%s/found.aa", dir);
+	const char *argv[] = {AA_REPLAY_BUG_BIN,
+	                      "--json",
+	                      "--explore",
+	                      "1000",
+	                      "--out",
+	                      found,
+	                      AA_SOURCE_DIR "/tests/replay/bug_window.aa",
+	                      NULL};
+	ran r = run(argv);
+	cr_assert_eq(r.status, 1, "%s%s", r.out, r.err);
+	// One line: the exploration, its failure, and the replay's run.
+	char *nl = strchr(r.out, '\n');
+	cr_assert_not_null(nl);
+	cr_assert_eq(nl[1], '\0', "one line: %s", r.out);
+	cr_assert_not_null(strstr(r.out, "{\"explore\":{\"scenario\":"));
+	cr_assert_not_null(strstr(r.out, "\"failure\":{\"run\":"));
+	cr_assert_not_null(strstr(r.out, "\"written\":\""), "%s", r.out);
+	cr_assert_not_null(strstr(r.out, "\"replay\":{\"scenario\":"));
+	cr_assert_not_null(strstr(r.out, "\"result\":\"fail\""));
+	cr_assert_eq(strncmp(nl - 3, "}}}", 3), 0, "%s", r.out);
+	ran_free(&r);
+	const char *clean[] = {AA_REPLAY_BIN,
+	                       "--json",
+	                       "--explore",
+	                       "20",
+	                       SCENARIOS "explore_mix.aa",
+	                       NULL};
+	r = run(clean);
+	cr_assert_eq(r.status, 0, "%s%s", r.out, r.err);
+	cr_assert_not_null(strstr(r.out, "\"runs\":20,"), "%s", r.out);
+	cr_assert_not_null(strstr(r.out, "\"failure\":null}}\n"), "%s", r.out);
+	ran_free(&r);
+}
+
 Test(replay, a_failed_expectation_exits_1)
 {
 	char path[128];
