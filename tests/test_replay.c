@@ -278,6 +278,29 @@ Test(replay, malformed_scenarios_name_file_line_and_column)
 	}
 }
 
+Test(replay, bad_options_and_missing_files_exit_2)
+{
+	const char *a1[] = {AA_REPLAY_BIN, "--strategy", "sideways",
+	                    SCENARIOS "pre_submit.aa", NULL};
+	ran r = run(a1);
+	cr_assert_eq(r.status, 2, "%s%s", r.out, r.err);
+	cr_assert_not_null(strstr(r.err,
+	                          "aa-replay: bad option or value: --strategy "
+	                          "sideways\nusage: aa-replay"),
+	                   "%s", r.err);
+	cr_assert_str_eq(r.out, "");
+	ran_free(&r);
+	char path[128];
+	snprintf(path, sizeof(path), "%s/missing.aa", dir);
+	const char *a2[] = {AA_REPLAY_BIN, path, NULL};
+	r = run(a2);
+	cr_assert_eq(r.status, 2, "%s%s", r.out, r.err);
+	char want[192];
+	snprintf(want, sizeof(want), "%s: cannot open the scenario\n", path);
+	cr_assert_str_eq(r.err, want);
+	ran_free(&r);
+}
+
 // ---- Exploration ----
 
 static long
