@@ -2,9 +2,11 @@
 // test_replay.c: aa-replay (demos/replay) as a process: output formats and
 // exit statuses, the documented errors of malformed scenarios, exploration
 // of at least 10,000 interleavings without a failure, and an injected
-// client bug (aa-replay-bug) found by each strategy, shrunk, and replayed
-// deterministically from the file it wrote. The shipped scenarios run as
-// their own CTest tests (replay-NAME-inproc, replay-NAME-ipc).
+// client bug (aa-replay-bug) found by each strategy, shrunk (fewer units,
+// no more preemptions), and replayed deterministically from the file it
+// wrote, and the runs each strategy needed over ten seeds. The shipped
+// scenarios run as their own CTest tests (replay-NAME-inproc,
+// replay-NAME-ipc).
 //
 // No sleeps: each test runs the tool and waits for its exit.
 #include <fcntl.h>
@@ -19,12 +21,11 @@
 #if defined(AA_REPLAY_BIN) && defined(AA_REPLAY_BUG_BIN) &&                   \
     defined(AA_SOURCE_DIR)
 
-// Exploration sizes: the full one in the plain build; sanitizers make each
-// run 5 to 20 times slower, so they run fewer (docs/replay.md).
+// Exploration sizes: 10,000 in the plain and the ASan builds (about 25
+// and 35 s on the shared 2-core machine); a TSan run is about 3 times
+// slower than an ASan one, so it runs 3,000 (docs/replay.md).
 #if defined(AA_TSAN)
-#define EXPLORE_RUNS "300"
-#elif defined(__SANITIZE_ADDRESS__)
-#define EXPLORE_RUNS "1500"
+#define EXPLORE_RUNS "3000"
 #else
 #define EXPLORE_RUNS "10000"
 #endif
@@ -155,6 +156,44 @@ Test(replay, json_and_mermaid)
 	ran_free(&r);
 }
 
+Test(replay, explore_with_json_prints_one_object)
+{
+	char found[128];
+	snprintf(found, sizeof(found), "%s/found.aa", dir);
+	const char *argv[] = {AA_REPLAY_BUG_BIN,
+	                      "--json",
+	                      "--explore",
+	                      "1000",
+	                      "--out",
+	                      found,
+	                      AA_SOURCE_DIR "/tests/replay/bug_window.aa",
+	                      NULL};
+	ran r = run(argv);
+	cr_assert_eq(r.status, 1, "%s%s", r.out, r.err);
+	// One line: the exploration, its failure, and the replay's run.
+	char *nl = strchr(r.out, '\n');
+	cr_assert_not_null(nl);
+	cr_assert_eq(nl[1], '\0', "one line: %s", r.out);
+	cr_assert_not_null(strstr(r.out, "{\"explore\":{\"scenario\":"));
+	cr_assert_not_null(strstr(r.out, "\"failure\":{\"run\":"));
+	cr_assert_not_null(strstr(r.out, "\"written\":\""), "%s", r.out);
+	cr_assert_not_null(strstr(r.out, "\"replay\":{\"scenario\":"));
+	cr_assert_not_null(strstr(r.out, "\"result\":\"fail\""));
+	cr_assert_eq(strncmp(nl - 3, "}}}", 3), 0, "%s", r.out);
+	ran_free(&r);
+	const char *clean[] = {AA_REPLAY_BIN,
+	                       "--json",
+	                       "--explore",
+	                       "20",
+	                       SCENARIOS "explore_mix.aa",
+	                       NULL};
+	r = run(clean);
+	cr_assert_eq(r.status, 0, "%s%s", r.out, r.err);
+	cr_assert_not_null(strstr(r.out, "\"runs\":20,"), "%s", r.out);
+	cr_assert_not_null(strstr(r.out, "\"failure\":null}}\n"), "%s", r.out);
+	ran_free(&r);
+}
+
 Test(replay, a_failed_expectation_exits_1)
 {
 	char path[128];
@@ -194,9 +233,20 @@ static const struct {
 	const char *error; // after "FILE:"
 } malformed[] = {
     {"call a echo \"x\"\nfrobnicate x\n", "2:1: unknown step 'frobnicate'"},
+    // The four checkpoints that fire with a library lock held.
     {"hold op.cancel_wait\n",
      "1:6: cannot hold a checkpoint that fires with a library lock held "
-     "(record only) 'op.cancel_wait'"},
+     "(a thread held there would hold the lock) 'op.cancel_wait'"},
+    {"call a work x\nhold op.deliver_handoff a\n",
+     "2:6: cannot hold a checkpoint that fires with a library lock held "
+     "(a thread held there would hold the lock) 'op.deliver_handoff'"},
+    {"hold cancel.disconnect_wait\n",
+     "1:6: cannot hold a checkpoint that fires with a library lock held "
+     "(a thread held there would hold the lock) "
+     "'cancel.disconnect_wait'"},
+    {"wait reached timer.cancel_wait\n",
+     "1:14: cannot hold a checkpoint that fires with a library lock held "
+     "(a thread held there would hold the lock) 'timer.cancel_wait'"},
     {"hold client.nowhere a\n", "1:6: unknown checkpoint 'client.nowhere'"},
     {"call a echo \"x\n", "1:13: unterminated string"},
     {"par\n  u: cancel a\n", "3:1: par block without end"},
@@ -207,6 +257,7 @@ static const struct {
     {"par\n  u: expect a status canceled\nend\n",
      "2:6: expectations go after the par block, not in it"},
     {"call a echo x deadline=soon\n", "1:24: expected a number 'soon'"},
+    {"heartbeat 0\n", "1:11: a heartbeat interval is > 0 '0'"},
 };
 
 Test(replay, malformed_scenarios_name_file_line_and_column)
@@ -225,6 +276,29 @@ Test(replay, malformed_scenarios_name_file_line_and_column)
 		cr_assert_str_eq(r.out, "", "nothing ran");
 		ran_free(&r);
 	}
+}
+
+Test(replay, bad_options_and_missing_files_exit_2)
+{
+	const char *a1[] = {AA_REPLAY_BIN, "--strategy", "sideways",
+	                    SCENARIOS "pre_submit.aa", NULL};
+	ran r = run(a1);
+	cr_assert_eq(r.status, 2, "%s%s", r.out, r.err);
+	cr_assert_not_null(strstr(r.err,
+	                          "aa-replay: bad option or value: --strategy "
+	                          "sideways\nusage: aa-replay"),
+	                   "%s", r.err);
+	cr_assert_str_eq(r.out, "");
+	ran_free(&r);
+	char path[128];
+	snprintf(path, sizeof(path), "%s/missing.aa", dir);
+	const char *a2[] = {AA_REPLAY_BIN, path, NULL};
+	r = run(a2);
+	cr_assert_eq(r.status, 2, "%s%s", r.out, r.err);
+	char want[192];
+	snprintf(want, sizeof(want), "%s: cannot open the scenario\n", path);
+	cr_assert_str_eq(r.err, want);
+	ran_free(&r);
 }
 
 // ---- Exploration ----
@@ -309,12 +383,19 @@ found_and_replayed(const char *strategy, const char *transport)
 	cr_assert_not_null(strstr(r.out, "cancelled before its result was "
 	                                 "handed over, so CANCELED"),
 	                   "%s", r.out);
-	long from = number_after(r.out, "shrunk from ");
-	long to = number_after(r.out, "preemption(s) to ");
+	long from, pfrom, to, pto;
+	const char *sh = strstr(r.out, "shrunk from ");
+	cr_assert_not_null(sh, "%s", r.out);
+	cr_assert_eq(sscanf(sh,
+	                    "shrunk from %ld units / %ld preemption(s) to "
+	                    "%ld units / %ld preemption(s)",
+	                    &from, &pfrom, &to, &pto),
+	             4, "%s", sh);
 	test_note("%s over %s found the bug at run %ld; shrunk from %ld "
-	          "to %ld units",
-	          strategy, transport, at, from, to);
+	          "units / %ld preemption(s) to %ld / %ld",
+	          strategy, transport, at, from, pfrom, to, pto);
 	cr_assert_lt(to, from, "shrinking removed units");
+	cr_assert_leq(pto, pfrom, "shrinking never adds preemptions");
 	ran_free(&r);
 
 	// The written scenario replays the failure deterministically.
@@ -349,13 +430,57 @@ Test(replay, injected_bug_found_over_ipc_with_the_server_in_a_process)
 	found_and_replayed("pct", "ipc");
 }
 
+// Runs needed by each strategy to meet the injected bug, over ten seeds
+// (no shrinking): each seed must find it; the counts are reported.
+Test(replay, injected_bug_runs_needed_by_each_strategy)
+{
+	static const char *const strategies[] = {"random", "pct"};
+	for (int k = 0; k < 2; k++) {
+		long total = 0, worst = 0;
+		char runs[128] = "";
+		for (int seed = 1; seed <= 10; seed++) {
+			char s[16], found[128];
+			snprintf(s, sizeof(s), "%d", seed);
+			snprintf(found, sizeof(found), "%s/found-%s-%d.aa",
+			         dir, strategies[k], seed);
+			const char *argv[] = {AA_REPLAY_BUG_BIN,
+			                      "--explore",
+			                      "1000",
+			                      "--seed",
+			                      s,
+			                      "--strategy",
+			                      strategies[k],
+			                      "--no-shrink",
+			                      "--out",
+			                      found,
+			                      AA_SOURCE_DIR
+			                      "/tests/replay/bug_window.aa",
+			                      NULL};
+			ran r = run(argv);
+			cr_assert_eq(r.status, 1, "seed %d: %s%s", seed, r.out,
+			             r.err);
+			long at = number_after(r.out, "first failure at run ");
+			cr_assert_gt(at, 0);
+			total += at;
+			worst = at > worst ? at : worst;
+			size_t n = strlen(runs);
+			snprintf(runs + n, sizeof(runs) - n, "%s%ld",
+			         seed > 1 ? "," : "", at);
+			ran_free(&r);
+		}
+		test_note("%s: runs needed for seeds 1..10: %s (mean %.1f, "
+		          "worst %ld)",
+		          strategies[k], runs, (double)total / 10, worst);
+	}
+}
+
 Test(replay, a_server_kill_needs_the_server_in_its_own_process)
 {
 	const char *argv[] = {AA_REPLAY_BIN, "--transport", "inproc",
-	                      SCENARIOS "cancel_vs_connection_loss.aa", NULL};
+	                      SCENARIOS "cancel_vs_server_kill.aa", NULL};
 	ran r = run(argv);
 	cr_assert_eq(r.status, 2, "%s%s", r.out, r.err);
-	cr_assert_not_null(strstr(r.err, "cancel_vs_connection_loss.aa:11:1: "
+	cr_assert_not_null(strstr(r.err, "cancel_vs_server_kill.aa:12:1: "
 	                                 "step 'server kill': needs the "
 	                                 "server in its own process"),
 	                   "%s", r.err);

@@ -407,8 +407,12 @@ rp_write(const char *path, const rp_scenario *sc, const int *order,
 		return -1;
 	}
 	fprintf(f, "%s", header);
-	fprintf(f, "transport %s\ntimeout %d\n\n", sc->transport,
+	fprintf(f, "transport %s\ntimeout %d\n", sc->transport,
 	        sc->timeout_ms);
+	if (sc->heartbeat_ms != 0) {
+		fprintf(f, "heartbeat %d\n", sc->heartbeat_ms);
+	}
+	fputc('\n', f);
 	for (int i = 0; i < n_order; i++) {
 		const rp_unit *u = &sc->units[order[i]];
 		for (int k = 0; k < u->n; k++) {
@@ -455,19 +459,36 @@ rp_explore(const rp_scenario *sc, const rp_explore_opts *o)
 		}
 		rp_result_free(&res);
 	}
-	printf("explored %ld interleaving(s) of %s with strategy %s, seed "
-	       "%llu (depth %d): %zu distinct, ",
-	       fail_at ? fail_at : o->runs, sc->file, sname,
-	       (unsigned long long)o->seed, o->depth, seen.n);
+	bool json = o->fmt == F_JSON;
+	if (json) {
+		// One JSON object for the whole exploration, at the end.
+		fputs("{\"explore\":{\"scenario\":", stdout);
+		rp_json_str(stdout, sc->file);
+		printf(",\"transport\":\"%s\",\"strategy\":\"%s\",\"seed\":"
+		       "%llu,\"depth\":%d,\"runs\":%ld,\"distinct\":%zu,"
+		       "\"failure\":",
+		       sc->transport, sname, (unsigned long long)o->seed,
+		       o->depth, fail_at ? fail_at : o->runs, seen.n);
+	} else {
+		printf("explored %ld interleaving(s) of %s with strategy %s, "
+		       "seed %llu (depth %d): %zu distinct, ",
+		       fail_at ? fail_at : o->runs, sc->file, sname,
+		       (unsigned long long)o->seed, o->depth, seen.n);
+	}
 	if (fail_at == 0) {
-		printf("no failure\n");
+		fputs(json ? "null}}\n" : "no failure\n", stdout);
 		free(seen.v);
 		free(order);
 		free(run_order);
 		free(taken);
 		return RP_PASS;
 	}
-	printf("first failure at run %ld: %s\n", fail_at, sig);
+	if (json) {
+		printf("{\"run\":%ld,\"what\":", fail_at);
+		rp_json_str(stdout, sig);
+	} else {
+		printf("first failure at run %ld: %s\n", fail_at, sig);
+	}
 	int units0 = n, pre0 = preemptions(sc, run_order, n);
 	long shrink_runs = 0;
 	if (o->shrink) {
@@ -502,19 +523,65 @@ rp_explore(const rp_scenario *sc, const rp_explore_opts *o)
 	if (rp_write(path, sc, run_order, n, header) != 0) {
 		fprintf(stderr, "aa-replay: cannot write %s\n", path);
 		status = RP_BAD;
+		if (json) {
+			fputs(",\"written\":null}}}\n", stdout);
+		}
 	} else {
-		printf("shrunk from %d units / %d preemption(s) to %d units / "
-		       "%d preemption(s) in %ld runs; wrote %s\n",
-		       units0, pre0, n, preemptions(sc, run_order, n),
-		       shrink_runs, path);
+		if (json) {
+			printf(",\"units_from\":%d,\"preemptions_from\":%d,"
+			       "\"units_to\":%d,\"preemptions_to\":%d,"
+			       "\"shrink_runs\":%ld,\"written\":",
+			       units0, pre0, n, preemptions(sc, run_order, n),
+			       shrink_runs);
+			rp_json_str(stdout, path);
+			fputs(",\"replay\":", stdout);
+		} else {
+			printf("shrunk from %d units / %d preemption(s) to %d "
+			       "units / %d preemption(s) in %ld runs; wrote "
+			       "%s\n",
+			       units0, pre0, n, preemptions(sc, run_order, n),
+			       shrink_runs, path);
+		}
 		// Replay the file just written, as a user would.
 		rp_scenario again;
 		if (rp_parse(&again, path, stderr) == 0) {
 			rp_result res;
 			status = rp_run(&again, NULL, 0, &res);
-			rp_print(stdout, &again, &res, o->fmt, status);
+			if (json) {
+				// Embedded in one line: without its newline.
+				char *buf = NULL;
+				size_t len = 0;
+				FILE *m = open_memstream(&buf, &len);
+				if (m != NULL) {
+					rp_print(m, &again, &res, o->fmt,
+					         status);
+					fclose(m);
+					while (len > 0 &&
+					       buf[len - 1] == '\n') {
+						len--;
+					}
+					fwrite(buf, 1, len, stdout);
+					free(buf);
+				}
+			} else {
+				rp_print(stdout, &again, &res, o->fmt, status);
+			}
 			rp_result_free(&res);
 			rp_scenario_free(&again);
+			if (status == RP_PASS) {
+				// The failure did not come back: say so
+				// rather than hand over a file that passes.
+				fprintf(stderr,
+				        "aa-replay: %s passed when replayed: "
+				        "the failure depends on an order the "
+				        "scenario does not hold\n",
+				        path);
+			}
+		} else if (json) {
+			fputs("null", stdout);
+		}
+		if (json) {
+			fputs("}}}\n", stdout);
 		}
 	}
 	free(seen.v);

@@ -114,11 +114,12 @@ on_checkpoint(void *arg, const char *name, void *subject)
 {
 	(void)arg;
 	opent *bind = NULL;
-	// Only the four layer checkpoints are recorded. Others may fire
+	// Only the five layer checkpoints are recorded. Others may fire
 	// with a library lock held, which the driver may be waiting for
 	// while it holds R.mtx: they must not take it.
 	if (strcmp(name, "client.before_submit") != 0 &&
 	    strcmp(name, "client.before_deliver") != 0 &&
+	    strcmp(name, "client.before_fail") != 0 &&
 	    strcmp(name, "server.before_start") != 0 &&
 	    strcmp(name, "server.before_reply") != 0) {
 		return;
@@ -150,6 +151,10 @@ on_checkpoint(void *arg, const char *name, void *subject)
 		e = op_by_ptr(subject, false);
 		col = COL_CLAYER;
 		what = "Complete(%s) arrived, not handed over yet";
+	} else if (strcmp(name, "client.before_fail") == 0) {
+		e = op_by_ptr(subject, false);
+		col = COL_CLAYER;
+		what = "no answer will come for %s: about to fail it";
 	} else if (strcmp(name, "server.before_start") == 0) {
 		e = op_by_wire(((const aa_call_info *)subject)->op_id);
 		col = COL_SLAYER;
@@ -431,18 +436,34 @@ do_cancel(const rp_step *st)
 	int at = ev_add(COL_CLIENT, "aa_op_cancel(%s, %s)", e->name,
 	                ctype_name(st->ctype));
 	pthread_mutex_unlock(&R.mtx);
+	// Whether a Cancel left is read from the client's own counter (it
+	// is written before aa_op_cancel returns): an in-flight op whose
+	// connection is gone sends none.
+	aa_client_stats s0, s1;
+	aa_client_stats_get(R.cli, &s0);
 	int rv = aa_op_cancel(e->op, st->ctype);
+	aa_client_stats_get(R.cli, &s1);
 	aa_timeline tl = aa_client_timeline(e->op);
+	aa_state now = aa_op_status(e->op);
+	bool sent = s1.sent_cancel > s0.sent_cancel;
 	char b[16];
 	pthread_mutex_lock(&R.mtx);
 	e->cancel_rv = rv;
 	e->cancelled_ok |= rv == 0;
 	ev_append(at, " → %s", err_name(rv, b, sizeof(b)));
-	if (rv == 0) {
+	if (rv == 0 && now != AA_CANCELED) {
+		// Observed, not assumed: a cancel that returned 0 must have
+		// made the op CANCELED (the invariants say so too).
+		ev_insert(at + 1, COL_CLAYER,
+		          "cancel accepted (%s), yet the op "
+		          "is %s",
+		          aa_timeline_name(tl), aa_op_state_name(now));
+	} else if (rv == 0) {
 		ev_insert(at + 1, COL_CLAYER, "CANCELED at once (%s)%s",
 		          aa_timeline_name(tl),
-		          tl == AA_TIMELINE_IN_FLIGHT ? "; Cancel → wire"
-		                                      : "");
+		          sent                          ? "; Cancel → wire"
+		          : tl == AA_TIMELINE_IN_FLIGHT ? "; no Cancel sent"
+		                                        : "");
 	}
 	pthread_mutex_unlock(&R.mtx);
 }

@@ -82,8 +82,8 @@ tokenize(const char *s, int from, int to, tok *t, int *n, perr *e)
 }
 
 static const char *const checkpoints[] = {
-    "client.before_submit", "client.before_deliver", "server.before_start",
-    "server.before_reply"};
+    "client.before_submit", "client.before_deliver", "client.before_fail",
+    "server.before_start", "server.before_reply"};
 // Checkpoints that fire with a library lock held: a gate there would hold
 // the lock and stall every thread that needs it, so the tool refuses them.
 static const char *const locked_checkpoints[] = {
@@ -99,7 +99,8 @@ checkpoint_arg(const tok *t, rp_step *st, perr *e)
 			return fail(
 			    e, t->col,
 			    "cannot hold a checkpoint that fires with a "
-			    "library lock held (record only)",
+			    "library lock held (a thread held there would "
+			    "hold the lock)",
 			    t->s);
 		}
 	}
@@ -548,6 +549,17 @@ parse_line(rp_scenario *sc, int *scap, int *ucap, const char *s, int lineno,
 			            "transport is inproc or ipc, not", t[1].s);
 		}
 		snprintf(sc->transport, sizeof(sc->transport), "%s", t[1].s);
+		return 0;
+	}
+	if (strcmp(t[0].s, "heartbeat") == 0) {
+		if (argc_is(t, n, 2, 2, e) != 0 ||
+		    int_arg(&t[1], &sc->heartbeat_ms, e) != 0) {
+			return -1;
+		}
+		if (sc->heartbeat_ms == 0) {
+			return fail(e, t[1].col, "a heartbeat interval is > 0",
+			            t[1].s);
+		}
 		return 0;
 	}
 	if (strcmp(t[0].s, "timeout") == 0) {

@@ -95,6 +95,7 @@ typedef struct rp_scenario {
 	char file[256];
 	char transport[16]; // "inproc" or "ipc"
 	int timeout_ms;     // per step
+	int heartbeat_ms;   // the client's heartbeat interval; 0: default
 	rp_step *steps;
 	int n_steps;
 	rp_unit *units;
@@ -148,6 +149,8 @@ void rp_result_free(rp_result *res);
 typedef enum rp_format { F_MARKDOWN, F_MERMAID, F_JSON } rp_format;
 void rp_print(FILE *f, const rp_scenario *sc, const rp_result *res,
               rp_format fmt, int status);
+// rp_json_str writes s as a JSON string, quoted and escaped.
+void rp_json_str(FILE *f, const char *s);
 
 // Exploration (explore.c).
 typedef enum rp_strategy { ST_RANDOM, ST_PCT } rp_strategy;

@@ -1,6 +1,7 @@
-// run.h: what run.c (a run: the driver, the client side, the in-process
-// server) and remote.c (the server in a second process) share. Internal to
-// aa-replay.
+// run.h: what run.c (a run: the driver, the recording, setup and
+// teardown), check.c (expectations and invariants), layers.c (what the
+// layers meet) and remote.c (the server in a second process) share.
+// Internal to aa-replay.
 #ifndef AA_REPLAY_RUN_H
 #define AA_REPLAY_RUN_H
 
@@ -101,6 +102,10 @@ void dispatch(const rp_step *st);
 extern pthread_once_t once;
 void start_once(void);          // the actors and the lock, once
 void actors_idle_or_exit(void); // R.mtx not held
+
+// In check.c (R.mtx held).
+void do_expect(const rp_step *st);
+void check_invariants(void);
 
 // In layers.c (R.mtx held unless said otherwise).
 void server_log_event(aa_server_event ev, opent *e);

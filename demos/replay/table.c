@@ -47,6 +47,14 @@ put(FILE *f, const char *s, rp_format fmt)
 	}
 }
 
+void
+rp_json_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	put(f, s, F_JSON);
+	fputc('"', f);
+}
+
 static int
 failed_invariants(const rp_result *res, int *total)
 {
