@@ -441,6 +441,12 @@ Test(inproc, free_of_own_end_from_a_handed_over_callback)
 	cr_assert(f.srv_ep.other_on_rx, "a layer's stop would say EDEADLK");
 	f.cli = NULL; // freed by its own thread
 	fx_close(&f);
+	// That thread frees the client end after its down callback returned,
+	// so the wait above can end first: wait for the free itself before
+	// the suite's live-object check.
+	while (aa_live(AA_LIVE_OTHER) != 0) {
+		sched_yield();
+	}
 }
 
 // ---- the layers' stop from a handed-over callback ----
