@@ -2,11 +2,13 @@
 // test_service.c: typed services (aa/service.h) between the real client
 // and server layers: a service with several methods and nested messages
 // round-trips over inproc, ipc and tcp; the fingerprints travel in the
-// Hello; each cancellation timeline on a typed call, forced with
-// checkpoints and gates (never sleeps); a payload of the wrong type is
-// refused before the handler; a client built from a changed .proto is
-// refused with AA_ENOTSUP (another process: tests/peer/svc_v2_client.c);
-// registration errors; the JSON converter.
+// Hello and follow the stream docs/services.md defines; each cancellation
+// timeline on a typed call, forced with checkpoints and gates (never
+// sleeps); progress, an application error, the per-method cancellation
+// types and the op's allocator on typed calls; a payload of the wrong
+// type is refused before the handler; a client built from a changed
+// .proto is refused with AA_ENOTSUP (another process:
+// tests/peer/svc_v2_client.c); registration errors; the JSON converter.
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -503,16 +505,23 @@ Test(service, input_of_another_type_is_refused_locally)
 Test(service, wrong_type_payload_is_refused_before_the_handler)
 {
 	env_up("ipc");
-	// Field 1 of Order is a uint64 (a varint); these bytes give it as a
-	// length-delimited string, then a truncated field.
-	static const uint8_t bad[][4] = {{0x0a, 0x01, 'A'},
-	                                 {0x1a, 0x05, 0x01}};
-	for (size_t i = 0; i < 2; i++) {
+	// Field 1 of Order is a uint64 (a varint); the first bytes give it
+	// as a length-delimited string, the second a truncated field, the
+	// third are a packed Node (another message type of the same file,
+	// whose field 1 is a string).
+	uint8_t bad[3][8] = {{0x0a, 0x01, 'A'}, {0x1a, 0x05, 0x01}};
+	size_t bad_len[3] = {3, 3, 0};
+	Aa__Test__Node node = AA__TEST__NODE__INIT;
+	node.name = "leaf";
+	bad_len[2] = protobuf_c_message_get_packed_size(&node.base);
+	cr_assert_leq(bad_len[2], sizeof(bad[2]));
+	protobuf_c_message_pack(&node.base, bad[2]);
+	for (size_t i = 0; i < 3; i++) {
 		static seen s;
 		seen_init(&s);
 		aa_op *op = NULL;
 		cr_assert_eq(aa_client_call(&op, E.cli, "aa.test.Shop/Place",
-		                            bad[i], 3, NULL, NULL),
+		                            bad[i], bad_len[i], NULL, NULL),
 		             0);
 		cr_assert_eq(aa_op_set_handler(op, on_done, &s), 0);
 		gate_wait(&s.done);
@@ -527,7 +536,7 @@ Test(service, wrong_type_payload_is_refused_before_the_handler)
 	cr_assert_eq(atomic_load(&S.handler_calls), 0);
 	aa_server_stats ss;
 	aa_server_stats_get(E.srv, &ss);
-	cr_assert_eq(ss.rejected, 2);
+	cr_assert_eq(ss.rejected, 3);
 	cr_assert_eq(ss.started, 0);
 	// The connection is fine: a good call works.
 	static seen g;
@@ -649,6 +658,10 @@ in_flight(const char *kind)
 Test(service, in_flight_inproc)
 {
 	in_flight("inproc");
+}
+Test(service, in_flight_ipc)
+{
+	in_flight("ipc");
 }
 Test(service, in_flight_tcp)
 {
@@ -783,6 +796,271 @@ Test(service, deadline)
 	cr_assert_eq(s.state, AA_ERROR);
 	cr_assert_eq(aa_op_error(op), AA_ETIMEDOUT);
 	aa_op_unref(op);
+}
+
+// ---- Progress, application errors, cancellation types, allocator ----
+
+typedef struct progress_seen {
+	gate got;
+	char data[16];
+	size_t len;
+} progress_seen;
+
+static void
+on_progress(aa_op *op, void *arg, const void *data, size_t len)
+{
+	progress_seen *p = arg;
+	if (!gate_is_open(&p->got)) {
+		p->len = len < sizeof(p->data) ? len : sizeof(p->data);
+		memcpy(p->data, data, p->len);
+		gate_open(&p->got);
+	}
+}
+
+// hold_served returns once the server has taken the Hold op over (set
+// its handlers): a second call on the same connection is answered on the
+// same receive thread, after the first Start was fully handled.
+static void
+hold_served(void)
+{
+	static seen p;
+	order_buf b;
+	seen_init(&p);
+	sample_order(&b);
+	aa_op *probe = call("Place", &b.o.base, &p);
+	gate_wait(&p.done);
+	aa_op_unref(probe);
+}
+
+Test(service, progress_reaches_a_typed_call)
+{
+	static seen s;
+	static progress_seen ps;
+	seen_init(&s);
+	memset(&ps, 0, sizeof(ps));
+	gate_init(&ps.got);
+	env_up("inproc");
+	Aa__Test__HoldRequest hr = AA__TEST__HOLD_REQUEST__INIT;
+	hr.tag = 5;
+	aa_op *op = NULL;
+	cr_assert_eq(
+	    aa_service_call(&op, E.cli, SHOP, "Hold", &hr.base, NULL, NULL),
+	    0);
+	cr_assert_eq(aa_op_set_progress_handler(op, on_progress, &ps), 0);
+	cr_assert_eq(aa_op_set_handler(op, on_done, &s), 0);
+	gate_wait(&S.started);
+	hold_served();
+	cr_assert_eq(aa_op_progress(S.held, "1/2", 3), 0);
+	gate_wait(&ps.got);
+	cr_assert_eq(ps.len, 3);
+	cr_assert_eq(memcmp(ps.data, "1/2", 3), 0);
+	cr_assert_eq(aa_op_status(op), AA_STARTED, "progress does not end it");
+	Aa__Test__HoldReply rep = AA__TEST__HOLD_REPLY__INIT;
+	rep.tag = 6;
+	cr_assert_eq(aa_service_complete(S.held, &rep.base), 0);
+	gate_wait(&s.done);
+	cr_assert_eq(s.state, AA_COMPLETED);
+	ProtobufCMessage *out = NULL;
+	cr_assert_eq(
+	    aa_service_result(&out, op, &aa__test__hold_reply__descriptor), 0);
+	cr_assert_eq(((Aa__Test__HoldReply *)out)->tag, 6);
+	aa_service_result_free(op, out);
+	aa_client_stats cs;
+	aa_client_stats_get(E.cli, &cs);
+	cr_assert_eq(cs.recv_progress, 1);
+	aa_op_unref(op);
+}
+
+Test(service, an_application_error_reaches_a_typed_call)
+{
+	static seen s;
+	seen_init(&s);
+	env_up("tcp");
+	aa_op *op = call_hold(7, &s);
+	gate_wait(&S.started);
+	cr_assert_eq(aa_op_fail_app(S.held, -42, "out of stock"), 0);
+	gate_wait(&s.done);
+	cr_assert_eq(s.state, AA_ERROR);
+	cr_assert_eq(aa_op_error(op), AA_EAPP);
+	int32_t code = 0;
+	cr_assert_eq(aa_op_app_code(op, &code), 0);
+	cr_assert_eq(code, -42, "the application's own code, unchanged");
+	cr_assert_str_eq(aa_op_error_msg(op), "out of stock");
+	ProtobufCMessage *out = NULL;
+	cr_assert_eq(
+	    aa_service_result(&out, op, &aa__test__hold_reply__descriptor),
+	    AA_EAPP);
+	cr_assert_null(out);
+	gate_wait(&s.settled);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_FAILED);
+	aa_op_unref(op);
+}
+
+Test(service, cancel_types_are_given_at_registration)
+{
+	static const aa_service_method limited[] = {
+	    {.name = "Hold",
+	     .start = h_hold,
+	     .cancel_types = AA_CANCEL_TERMINAL},
+	    {.name = "Place",
+	     .start = h_place,
+	     .cancel_types = AA_CANCEL_TERMINAL | AA_CANCEL_PARTIAL},
+	};
+	static seen s;
+	seen_init(&s);
+	server_up("inproc", limited, 2);
+	cr_assert_eq(aa_client_open(&E.cli, &(aa_client_opts){.url = E.url}),
+	             0);
+	unsigned types = 0;
+	cr_assert_eq(
+	    aa_client_method_cancel_types(E.cli, "aa.test.Shop/Hold", &types),
+	    0);
+	cr_assert_eq(types, AA_CANCEL_TERMINAL);
+	cr_assert_eq(
+	    aa_client_method_cancel_types(E.cli, "aa.test.Shop/Place", &types),
+	    0);
+	cr_assert_eq(types, AA_CANCEL_TERMINAL | AA_CANCEL_PARTIAL);
+
+	aa_op *op = call_hold(2, &s);
+	gate_wait(&S.started);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TOTAL), AA_ENOTSUP);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_PARTIAL), AA_ENOTSUP);
+	cr_assert_eq(aa_op_status(op), AA_STARTED,
+	             "a refused cancel is a no-op");
+	cr_assert_eq(atomic_load(&s.calls), 0);
+	cr_assert_eq(aa_op_cancel(op, AA_CANCEL_TERMINAL), 0);
+	cr_assert_eq(s.state, AA_CANCELED);
+	gate_wait(&s.settled);
+	cr_assert_eq(aa_op_settlement(op), AA_SETTLE_CANCELED);
+	cr_assert_eq(atomic_load(&S.cancels), 1);
+	aa_op_unref(op);
+}
+
+// A counting allocator: blocks handed out and not yet given back.
+typedef struct counting {
+	atomic_long live;
+	atomic_long allocs;
+} counting;
+
+static void *
+counting_alloc(void *ctx, size_t size)
+{
+	counting *k = ctx;
+	void *p = malloc(size);
+	if (p != NULL) {
+		atomic_fetch_add(&k->live, 1);
+		atomic_fetch_add(&k->allocs, 1);
+	}
+	return p;
+}
+
+static void
+counting_free(void *ctx, void *p, size_t size)
+{
+	counting *k = ctx;
+	if (p != NULL) {
+		atomic_fetch_sub(&k->live, 1);
+	}
+	free(p);
+}
+
+Test(service, the_result_is_unpacked_with_the_ops_allocator)
+{
+	static seen s;
+	static counting k;
+	aa_allocator al = {
+	    .alloc = counting_alloc, .free = counting_free, .ctx = &k};
+	aa_assoc as = {.allocator = &al};
+	order_buf b;
+	seen_init(&s);
+	sample_order(&b);
+	env_up("inproc");
+	aa_op *op = NULL;
+	cr_assert_eq(
+	    aa_service_call(&op, E.cli, SHOP, "Place", &b.o.base, NULL, &as),
+	    0);
+	cr_assert_eq(aa_op_set_handler(op, on_done, &s), 0);
+	gate_wait(&s.done);
+	cr_assert_eq(s.state, AA_COMPLETED);
+	long live = atomic_load(&k.live), allocs = atomic_load(&k.allocs);
+	ProtobufCMessage *out = NULL;
+	cr_assert_eq(
+	    aa_service_result(&out, op, &aa__test__receipt__descriptor), 0);
+	// The receipt, its items, their strings and its address.
+	cr_assert_gt(atomic_load(&k.allocs), allocs + 4);
+	cr_assert_gt(atomic_load(&k.live), live);
+	cr_assert_str_eq(((Aa__Test__Receipt *)out)->ship_to->city,
+	                 "Springfield");
+	aa_service_result_free(op, out);
+	cr_assert_eq(atomic_load(&k.live), live, "all given back");
+	aa_op_unref(op);
+	aa_client_free(E.cli);
+	E.cli = NULL;
+	cr_assert_eq(atomic_load(&k.live), 0, "the op's own memory too");
+}
+
+// ---- The fingerprint is the one docs/services.md defines ----
+
+// fnv_tokens hashes a stream of tokens separated by spaces as
+// docs/services.md ("The fingerprint") says: 64-bit FNV-1a over each
+// token's bytes followed by one NUL byte; 0 becomes 1.
+static uint64_t
+fnv_tokens(const char *stream)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	for (const char *p = stream; *p != '\0'; p++) {
+		unsigned char c = *p == ' ' ? '\0' : (unsigned char)*p;
+		h ^= c;
+		h *= 0x100000001b3ull;
+	}
+	h ^= '\0'; // the last token's NUL
+	h *= 0x100000001b3ull;
+	return h != 0 ? h : 1;
+}
+
+static uint64_t
+fingerprint_of(const char *method)
+{
+	const ProtobufCMethodDescriptor *md =
+	    protobuf_c_service_descriptor_get_method_by_name(SHOP, method);
+	cr_assert_not_null(md);
+	return aa_service_fingerprint(md);
+}
+
+Test(service, the_fingerprint_follows_the_documented_stream)
+{
+	const char *hold = "in msg aa.test.HoldRequest 1 1 none uint32 "
+	                   "out msg aa.test.HoldReply 1 1 none uint32";
+	// Node is recursive, and the output type was met already: refs.
+	const char *tree = "in msg aa.test.Node 2 1 none string "
+	                   "2 repeated message ref aa.test.Node "
+	                   "out ref aa.test.Node";
+	// Nested types, an enum, bytes and a oneof (its members are plain
+	// proto3 fields: label none), in field number order.
+	const char *place = "in msg aa.test.Order 11 "
+	                    "1 none uint64 "
+	                    "2 none string "
+	                    "3 repeated message msg aa.test.Item 3 "
+	                    "1 none string 2 none uint32 3 repeated string "
+	                    "4 none message msg aa.test.Address 2 "
+	                    "1 none string 2 none string "
+	                    "5 none enum enum aa.test.Order.Priority "
+	                    "6 none bytes "
+	                    "7 none string "
+	                    "8 none uint64 "
+	                    "9 none double "
+	                    "10 none sint64 "
+	                    "11 none bool "
+	                    "out msg aa.test.Receipt 5 "
+	                    "1 none uint64 "
+	                    "2 none uint32 "
+	                    "3 repeated message ref aa.test.Item "
+	                    "4 none message ref aa.test.Address "
+	                    "5 none string";
+	cr_assert_eq(fingerprint_of("Hold"), fnv_tokens(hold));
+	cr_assert_eq(fingerprint_of("Tree"), fnv_tokens(tree));
+	cr_assert_eq(fingerprint_of("Place"), fnv_tokens(place));
+	cr_assert_neq(fnv_tokens(place), fnv_tokens("in"), "not vacuous");
 }
 
 // ---- Registration ----
