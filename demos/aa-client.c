@@ -462,14 +462,19 @@ report(const outcome *oc)
 	free(t.s);
 }
 
-// report_call_error reports a call that made no op (aa_client_call failed).
+// report_call_error reports a call that made no op (aa_client_call or
+// aa_service_call failed); why (may be NULL) comes before "the call was
+// refused locally".
 static void
-report_call_error(int err)
+report_call_error(int err, const char *why)
 {
+	char msg[256];
+	snprintf(msg, sizeof(msg), "%s%sthe call was refused locally",
+	         why != NULL ? why : "", why != NULL ? ": " : "");
 	outcome oc = {.status = "error",
 	              .settlement = AA_SETTLE_NEVER_STARTED,
 	              .error = err,
-	              .error_msg = "the call was refused locally"};
+	              .error_msg = msg};
 	report(&oc);
 }
 
@@ -585,7 +590,13 @@ run_call(void)
 		    rv == AA_ECLOSED) {
 			atomic_store(&stop_calls, true);
 		}
-		report_call_error(rv);
+		// A typed call the server's fingerprint refused: say so
+		// (docs/services.md, "Errors, and where each is found").
+		report_call_error(rv, typed_md != NULL && rv == AA_ENOTSUP
+		                          ? "the server's method has other "
+		                            "message types (another "
+		                            "demo.proto)"
+		                          : NULL);
 		return;
 	}
 	oc.op_id = aa_client_op_id(op);
