@@ -550,6 +550,38 @@ Test(service, wrong_type_payload_is_refused_before_the_handler)
 	aa_op_unref(op);
 }
 
+// Protobuf encodings carry no type name: a HoldRequest{tag} is a valid
+// Order{id} (field 1, a varint in both), and the decoder keeps field
+// numbers it does not know aside. The server accepts such bytes; only
+// the fingerprint tells typed clients apart (docs/services.md).
+Test(service, compatible_bytes_of_another_type_are_accepted)
+{
+	static seen s;
+	uint8_t buf[16];
+	Aa__Test__HoldRequest hr = AA__TEST__HOLD_REQUEST__INIT;
+	hr.tag = 3;
+	size_t len = protobuf_c_message_pack(&hr.base, buf);
+	buf[len++] = 0xf8; // field 31, a varint: unknown to Order
+	buf[len++] = 0x01;
+	buf[len++] = 0x05;
+	seen_init(&s);
+	env_up("inproc");
+	aa_op *op = NULL;
+	cr_assert_eq(aa_client_call(&op, E.cli, "aa.test.Shop/Place", buf, len,
+	                            NULL, NULL),
+	             0);
+	cr_assert_eq(aa_op_set_handler(op, on_done, &s), 0);
+	gate_wait(&s.done);
+	cr_assert_eq(s.state, AA_COMPLETED);
+	cr_assert_eq(atomic_load(&S.handler_calls), 1);
+	ProtobufCMessage *out = NULL;
+	cr_assert_eq(
+	    aa_service_result(&out, op, &aa__test__receipt__descriptor), 0);
+	cr_assert_eq(((Aa__Test__Receipt *)out)->order_id, 3);
+	aa_service_result_free(op, out);
+	aa_op_unref(op);
+}
+
 // The rejection text a method gives (aa_server_reject_reason) is its own
 // call's only: the next rejection without one says aa_strerror's.
 Test(service, a_method_gives_its_rejection_a_text)
