@@ -26,6 +26,9 @@
 
 // ---- JSON to message ----
 
+#define GIVEN_NULL  1
+#define GIVEN_VALUE 2
+
 static int message(jparser *j, ProtobufCMessage *m);
 
 size_t
@@ -287,7 +290,8 @@ message(jparser *j, ProtobufCMessage *m)
 	if (!aai_json_eat(j, '{')) {
 		return aai_json_fail(j, "expected an object for %s", d->name);
 	}
-	bool *given = calloc(d->n_fields ? d->n_fields : 1, sizeof(bool));
+	// Per field: 0 not given, GIVEN_NULL, GIVEN_VALUE.
+	unsigned char *given = calloc(d->n_fields ? d->n_fields : 1, 1);
 	if (given == NULL) {
 		return AA_ENOMEM;
 	}
@@ -314,10 +318,11 @@ message(jparser *j, ProtobufCMessage *m)
 			if (rv != 0) {
 				break;
 			}
-			given[f - d->fields] = true;
 			if (aai_json_word(j, "null")) {
+				given[f - d->fields] = GIVEN_NULL;
 				continue; // the default
 			}
+			given[f - d->fields] = GIVEN_VALUE;
 			if (f->label == PROTOBUF_C_LABEL_REPEATED) {
 				rv = repeated(j, f, m);
 			} else if ((rv = mark(j, f, m)) == 0) {
@@ -330,6 +335,17 @@ message(jparser *j, ProtobufCMessage *m)
 		if (rv == 0 && !aai_json_eat(j, '}')) {
 			rv =
 			    aai_json_fail(j, "expected , or } in %s", d->name);
+		}
+	}
+	// protobuf_c_message_check cannot tell a required scalar that was
+	// never set from one set to 0: the keys given can (null sets
+	// nothing).
+	for (unsigned i = 0; rv == 0 && i < d->n_fields; i++) {
+		if (d->fields[i].label == PROTOBUF_C_LABEL_REQUIRED &&
+		    given[i] != GIVEN_VALUE) {
+			rv = aai_json_fail(
+			    j, "%s: required field \"%s\" is missing", d->name,
+			    d->fields[i].name);
 		}
 	}
 	free(given);
