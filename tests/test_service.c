@@ -1178,6 +1178,37 @@ Test(service, a_missing_required_field_is_refused)
 	aa_op_unref(op);
 }
 
+// ---- Errors of the API ----
+
+Test(service, api_errors)
+{
+	static seen s;
+	order_buf b;
+	char name[32];
+	seen_init(&s);
+	sample_order(&b);
+	env_up("inproc");
+	cr_assert_eq(aa_service_method_name(name, sizeof(name), SHOP, "Place"),
+	             0);
+	cr_assert_str_eq(name, "aa.test.Shop/Place");
+	cr_assert_eq(aa_service_method_name(name, 8, SHOP, "Place"), AA_EINVAL,
+	             "does not fit");
+	cr_assert_eq(aa_service_method_name(name, sizeof(name), SHOP, "Nope"),
+	             AA_ENOENT);
+	cr_assert_eq(aa_service_check(E.cli, NULL, NULL), AA_EINVAL);
+
+	aa_op *op = call("Place", &b.o.base, &s);
+	gate_wait(&s.done);
+	ProtobufCMessage *out = NULL;
+	cr_assert_eq(aa_service_result(&out, op, NULL), AA_EINVAL);
+	// A Receipt's field 1 is a varint, a Node's a string.
+	cr_assert_eq(aa_service_result(&out, op, &aa__test__node__descriptor),
+	             AA_EPROTO, "the result is not a Node");
+	cr_assert_null(out);
+	cr_assert_eq(aa_service_complete(op, NULL), AA_EINVAL);
+	aa_op_unref(op);
+}
+
 // ---- Registration ----
 
 Test(service, registration_errors_register_nothing)
