@@ -24,7 +24,11 @@ get(aa_op **opp, void *arg, const aa_call_info *call,
 	}
 	m.cents = (int64_t)strlen(r->sku) * 100;
 	m.currency = "EUR";
-	return aa_service_complete(*opp, &m.base) == 0 ? 0 : AA_EINTERNAL;
+	// The op is made: from here on it is finished, never refused.
+	if ((rv = aa_service_complete(*opp, &m.base)) != 0) {
+		aa_op_fail(*opp, rv, "cannot pack the reply");
+	}
+	return 0;
 }
 
 static pthread_mutex_t mtx = PTHREAD_MUTEX_INITIALIZER;
