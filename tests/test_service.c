@@ -9,7 +9,6 @@
 // type is refused before the handler; a client built from a changed
 // .proto is refused with AA_ENOTSUP (another process:
 // tests/peer/svc_v2_client.c); registration errors; the JSON converter.
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -589,7 +588,7 @@ Test(service, a_method_gives_its_rejection_a_text)
 {
 	static const struct {
 		const char *payload;
-		int state;
+		aa_state state;
 		const char *msg;
 	} cases[] = {
 	    {"x", AA_ERROR, "picky wants an even length"},
@@ -771,14 +770,19 @@ Test(service, already_complete_crossing)
 	cr_assert_eq(s.state, AA_CANCELED);
 	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_IN_FLIGHT,
 	             "the client cannot know yet");
-	// Let the Cancel reach the server (its receive thread is free; the
-	// finisher is the held thread) before the reply goes out: the op
-	// had finished, so the Cancel is late.
+	// Let the Cancel reach the server before the reply goes out: the
+	// Cancel left inside aa_op_cancel, so a call made now is behind it
+	// on the connection, and its answer (from the receive thread, which
+	// is free: the finisher is the held thread) means the server has
+	// handled the Cancel. The op had finished, so the Cancel is late.
+	static seen p2;
+	seen_init(&p2);
+	probe = call("Place", &b.o.base, &p2);
+	gate_wait(&p2.done);
+	aa_op_unref(probe);
 	aa_server_stats ss;
-	do {
-		sched_yield();
-		aa_server_stats_get(E.srv, &ss);
-	} while (ss.cancels_late == 0);
+	aa_server_stats_get(E.srv, &ss);
+	cr_assert_eq(ss.cancels_late, 1, "the Cancel came after the finish");
 	gate_open(&hp_reply.release);
 	thr_join(&t);
 	gate_wait(&s.settled);
@@ -787,7 +791,7 @@ Test(service, already_complete_crossing)
 	cr_assert_eq(aa_client_timeline(op), AA_TIMELINE_ALREADY_COMPLETE,
 	             "refined by the late Complete");
 	aa_server_stats_get(E.srv, &ss);
-	cr_assert_eq(ss.completed, 2);
+	cr_assert_eq(ss.completed, 3);
 	cr_assert_eq(ss.wasted, 1);
 	cr_assert_eq(atomic_load(&S.compensated), 1,
 	             "the typed method's compensation hook ran");
