@@ -273,13 +273,18 @@ report(const outcome *oc)
 	free(t.s);
 }
 
-// report_call_error reports a call that made no op (aa_client_call failed).
+// report_call_error reports a call that made no op (aa_client_call or
+// aa_service_call failed); why (may be NULL) comes before "the call was
+// refused locally".
 void
-report_call_error(int err)
+report_call_error(int err, const char *why)
 {
+	char msg[256];
+	snprintf(msg, sizeof(msg), "%s%sthe call was refused locally",
+	         why != NULL ? why : "", why != NULL ? ": " : "");
 	outcome oc = {.status = "error",
 	              .settlement = AA_SETTLE_NEVER_STARTED,
 	              .error = err,
-	              .error_msg = "the call was refused locally"};
+	              .error_msg = msg};
 	report(&oc);
 }

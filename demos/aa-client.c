@@ -288,7 +288,13 @@ run_call(void)
 		    rv == AA_ECLOSED) {
 			atomic_store(&stop_calls, true);
 		}
-		report_call_error(rv);
+		// A typed call the server's fingerprint refused: say so
+		// (docs/services.md, "Errors, and where each is found").
+		report_call_error(rv, typed_md != NULL && rv == AA_ENOTSUP
+		                          ? "the server's method has other "
+		                            "message types (another "
+		                            "demo.proto)"
+		                          : NULL);
 		return;
 	}
 	oc.op_id = aa_client_op_id(op);

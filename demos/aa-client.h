@@ -61,9 +61,10 @@ int parse_options(int argc, char **argv);
 // concurrent calls never mix.
 void report(const outcome *oc);
 
-// report_call_error reports a call that made no op (aa_client_call
-// failed).
-void report_call_error(int err);
+// report_call_error reports a call that made no op (aa_client_call or
+// aa_service_call failed); why (may be NULL) comes before "the call was
+// refused locally".
+void report_call_error(int err, const char *why);
 
 // now_ns reads the monotonic clock in nanoseconds.
 static inline uint64_t

@@ -77,6 +77,14 @@ child_main(aa_client *c)
 	if (aa_client_stop(c) != AA_ESTATE) {
 		return 5;
 	}
+	// The method table is the parent's: typed calls (aa/service.h)
+	// read it through these two.
+	unsigned types = 0;
+	uint64_t fp = 0;
+	if (aa_client_method_cancel_types(c, "echo", &types) != AA_ESTATE ||
+	    aa_client_method_fingerprint(c, "echo", &fp) != AA_ESTATE) {
+		return 8;
+	}
 	aa_client_close(c);
 	aa_client_free(c);
 	if (atomic_load(&parked.calls) != 0) {

@@ -4,7 +4,8 @@
 // mkdtemp directory, runs aa-client with --json, and checks the client's
 // JSON line, its exit status and the server's JSON log: echo, the three
 // cancellation timelines, a failure, a deadline, a killed server, usage
-// errors, repeat with concurrency, and the ipc socket file's handling.
+// errors, repeat with concurrency, the ipc socket file's handling, and the
+// typed service aa.demo.Demo (JSON input; a server whose types differ).
 //
 // No sleeps: the tests wait for a child's exit (waitpid) or for a line on
 // a child's pipe. The server's log is read after the server exited on
@@ -797,6 +798,61 @@ Test(demo, typed_service_by_full_name_with_json)
 	                               json_num(out, "client"), ev,
 	                               sizeof(ev)),
 	                 "start cancel_received canceled reply_sent");
+}
+
+// A server built from another demo.proto: here a byte method named
+// aa.demo.Demo/Echo that declares another type fingerprint. aa-client
+// refuses the call before sending it, with AA_ENOTSUP and a reason.
+static atomic_int echo_starts;
+
+static int
+other_echo(aa_op **opp, void *arg, const aa_call_info *call,
+           const void *payload, size_t len, const aa_assoc *assoc)
+{
+	aa_op_provider pv = {.policy = AA_POLICY_IMMEDIATE,
+	                     .cancel_types = AA_CANCEL_ALL};
+	atomic_fetch_add(&echo_starts, 1);
+	int rv = aa_op_alloc(opp, &pv, assoc);
+	if (rv == 0) {
+		aa_op_complete(*opp, NULL, 0, NULL);
+	}
+	return rv;
+}
+
+Test(demo, typed_call_to_a_server_with_other_types_is_refused)
+{
+	aa_server *srv = NULL;
+	aa_method_def d = {.name = "aa.demo.Demo/Echo",
+	                   .start = other_echo,
+	                   .cancel_types = AA_CANCEL_ALL,
+	                   .type_fingerprint = 1};
+	char *out;
+	atomic_store(&echo_starts, 0);
+	cr_assert_eq(aa_server_alloc(&srv, &(aa_server_opts){0}), 0);
+	cr_assert_eq(aa_server_register(srv, &d), 0);
+	cr_assert_eq(aa_server_listen(srv, D.url), 0);
+	cr_assert_eq(CLIENT(&out, "--json", "call", "aa.demo.Demo/Echo",
+	                    "{\"text\": \"hi\"}"),
+	             1);
+	expect_str(out, "status", "error");
+	cr_assert_eq(json_num(out, "error_code"), AA_ENOTSUP);
+	cr_assert_eq(json_num(out, "op"), 0, "no op was made");
+	cr_assert_not_null(strstr(out, "other message types"), "%s", out);
+	test_note("%s", out);
+	// Without ARG the input is {}: refused the same way (the readable
+	// line this time).
+	cr_assert_eq(CLIENT(&out, "call", "aa.demo.Demo/Echo"), 1);
+	char want[64];
+	snprintf(want, sizeof(want), "op 0: error %d (", AA_ENOTSUP);
+	cr_assert_not_null(strstr(out, want), "%s", out);
+	cr_assert_not_null(strstr(out, "other message types"), "%s", out);
+	test_note("%s", out);
+	aa_server_stats ss;
+	aa_server_stats_get(srv, &ss);
+	cr_assert_eq(ss.started + ss.rejected, 0,
+	             "nothing reached the server");
+	cr_assert_eq(atomic_load(&echo_starts), 0);
+	aa_server_free(srv);
 }
 
 Test(demo, typed_input_errors_are_usage_errors)

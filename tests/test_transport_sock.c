@@ -688,8 +688,14 @@ Test(transport_sock, pause_and_resume)
 		cr_assert_eq(memcmp(got, frame, 4 + PR_LEN), 0);
 	}
 	thr_join(&t);
-	cr_assert_eq(sd->frames, PR_N);
-	cr_assert_eq(sd->downs, 0);
+	// Read under the side's lock: the loop thread writes downs there
+	// once close() below ends the connection.
+	pthread_mutex_lock(&sd->mtx);
+	size_t frames = sd->frames;
+	int downs = sd->downs;
+	pthread_mutex_unlock(&sd->mtx);
+	cr_assert_eq(frames, PR_N);
+	cr_assert_eq(downs, 0);
 	close(fd);
 	cr_assert_eq(side_wait_down(sd), AA_ECONNLOST);
 	srv_stop(&s);

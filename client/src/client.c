@@ -266,6 +266,9 @@ aa_client_method_cancel_types(aa_client *c, const char *name, unsigned *types)
 int
 aa_client_method_fingerprint(aa_client *c, const char *name, uint64_t *fp)
 {
+	if (aai_client_forked(c)) {
+		return AA_ESTATE; // the lock may be held by a lost thread
+	}
 	aai_mtx_lock(&c->mtx);
 	const method *m = aai_client_find_method(c, name);
 	if (m != NULL && fp != NULL) {

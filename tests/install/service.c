@@ -35,7 +35,11 @@ greet(aa_op **opp, void *arg, const aa_call_info *call,
 	         p->n_titles > 0 ? " " : "", p->name);
 	g.to = (Greet__Person *)p;
 	g.text = text;
-	return aa_service_complete(*opp, &g.base) == 0 ? 0 : AA_EINTERNAL;
+	// The op is made: from here on it is finished, never refused.
+	if ((rv = aa_service_complete(*opp, &g.base)) != 0) {
+		aa_op_fail(*opp, rv, "cannot pack the reply");
+	}
+	return 0;
 }
 
 static int

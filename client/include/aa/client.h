@@ -142,13 +142,13 @@ uint64_t aa_client_op_id(const aa_op *op);
 uint64_t aa_client_conn_id(aa_client *c);
 
 // aa_client_method_cancel_types gives the cancellation types the server
-// declared for method: 0 or AA_ENOENT.
+// declared for method: 0 or AA_ENOENT (AA_ESTATE in a forked child).
 int aa_client_method_cancel_types(aa_client *c, const char *method,
                                   unsigned *types);
 
 // aa_client_method_fingerprint gives the type fingerprint the server
 // declared for method (0: an untyped method; aa/service.h): 0 or
-// AA_ENOENT.
+// AA_ENOENT (AA_ESTATE in a forked child, as for every call there).
 int aa_client_method_fingerprint(aa_client *c, const char *method,
                                  uint64_t *fp);
 
