@@ -388,15 +388,22 @@ aa_client_close(aa_client *c)
 	aai_mtx_unlock(&c->mtx); // the last touch of c
 }
 
-// on_link_thread says whether this thread is in the receive path of c's
-// link without being in one of c's callbacks: an inproc server callback
+// on_link_thread(_locked) says whether this thread is in the receive path of
+// c's link without being in one of c's callbacks: an inproc server callback
 // that the client end's thread runs (transport_inproc.c, hand-over). The
 // link's down needs that very thread, so stop would never return.
+// Expects c->mtx.
+static bool
+on_link_thread_locked(aa_client *c)
+{
+	return c->link != NULL && aai_conn_on_rx_thread(c->link->conn);
+}
+
 static bool
 on_link_thread(aa_client *c)
 {
 	aai_mtx_lock(&c->mtx);
-	bool on = c->link != NULL && aai_conn_on_rx_thread(c->link->conn);
+	bool on = on_link_thread_locked(c);
 	aai_mtx_unlock(&c->mtx);
 	return on;
 }
@@ -407,11 +414,16 @@ aa_client_stop(aa_client *c)
 	if (aai_client_forked(c)) {
 		return AA_ESTATE;
 	}
-	if (aai_cb_inside(AAI_CB_CLIENT, c) || aai_cop_cancelling(c) ||
-	    on_link_thread(c)) {
+	if (aai_cb_inside(AAI_CB_CLIENT, c) || aai_cop_cancelling(c)) {
 		return AA_EDEADLK;
 	}
+	// The check and the registration are one locked step, so that a
+	// free that starts after it waits for this stop.
 	aai_mtx_lock(&c->mtx);
+	if (on_link_thread_locked(c)) {
+		aai_mtx_unlock(&c->mtx);
+		return AA_EDEADLK;
+	}
 	c->stoppers++; // free waits until this stop is done with c
 	aai_mtx_unlock(&c->mtx);
 	AAI_CHECKPOINT("client.stopping", c);

@@ -480,19 +480,27 @@ aa_server_close(aa_server *s)
 	aai_mtx_unlock(&s->mtx); // the last touch of s
 }
 
-// on_session_thread says whether this thread is in the receive path of
-// one of s's connections without being in one of s's callbacks: an inproc
+// on_session_thread(_locked) says whether this thread is in the receive path
+// of one of s's connections without being in one of s's callbacks: an inproc
 // client callback that the server end's thread runs (transport_inproc.c,
 // hand-over). That session's end needs this very thread to go down, so
 // stop would never return.
+// Expects s->mtx.
 static bool
-on_session_thread(aa_server *s)
+on_session_thread_locked(aa_server *s)
 {
 	bool on = false;
-	aai_mtx_lock(&s->mtx);
 	for (session *ss = s->sessions; ss != NULL && !on; ss = ss->next) {
 		on = aai_conn_on_rx_thread(ss->conn);
 	}
+	return on;
+}
+
+static bool
+on_session_thread(aa_server *s)
+{
+	aai_mtx_lock(&s->mtx);
+	bool on = on_session_thread_locked(s);
 	aai_mtx_unlock(&s->mtx);
 	return on;
 }
@@ -503,10 +511,16 @@ aa_server_stop(aa_server *s)
 	if (s == NULL) {
 		return AA_EINVAL;
 	}
-	if (aai_cb_inside(AAI_CB_SERVER, s) || on_session_thread(s)) {
+	if (aai_cb_inside(AAI_CB_SERVER, s)) {
 		return AA_EDEADLK;
 	}
+	// The check and the registration are one locked step, so that a
+	// free that starts after it waits for this stop.
 	aai_mtx_lock(&s->mtx);
+	if (on_session_thread_locked(s)) {
+		aai_mtx_unlock(&s->mtx);
+		return AA_EDEADLK;
+	}
 	s->stoppers++; // free waits until this stop is done with s
 	aai_mtx_unlock(&s->mtx);
 	AAI_CHECKPOINT("server.stopping", s);
