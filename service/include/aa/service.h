@@ -95,7 +95,8 @@ int aa_service_complete(aa_op *op, const ProtobufCMessage *output);
 // is sent: AA_EINVAL (bad arguments, input of another type), AA_ENOENT
 // (the method is not in desc, or the server does not serve it),
 // AA_ENOTSUP (the server's method has other message types: a different
-// .proto), and aa_client_call's errors.
+// .proto), AA_ESTATE (in a forked child: open a client of its own), and
+// aa_client_call's errors.
 int aa_service_call(aa_op **opp, aa_client *c,
                     const ProtobufCServiceDescriptor *desc, const char *method,
                     const ProtobufCMessage *input, const aa_call_opts *co,
