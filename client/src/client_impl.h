@@ -79,6 +79,7 @@ struct clink {
 	aai_wire_arena arena;
 	bool hello;        // the server's Hello arrived
 	int goodbye;       // the server's Goodbye reason, or 0
+	int refused;       // we refused the server's Hello (AA_ENOTSUP), or 0
 	char *goodbye_msg; // and its message (NULL: none); c->mtx
 	clink *next_dead;  // down, waiting to be freed
 	bool down;         // its down callback ran

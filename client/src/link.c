@@ -15,12 +15,14 @@
 // reconnects, so names handed to ops stay valid as long as the client),
 // the limits, the connection id and the heartbeat interval both sides use
 // (applied to the connection at once). A Hello of another version is
-// refused with ENOTSUP: Goodbye{ENOTSUP} is queued in the same locked step
-// that tells the opener, so that it goes out before aa_client_open can
-// return and free the link. A frame that does not decode, a Start or Cancel
-// from the server, a second Hello, or an oversized length prefix is a
-// protocol error: a Goodbye (best effort), the close, and the link's ops
-// end with EPROTO or EMSGSIZE. The server's Goodbye: its reason and
+// refused with ENOTSUP: Goodbye{ENOTSUP} is queued and the link ends with
+// its batch (aai_conn_end_batch: the batch's queued frames are written
+// first); the opener waits for that down, so aa_client_open cannot return
+// and free the link before the Goodbye was written. A frame that does not
+// decode, a Start or Cancel from the server, a second Hello, or an
+// oversized length prefix is a protocol error: a Goodbye (best effort, the
+// same way), the end of the link, and the link's ops end with EPROTO or
+// EMSGSIZE. The server's Goodbye: its reason and
 // message end the link's ops (0 and ECLOSED read as EUNAVAIL).
 //
 // Reconnect (opts.reconnect): a call that finds no link starts one
@@ -95,8 +97,10 @@ on_hello(aa_client *c, clink *l, const aai_wire_msg *m)
 		snprintf(msg, sizeof(msg),
 		         "protocol version %u not supported; client speaks %d",
 		         (unsigned)h->version, AAI_WIRE_VERSION);
-		// The Goodbye is queued before the opener is woken: once
-		// aa_client_open has returned it would find the link closed.
+		// The Goodbye goes out when this batch ends, and only then
+		// does the link go down (aai_conn_end_batch): the opener,
+		// which waits for the link's down, cannot close the link
+		// before the Goodbye was written.
 		aai_wire_msg bye;
 		aai_wire_goodbye(&bye, AA_ENOTSUP, msg);
 		aai_mtx_lock(&c->mtx);
@@ -104,12 +108,11 @@ on_hello(aa_client *c, clink *l, const aai_wire_msg *m)
 		if (aai_wire_send(l->conn, &bye, 0) == 0) {
 			c->st.sent_other++;
 		}
-		l->goodbye = AA_ENOTSUP;
+		l->refused = AA_ENOTSUP;
 		aai_free(l->goodbye_msg);
 		l->goodbye_msg = aai_strdup(msg); // NULL on ENOMEM: no text
-		aai_cv_broadcast(&c->cv);
 		aai_mtx_unlock(&c->mtx);
-		aai_conn_close(l->conn);
+		aai_conn_end_batch(l->conn, AA_ENOTSUP);
 		return;
 	}
 	// Both sides use the server's heartbeat interval (0: off); silence
@@ -143,7 +146,7 @@ on_hello(aa_client *c, clink *l, const aai_wire_msg *m)
 }
 
 // link_protocol_error ends a link whose server broke the protocol (§ 9):
-// a Goodbye with the reason, best effort, then the close; its ops end
+// a Goodbye with the reason, best effort, then the end; its ops end
 // with err.
 static void
 link_protocol_error(clink *l, int err, const char *why)
@@ -157,7 +160,7 @@ link_protocol_error(clink *l, int err, const char *why)
 		c->st.sent_other++;
 	}
 	aai_mtx_unlock(&c->mtx);
-	aai_conn_close(l->conn);
+	aai_conn_end_batch(l->conn, err); // the Goodbye leaves first
 }
 
 static void
@@ -257,7 +260,8 @@ clink_down(void *arg, aai_conn *conn, int err)
 	aai_mtx_lock(&c->mtx);
 	// The server's Goodbye reason reaches the ops it ends (protocol
 	// § 10); a bad frame we found ends them with EPROTO or EMSGSIZE.
-	why = l->goodbye != 0 ? l->goodbye
+	why = l->goodbye != 0   ? l->goodbye
+	      : l->refused != 0 ? l->refused
 	      : c->down_err == AA_EPROTO || c->down_err == AA_EMSGSIZE
 	          ? c->down_err
 	      : err == AA_ELIMIT ? AA_ELIMIT // the server did not read
@@ -418,6 +422,7 @@ aai_link_connect(aa_client *c)
 	// so closing it here is safe even if it went down already.
 	rv = (l->hello && !l->down && l->goodbye == 0 && !c->closed) ? 0
 	     : c->closed       ? AA_ECLOSED
+	     : l->refused != 0 ? l->refused
 	     : l->goodbye != 0 ? l->goodbye
 	     : l->down         ? AA_ECONNLOST
 	                       : AA_ETIMEDOUT;

@@ -25,6 +25,14 @@
 //   callback that frees the conn (close → down → deferred free) while
 //   that close still aborts I/O. c->failing counts aai_conn_fail calls in
 //   progress; teardown waits for zero (aai_conn_quiesce) before freeing.
+// * Ending from a frame callback (aai_conn_end_batch, e.g. a Goodbye to a
+//   peer of another version): the callback only records end_err (it runs
+//   on the rx thread, which alone reads it); aai_conn_rx stops after that
+//   frame and returns end_err as it returns AA_EMSGSIZE for an oversized
+//   header, so the backend first ends the cork (the Goodbye is written)
+//   and then ends the receive path with that reason. A close from the
+//   callback would set closing first, and uncork discards a closing
+//   conn's queue.
 // * Timers: one nng aio sleep per connection ticks at a fraction of the
 //   heartbeat and silence periods; it reads last_tx/last_rx (atomics
 //   updated per send and per receive batch), sends the heartbeat frame
@@ -307,13 +315,32 @@ aai_conn_rx(aai_conn *c, const uint8_t *buf, size_t len, size_t *used,
 		c->cbs.frame(c->arg, c, buf + off + AAI_TP_HDR, flen);
 		n++;
 		off += AAI_TP_HDR + flen;
+		if (c->end_err != 0) {
+			rv = c->end_err; // the batch is written, then c ends
+			break;
+		}
 	}
-	if (n > 0 && c->cbs.flush != NULL && !atomic_load(&c->stop_rx)) {
+	if (rv == 0 && n > 0 && c->cbs.flush != NULL &&
+	    !atomic_load(&c->stop_rx)) {
 		c->cbs.flush(c->arg, c);
 	}
 	rx_leave(c);
 	*used = off;
 	return rv;
+}
+
+void
+aai_conn_end_batch(aai_conn *c, int err)
+{
+	aai_mtx_lock(&c->mtx);
+	bool mine = c->in_rx && pthread_equal(c->rx_thread, pthread_self());
+	if (mine && c->end_err == 0) {
+		c->end_err = err;
+	}
+	aai_mtx_unlock(&c->mtx);
+	if (!mine) {
+		aai_conn_fail(c, err);
+	}
 }
 
 bool

@@ -159,6 +159,14 @@ int aai_conn_send_encode(aai_conn *c, size_t len,
 // never blocks; if c is started and not down yet, down(AA_ECLOSED) follows.
 void aai_conn_close(aai_conn *c);
 
+// aai_conn_end_batch, from a frame callback of c: no further frame of the
+// batch being delivered is, what the callbacks queued (a Goodbye) is
+// written, best effort, as after an oversized frame, and then c goes down
+// with err. Closing from the callback instead would discard that Goodbye
+// (the batch is corked until it ends). Anywhere else it is
+// aai_conn_fail(c, err).
+void aai_conn_end_batch(aai_conn *c, int err);
+
 // aai_conn_free closes c, waits until none of its callbacks runs and frees
 // it. From inside one of c's callbacks the free is deferred (see above).
 // Returns 0.

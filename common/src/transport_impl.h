@@ -64,6 +64,7 @@ struct aai_conn {
 	bool in_rx;  // the receive path runs callbacks
 	int failing; // aai_conn_fail calls still running
 	pthread_t rx_thread;
+	int end_err; // aai_conn_end_batch: set and read on the rx thread
 
 	atomic_bool stop_rx; // checked between frames
 	atomic_bool hb_suppressed;
