@@ -2,8 +2,9 @@
 // test_inproc.c: the in-process transport's own mechanisms
 // (common/src/transport_inproc.c): the sleep/wake race of an idle end, the
 // process-wide spinner limit, the hand-over of a batch to the peer end's
-// thread, and what a callback run by that thread may do. Races are forced
-// with the checkpoints inproc.spin and inproc.before_sleep; no sleeps.
+// thread, and what a callback run by that thread may do; the test hooks of
+// inproc_hooks.h (hand-over off, a listener killed). Races are forced with
+// the checkpoints inproc.spin and inproc.before_sleep; no sleeps.
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include <aa/client.h>
 #include <aa/server.h>
 
+#include "../common/src/inproc_hooks.h"
 #include "../common/src/transport.h"
 #include "testutil.h"
 
@@ -251,6 +253,7 @@ suite_fini(void)
 {
 	aa_checkpoint_set(NULL, NULL);
 	aai_inproc_spin_config(-1, -1);
+	aai_inproc_set_handover(true);
 	aa_test_check_live();
 }
 
@@ -533,4 +536,72 @@ Test(inproc, server_stop_from_a_handed_over_client_handler)
 		gate_fini(&t.done);
 	}
 	cr_assert(deadlk_seen, "no handler ran on the server end's thread");
+}
+
+// ---- the test hooks ----
+
+// With the hand-over off, the echo of the test above is delivered by the
+// client end's own thread: no batch changes threads.
+Test(inproc, hand_over_off_keeps_each_end_on_its_own_thread)
+{
+	pipe_fx f;
+	aai_inproc_stat st0, st;
+	cp_init();
+	aai_inproc_spin_config(1, 0);
+	aai_inproc_set_handover(false);
+	aai_inproc_stats(&st0);
+	fx_open(&f, "no-handover");
+	f.srv_ep.echo = true;
+	wait_sleepers(st0.sleeps, 2);
+	for (int i = 0; i < 20; i++) {
+		send_byte(f.cli, (uint8_t)i);
+		ep_wait_frames(&f.cli_ep, i + 1);
+	}
+	aai_inproc_stats(&st);
+	cr_assert_eq(st.handovers, st0.handovers);
+	cr_assert(!pthread_equal(f.cli_ep.first_thread, f.srv_ep.first_thread),
+	          "each end ran its own callbacks");
+	fx_close(&f);
+}
+
+// A killed listener cuts its connection at once, with no reason: both
+// ends go down with AA_ECONNLOST, a dial to its name is refused, and the
+// owner still closes and frees it. An unknown name is AA_ENOENT.
+Test(inproc, kill_cuts_the_connections_and_refuses_dials)
+{
+	pipe_fx f;
+	aai_conn *late;
+	cp_init();
+	fx_open(&f, "kill");
+	send_byte(f.cli, 1);
+	ep_wait_frames(&f.srv_ep, 1);
+	cr_assert_eq(aai_inproc_kill("kill"), 0);
+	ep_wait_down(&f.cli_ep);
+	ep_wait_down(&f.srv_ep);
+	cr_assert_eq(f.cli_ep.err, AA_ECONNLOST, "%s",
+	             aa_strerror(f.cli_ep.err));
+	cr_assert_eq(f.srv_ep.err, AA_ECONNLOST, "%s",
+	             aa_strerror(f.srv_ep.err));
+	cr_assert_eq(aai_dial(&late, "inproc://kill", NULL), AA_ECONNREF);
+	cr_assert_eq(aai_inproc_kill("kill"), AA_ENOENT);
+	cr_assert_eq(aai_inproc_kill("no-such-listener"), AA_ENOENT);
+	fx_close(&f);
+}
+
+// A listener freed before the connections made through it: they go on
+// (they no longer belong to it), and a kill of its name finds nothing.
+Test(inproc, connections_outlive_their_listener)
+{
+	pipe_fx f;
+	cp_init();
+	fx_open(&f, "outlive");
+	f.srv_ep.echo = true;
+	aai_listener_free(f.l);
+	cr_assert_eq(aai_inproc_kill("outlive"), AA_ENOENT);
+	send_byte(f.cli, 1);
+	ep_wait_frames(&f.cli_ep, 1);
+	aai_conn_free(f.cli);
+	aai_conn_free(f.srv);
+	ep_fini(&f.cli_ep);
+	ep_fini(&f.srv_ep);
 }

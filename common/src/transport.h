@@ -15,7 +15,8 @@
 // and run on its receive thread (the epoll loop thread that reads it, an
 // nng task thread, or the inproc connection's own thread; inproc frame and
 // flush callbacks may also run on the thread of the other end of the pipe,
-// which delivers a batch to an end that sleeps: see transport_inproc.c).
+// which delivers a batch to an end that sleeps: see transport_inproc.c;
+// a test hook turns that off, inproc_hooks.h).
 // They must be short and must not block, and must not wait for the other
 // end of an inproc pipe. The accept callback runs on the listener's thread
 // (inproc: the dialer's). No callback runs under a transport lock. Sends

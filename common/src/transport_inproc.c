@@ -82,6 +82,22 @@
 //   layers' stop detects it (aai_conn_on_rx_thread: AA_EDEADLK, as from
 //   their own callbacks), e.g. a server method stopping the very client
 //   that called it over inproc.
+// * Test hooks (inproc_hooks.h), for the replay tool and the tests only.
+//   aai_inproc_set_handover(false) turns the hand-over off, process-wide
+//   (an atomic read by can_hand_over): each end's callbacks then run on
+//   its own owner thread only, so a thread held at a server checkpoint
+//   is always the server end's, never the client's. Batches then cost a
+//   wake-up each (the idle owner wakes the peer's, see rx_thread).
+//   aai_inproc_kill(name) makes a listener vanish as a killed process's
+//   would: unregistered (a dial gets AA_ECONNREF), and the accepted side
+//   of every pipe made through it closed at once, with no Goodbye and no
+//   reason recorded, so both ends end with AA_ECONNLOST (the dialer's
+//   after it took what was already queued to it, as a socket's reader
+//   does). The listener lists its live pipes for this (l->pipes, p->l,
+//   p->next/prev, under registry_mtx). Lock order: registry_mtx, then
+//   p->mtx. A pipe's last release unlinks it under registry_mtx before
+//   freeing it, so a kill that walks the list never sees a freed pipe;
+//   a listener's free detaches its pipes (p->l = NULL) the same way.
 // * Measured (Release, `bench_proxy --transport inproc --reps 5 echo`, two
 //   vCPUs shared with other builds; docs/PERFORMANCE.md "In-process path"):
 //   before, with two threads per call and 20 us spins, p50 per round
@@ -94,6 +110,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "inproc_hooks.h"
 #include "transport_impl.h"
 
 typedef struct ipipe ipipe;
@@ -121,10 +138,16 @@ struct iside {
 	uint64_t avg_gap;    // ns, average idle gap
 };
 
+typedef struct ilistener ilistener;
+
 struct ipipe {
 	pthread_mutex_t mtx;
 	int refs; // ends not yet torn down
 	struct iside side[2];
+	// registry_mtx: the listener it was made through (NULL once that
+	// is freed), and its place in the listener's list of live pipes.
+	ilistener *l;
+	ipipe *next, *prev;
 };
 
 struct iconn {
@@ -136,7 +159,7 @@ struct iconn {
 	aai_tbuf work; // the holder of side[s]'s token only
 };
 
-typedef struct ilistener {
+struct ilistener {
 	aai_listener base;
 	struct ilistener *next;
 	char *name;
@@ -146,8 +169,9 @@ typedef struct ilistener {
 	void *arg;
 	bool registered; // registry_mtx
 	int busy;        // registry_mtx: accept callbacks running
+	ipipe *pipes;    // registry_mtx: live pipes made through it
 	pthread_cond_t cv;
-} ilistener;
+};
 
 static pthread_mutex_t registry_mtx = PTHREAD_MUTEX_INITIALIZER;
 static ilistener *registry;
@@ -162,6 +186,7 @@ static atomic_int spin_limit = -1;    // -1: not computed yet
 static atomic_int spin_fixed_ns = -1; // test hook: -1 adaptive
 static atomic_uint_fast64_t n_spins, n_spin_hits, n_spin_refused;
 static atomic_uint_fast64_t n_handovers, n_sleeps;
+static atomic_bool handover_off; // test hook: aai_inproc_set_handover
 
 static uint64_t
 mono_ns(void)
@@ -321,6 +346,9 @@ can_take(const struct iside *x, const struct iside *other)
 static bool
 can_hand_over(const struct iside *peer, const struct iside *me)
 {
+	if (atomic_load_explicit(&handover_off, memory_order_relaxed)) {
+		return false;
+	}
 	return can_take(peer, me) &&
 	       (peer->owner == OWNER_ASLEEP || peer->owner == OWNER_AWAY);
 }
@@ -619,6 +647,25 @@ iconn_abort(aai_conn *c)
 	aai_mtx_unlock(&p->mtx);
 }
 
+// pipe_unlink takes p out of its listener's list (registry_mtx).
+static void
+pipe_unlink(ipipe *p)
+{
+	if (p->l == NULL) {
+		return;
+	}
+	if (p->prev != NULL) {
+		p->prev->next = p->next;
+	} else {
+		p->l->pipes = p->next;
+	}
+	if (p->next != NULL) {
+		p->next->prev = p->prev;
+	}
+	p->l = NULL;
+	p->next = p->prev = NULL;
+}
+
 static void
 pipe_release(ipipe *p)
 {
@@ -626,6 +673,11 @@ pipe_release(ipipe *p)
 	bool last = --p->refs == 0;
 	aai_mtx_unlock(&p->mtx);
 	if (last) {
+		// A kill walking the list holds registry_mtx: after this,
+		// nobody reaches p.
+		aai_mtx_lock(&registry_mtx);
+		pipe_unlink(p);
+		aai_mtx_unlock(&registry_mtx);
 		for (int i = 0; i < 2; i++) {
 			aai_tbuf_fini(&p->side[i].in);
 			aai_cv_fini(&p->side[i].cv);
@@ -735,6 +787,14 @@ aai_inproc_dial(aai_conn **cp, const char *name, const aai_tp_opts *o)
 		pipe_release(p);
 	}
 	if (rv == 0) {
+		aai_mtx_lock(&registry_mtx);
+		p->l = l; // l is busy: not freed under us
+		p->next = l->pipes;
+		if (l->pipes != NULL) {
+			l->pipes->prev = p;
+		}
+		l->pipes = p;
+		aai_mtx_unlock(&registry_mtx);
 		l->accept(l->arg, &srv->base);
 		*cp = &cli->base;
 	}
@@ -777,6 +837,9 @@ ilistener_free(aai_listener *al)
 	aai_mtx_lock(&registry_mtx);
 	while (l->busy > 0) {
 		aai_cv_wait(&l->cv, &registry_mtx);
+	}
+	while (l->pipes != NULL) {
+		pipe_unlink(l->pipes); // they outlive it
 	}
 	aai_mtx_unlock(&registry_mtx);
 	aai_cv_fini(&l->cv);
@@ -837,5 +900,50 @@ aai_inproc_listen(aai_listener **lp, const char *name, const aai_tp_opts *o,
 	aai_mtx_unlock(&registry_mtx);
 	aai_live_inc(AA_LIVE_OTHER);
 	*lp = &l->base;
+	return 0;
+}
+
+// ---- test hooks (inproc_hooks.h) ----
+
+void
+aai_inproc_set_handover(bool on)
+{
+	atomic_store(&handover_off, !on);
+}
+
+int
+aai_inproc_kill(const char *name)
+{
+	aai_mtx_lock(&registry_mtx);
+	ilistener *l;
+	for (l = registry; l != NULL; l = l->next) {
+		if (strcmp(l->name, name) == 0) {
+			break;
+		}
+	}
+	if (l == NULL) {
+		aai_mtx_unlock(&registry_mtx);
+		return AA_ENOENT;
+	}
+	// Unregistered in the same step: no dial finds it any more.
+	ilistener **pp = &registry;
+	while (*pp != l) {
+		pp = &(*pp)->next;
+	}
+	*pp = l->next;
+	l->registered = false;
+	for (ipipe *p = l->pipes; p != NULL; p = p->next) {
+		// The accepted side closes as iconn_abort would, but with no
+		// reason recorded: its owner ends with AA_ECONNLOST, the
+		// dialer's once it took what was queued to it.
+		aai_mtx_lock(&p->mtx);
+		p->side[1].closed = true;
+		atomic_fetch_add(&p->side[0].kicks, 1);
+		atomic_fetch_add(&p->side[1].kicks, 1);
+		aai_cv_broadcast(&p->side[0].cv);
+		aai_cv_broadcast(&p->side[1].cv);
+		aai_mtx_unlock(&p->mtx);
+	}
+	aai_mtx_unlock(&registry_mtx);
 	return 0;
 }

@@ -19,6 +19,13 @@
 // condition variable for an observed event, up to the scenario's timeout,
 // which fails the run naming the step.
 //
+// Over inproc. The process turns the inproc transport's hand-over off
+// once (a test hook, inproc_hooks.h): each end's callbacks then run on its
+// own thread, so a thread held at a server checkpoint is the server's,
+// never the client's, as over ipc. "server kill" cuts the server's
+// connections with no Goodbye (the other hook, kill_inproc); the server
+// lives on and later server steps are refused, as over ipc.
+//
 // Lock. One mutex (R.mtx) guards everything the run records: the op table,
 // the holds, the actors and the events. It is never held across a call
 // into the library except the pure getters (op id, status); handlers,
@@ -43,6 +50,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "inproc_hooks.h"
 #include "replay.h"
 
 #include "run.h"
@@ -450,16 +458,37 @@ do_release(const rp_step *st)
 
 // ---- Steps ----
 
+// kill_inproc: "server kill" with the server in this process. Its
+// listener vanishes and its connections are cut at once, with no Goodbye
+// (aai_inproc_kill, a test hook of the inproc transport): the client sees
+// what a killed server's process leaves it, a lost connection and a
+// refused reconnect. The server itself lives on here: it sees its client
+// go away and cancels the real ops (rows that over ipc a dead process
+// never writes). Later server steps are refused, as over ipc.
+static void
+kill_inproc(const rp_step *st)
+{
+	ev_add(COL_SERVER, "the server is killed: its connections are cut, "
+	                   "no Goodbye");
+	R.server_dead = true;
+	pthread_mutex_unlock(&R.mtx);
+	int rv = aai_inproc_kill(R.url + strlen("inproc://"));
+	pthread_mutex_lock(&R.mtx);
+	if (rv != 0) {
+		setup_error(st, "cannot cut the server's connections");
+	}
+}
+
 static void
 exec_step(const rp_step *st)
 {
 	// With the server in a second process, its holds are mirrored here
 	// (reached when it says so) and its steps are sent to it.
-	bool remote = R.server_pid != 0 &&
-	              (strncmp(st->what, "server.", 7) == 0 ||
-	               st->kind == K_SRV_COMPLETE || st->kind == K_SRV_FAIL ||
-	               st->kind == K_SRV_PROGRESS || st->kind == K_SRV_STOP ||
-	               st->kind == K_SRV_IGNORE || st->kind == K_SRV_KILL);
+	bool srv_step = strncmp(st->what, "server.", 7) == 0 ||
+	                st->kind == K_SRV_COMPLETE || st->kind == K_SRV_FAIL ||
+	                st->kind == K_SRV_PROGRESS || st->kind == K_SRV_STOP ||
+	                st->kind == K_SRV_IGNORE || st->kind == K_SRV_KILL;
+	bool remote = R.server_pid != 0 && srv_step;
 	if (remote && st->kind != K_WAIT) {
 		if (st->kind == K_HOLD && R.n_holds < MAX_HOLDS) {
 			hold_arm(st->what, st->op);
@@ -471,9 +500,12 @@ exec_step(const rp_step *st)
 		}
 		return;
 	}
+	if (srv_step && st->kind != K_WAIT && R.server_dead) {
+		setup_error(st, "the server was killed");
+		return;
+	}
 	if (st->kind == K_SRV_KILL) {
-		setup_error(st, "needs the server in its own process "
-		                "(--transport ipc)");
+		kill_inproc(st);
 		return;
 	}
 	switch (st->kind) {
@@ -625,6 +657,10 @@ start_once(void)
 {
 	pthread_mutex_init(&R.mtx, NULL);
 	pthread_cond_init(&R.cv, NULL);
+	// Over inproc, each end's callbacks run on its own thread only (a
+	// test hook of the inproc transport): a thread held at a server
+	// checkpoint is then the server's, as over ipc, never the client's.
+	aai_inproc_set_handover(false);
 	for (int i = 0; i < N_ACTORS; i++) {
 		pthread_create(&R.actors[i].t, NULL, actor_main, &R.actors[i]);
 	}
