@@ -643,9 +643,7 @@ iconn_teardown(aai_conn *c, bool from_rx)
 	if (ic->thr_started && !from_rx) {
 		pthread_join(ic->thr, NULL);
 	}
-	if (c->timer != NULL) {
-		nng_aio_stop(c->timer);
-	}
+	aai_conn_stop_timers(c);
 	aai_conn_quiesce(c); // a close on another thread may still use p
 	aai_mtx_lock(&ic->p->mtx);
 	ic->p->side[ic->s].conn = NULL; // OWNER_NONE: nobody reads it

@@ -522,9 +522,7 @@ nconn_teardown(aai_conn *c, bool from_rx)
 	if (join) {
 		pthread_join(nc->waiter, NULL);
 	}
-	if (c->timer != NULL) {
-		nng_aio_stop(c->timer);
-	}
+	aai_conn_stop_timers(c);
 	aai_conn_quiesce(c); // a close on another thread may still use s
 	if (c->budget != NULL) {
 		atomic_fetch_sub(&c->budget->used,
