@@ -1692,6 +1692,163 @@ Test(server, a_peer_past_the_hard_limit_is_dropped, .timeout = 120)
 	close(fd);
 }
 
+// read_frame_or_eof is read_frame that returns 0 at EOF before a header
+// (and fails on an EOF inside a frame: the stream must stay whole).
+static size_t
+read_frame_or_eof(int fd, uint8_t *buf, size_t cap, bool *eof)
+{
+	uint8_t hdr[4];
+	size_t got = 0;
+	*eof = false;
+	while (got < 4) {
+		ssize_t n = read(fd, hdr + got, 4 - got);
+		if (n == 0 && got == 0) {
+			*eof = true;
+			return 0;
+		}
+		cr_assert_gt(n, 0, "EOF inside a frame header");
+		got += (size_t)n;
+	}
+	size_t len = (size_t)hdr[0] << 24 | (size_t)hdr[1] << 16 |
+	             (size_t)hdr[2] << 8 | hdr[3];
+	cr_assert_leq(len, cap);
+	for (got = 0; got < len;) {
+		ssize_t n = read(fd, buf + got, len - got);
+		cr_assert_gt(n, 0, "EOF inside a frame");
+		got += (size_t)n;
+	}
+	return len;
+}
+
+// read_to_goodbye reads fd until EOF: Completes of 512 KiB, then one
+// Goodbye{ELIMIT} and nothing after it. Returns the Completes read.
+static int
+read_to_goodbye(int fd)
+{
+	static uint8_t frame[1 << 20];
+	static uint8_t abuf[16384];
+	aai_wire_arena a;
+	int completes = 0;
+	bool bye = false, eof = false;
+	for (;;) {
+		size_t n = read_frame_or_eof(fd, frame, sizeof(frame), &eof);
+		if (eof) {
+			break;
+		}
+		cr_assert_not(bye, "a frame after the Goodbye");
+		aai_wire_arena_init(&a, abuf, sizeof(abuf));
+		aai_wire_msg m;
+		cr_assert_eq(aai_wire_decode(&m, NULL, &a, frame, n, 0), 0);
+		if (m.kind == AAI_WIRE_COMPLETE) {
+			cr_assert_eq(m.complete.status, AAI_WIRE_COMPLETED);
+			cr_assert_eq(m.complete.payload_len, 512u * 1024);
+			completes++;
+		} else if (m.kind == AAI_WIRE_GOODBYE) {
+			cr_assert_eq(m.goodbye.reason, AA_ELIMIT);
+			cr_assert_not_null(m.goodbye.message);
+			cr_assert_not_null(strstr(m.goodbye.message,
+			                          "did not read its replies"),
+			                   "%s", m.goodbye.message);
+			bye = true;
+		}
+	}
+	cr_assert(bye, "no Goodbye before EOF");
+	return completes;
+}
+
+// hard_limit_flood starts 24 "hold" ops on fd and completes them with
+// 512 KiB each (12 MiB for a 4 MiB send_queue_max), and waits for the
+// drop: the queued bytes counter is back to 0.
+static void
+hard_limit_flood(int fd)
+{
+	for (int i = 0; i < 24; i++) {
+		aai_wire_msg m;
+		aai_wire_start(&m, (uint64_t)i + 1, "hold", NULL, 0, 0, 0);
+		raw_send(fd, &m);
+	}
+	fx_wait_int(&fx.nops, 24);
+	for (int i = 0; i < 24; i++) {
+		size_t len = 512 * 1024;
+		char *big = calloc(1, len);
+		(void)aa_op_complete(fx_op(i), big, len, free);
+	}
+	aa_server_stats st;
+	do { // an observed event: the drop gave the queued bytes back
+		sched_yield();
+		fx_stats(&st);
+	} while (st.send_queued != 0 || st.replies_dropped == 0);
+}
+
+// Past the hard limit the server says why it drops the peer: a peer that
+// reads again before the linger ends gets the replies that were already
+// being written, then Goodbye{ELIMIT}, then EOF. The bytes queued for it
+// go back at the drop, not when the connection closes: the linger is
+// made long here, so the drop is seen while the connection is still up.
+Test(server, a_peer_past_the_hard_limit_reads_a_goodbye, .timeout = 120)
+{
+	aai_tp_set_linger_ms(600 * 1000); // never within this test
+	fx_url(true);
+	fx_serve(&(aa_server_opts){.send_queue_pause = 256 << 10,
+	                           .send_queue_max = 4 << 20});
+	int fd = raw_open(1);
+	static uint8_t frame[4096];
+	(void)read_frame(fd, frame, sizeof(frame)); // the Hello
+	hard_limit_flood(fd);
+	cr_assert_eq(fx_event(AA_SEV_CLIENT_GONE), 0,
+	             "the connection stays up while it lingers");
+	int completes = read_to_goodbye(fd);
+	test_note("%d replies were being written, then the Goodbye",
+	          completes);
+	cr_assert_lt(completes, 24, "the queued replies were discarded");
+	close(fd); // the peer's close ends the linger
+	fx_wait(AA_SEV_CLIENT_GONE, 1);
+	pthread_mutex_lock(&fx.mtx);
+	cr_assert_eq(fx.last_gone_err, AA_ELIMIT, "%s",
+	             aa_strerror(fx.last_gone_err));
+	pthread_mutex_unlock(&fx.mtx);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.send_queued, 0);
+	aai_tp_set_linger_ms(0);
+}
+
+// A peer past the hard limit that never reads again is closed when the
+// linger ends (1 s): client_gone with AA_ELIMIT, and what it reads then
+// ends in EOF (no hang); the last frame may be cut, the linger's close
+// being the hard one.
+Test(server, a_peer_past_the_hard_limit_that_never_reads_is_closed,
+     .timeout = 120)
+{
+	fx_url(true);
+	fx_serve(&(aa_server_opts){.send_queue_pause = 256 << 10,
+	                           .send_queue_max = 4 << 20});
+	int fd = raw_open(1);
+	static uint8_t frame[4096];
+	(void)read_frame(fd, frame, sizeof(frame)); // the Hello
+	hard_limit_flood(fd);
+	fx_wait(AA_SEV_CLIENT_GONE, 1); // the linger ends it
+	pthread_mutex_lock(&fx.mtx);
+	cr_assert_eq(fx.last_gone_err, AA_ELIMIT, "%s",
+	             aa_strerror(fx.last_gone_err));
+	pthread_mutex_unlock(&fx.mtx);
+	static uint8_t buf[1 << 16];
+	size_t total = 0;
+	for (;;) {
+		ssize_t n = read(fd, buf, sizeof(buf));
+		cr_assert_geq(n, 0);
+		if (n == 0) {
+			break; // EOF
+		}
+		total += (size_t)n;
+	}
+	test_note("%zu bytes read after the close, then EOF", total);
+	aa_server_stats st;
+	fx_stats(&st);
+	cr_assert_eq(st.send_queued, 0);
+	close(fd);
+}
+
 // The client side of the same bound: a server that answers the handshake
 // and then reads nothing. Past send_queue_max the client drops the
 // connection, and its calls end with AA_ELIMIT, instead of growing.

@@ -135,6 +135,14 @@ aa_server_alloc(aa_server **sp, const aa_server_opts *o)
 	                          &hb, 0)) != 0) {
 		goto fail;
 	}
+	aai_wire_msg bye;
+	aai_wire_goodbye(&bye, AA_ELIMIT,
+	                 "send queue limit: the client did not read its "
+	                 "replies");
+	if ((rv = aai_wire_encode(&s->limit_len, s->limit_frame,
+	                          sizeof(s->limit_frame), &bye, 0)) != 0) {
+		goto fail;
+	}
 	if ((rv = aai_pool_new(&s->pool, NULL, NULL)) != 0) {
 		goto fail;
 	}
@@ -332,6 +340,8 @@ aa_server_listen(aa_server *s, const char *url)
 	    .send_pause = s->send_pause,
 	    .send_max = s->send_max,
 	    .budget = &s->budget,
+	    .limit_frame = s->limit_frame,
+	    .limit_len = s->limit_len,
 	};
 	aai_listener *l;
 	if ((rv = aai_listen(&l, url, &o, aai_session_accept, s)) != 0) {
