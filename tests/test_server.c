@@ -1914,6 +1914,97 @@ Test(server, a_client_drops_a_server_that_never_reads, .timeout = 120)
 	close(lfd);
 }
 
+// The client's side of the Goodbye: past send_queue_max it drops a server
+// that stopped reading with Goodbye{ELIMIT} behind the Start it was
+// writing; the server, reading again before the linger ends, gets the
+// Starts that were being written, the Goodbye, then EOF. The client's
+// queued bytes go back at the drop; its calls end AA_ELIMIT at the close.
+Test(server, a_client_says_goodbye_to_a_server_that_never_reads,
+     .timeout = 120)
+{
+	aai_tp_set_linger_ms(600 * 1000); // never within this test
+	fx_url(true);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/s.sock", fx.dir);
+	int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+	cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(listen(lfd, 1), 0);
+	opener_opts =
+	    (aa_client_opts){.url = fx.url, .send_queue_max = 2 << 20};
+	int open_rv = -1;
+	thr t;
+	thr_start(&t, client_open_main, &open_rv);
+	int fd = accept(lfd, NULL, NULL);
+	cr_assert_geq(fd, 0);
+	static uint8_t frame[1 << 20];
+	(void)read_frame(fd, frame, sizeof(frame)); // the client's Hello
+	aai_wire_method echo = {.name = "echo", .cancel_types = 7};
+	aai_wire_msg h;
+	aai_wire_hello_server(&h, 1, 1u << 20, 1024, 0, &echo, 1);
+	raw_send(fd, &h);
+	thr_join(&t);
+	cr_assert_eq(open_rv, 0);
+	aa_client *c = opened_client;
+	static char payload[256 * 1024];
+	aa_op *ops[32];
+	int n = 0;
+	for (; n < 32; n++) { // 8 MiB for a 2 MiB send_queue_max
+		if (aa_client_call(&ops[n], c, "echo", payload,
+		                   sizeof(payload), NULL, NULL) != 0) {
+			break;
+		}
+	}
+	cr_assert_gt(n, 0);
+	aa_client_stats cst;
+	do { // an observed event: the drop gave the queued bytes back
+		sched_yield();
+		aa_client_stats_get(c, &cst);
+	} while (cst.send_queued != 0);
+	// The server reads again.
+	static uint8_t abuf[16384];
+	aai_wire_arena a;
+	int starts = 0;
+	bool bye = false, eof = false;
+	for (;;) {
+		size_t len = read_frame_or_eof(fd, frame, sizeof(frame), &eof);
+		if (eof) {
+			break;
+		}
+		cr_assert_not(bye, "a frame after the Goodbye");
+		aai_wire_arena_init(&a, abuf, sizeof(abuf));
+		aai_wire_msg m;
+		cr_assert_eq(aai_wire_decode(&m, NULL, &a, frame, len, 0), 0);
+		if (m.kind == AAI_WIRE_START) {
+			starts++;
+		} else if (m.kind == AAI_WIRE_GOODBYE) {
+			cr_assert_eq(m.goodbye.reason, AA_ELIMIT);
+			cr_assert_not_null(m.goodbye.message);
+			cr_assert_not_null(strstr(m.goodbye.message,
+			                          "did not read its requests"),
+			                   "%s", m.goodbye.message);
+			bye = true;
+		}
+	}
+	cr_assert(bye, "no Goodbye before EOF");
+	test_note("%d of %d Starts were written, then the Goodbye", starts, n);
+	cr_assert_lt(starts, n, "the queued Starts were discarded");
+	close(fd); // ends the linger
+	int limited = 0;
+	for (int i = 0; i < n; i++) {
+		while (aa_op_status(ops[i]) == AA_STARTED) {
+			sched_yield(); // the close ends them all
+		}
+		limited += aa_op_error(ops[i]) == AA_ELIMIT;
+		aa_op_unref(ops[i]);
+	}
+	cr_assert_eq(limited, n, "every call ends with AA_ELIMIT");
+	aa_client_stats_get(c, &cst);
+	cr_assert_eq(cst.send_limit_drops, 1, "the drop is counted");
+	aa_client_free(c);
+	close(lfd);
+	aai_tp_set_linger_ms(0);
+}
+
 // The other side of the version check: a server that answers with a
 // version-2 Hello makes aa_client_open fail with AA_ENOTSUP.
 static struct {

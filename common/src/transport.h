@@ -92,8 +92,8 @@ typedef struct aai_tp_opts {
 	// limit_frame, then the write side is shut (the peer reads EOF); the
 	// connection goes down with AA_ELIMIT when the peer closes, or
 	// AAI_TP_LINGER_MS after the drop, whichever comes first. Sends are
-	// refused (AA_ECLOSED) from the drop on. Other backends ignore it
-	// and drop at once (docs/protocol.md § 17).
+	// refused from the drop on, with AA_ELIMIT until the close. Other
+	// backends ignore it and drop at once (docs/protocol.md § 17).
 	size_t send_pause;
 	size_t send_max;
 	aai_tp_budget *budget;
@@ -159,7 +159,8 @@ void aai_conn_start(aai_conn *c, const aai_conn_cbs *cbs, void *arg);
 
 // aai_conn_send copies one frame into c's pending send buffer, which goes
 // out with every other frame queued meanwhile in one write. Never blocks on
-// the network. Returns AA_ECLOSED once c is closing or down, AA_EMSGSIZE
+// the network. Returns AA_ECLOSED once c is closing or down, AA_ELIMIT
+// while it lingers after a drop past send_max, AA_EMSGSIZE
 // for a frame longer than max_frame, AA_ENOMEM.
 int aai_conn_send(aai_conn *c, const void *frame, size_t len);
 

@@ -85,7 +85,7 @@
 //   (AA_ELIMIT, recorded at the drop). A peer that never reads or never
 //   closes is closed by the linger timer (aai_conn_fail, shutdown: it
 //   may cut the partial frame; the conn is gone either way). Races: a
-//   concurrent send after the drop gets AA_ECLOSED (sends check
+//   concurrent send after the drop gets AA_ELIMIT (sends check
 //   lingering under the same lock); a close during the linger closes at
 //   once (reason still AA_ELIMIT); the loop draining (queue_sub) does not
 //   resume reading nor touch the budget of a lingering conn; a drop on
@@ -433,8 +433,9 @@ sconn_send(aai_conn *c, size_t len, const void *data,
 	sconn *sc = (sconn *)c;
 	aai_mtx_lock(&c->mtx);
 	if (c->closing || c->lingering) {
+		bool limit = c->lingering && !c->closing;
 		aai_mtx_unlock(&c->mtx);
-		return AA_ECLOSED;
+		return limit ? AA_ELIMIT : AA_ECLOSED; // the drop's reason
 	}
 	if (sc->queued + len + AAI_TP_HDR > c->send_max) {
 		// The peer reads nothing: drop it rather than grow, with a
