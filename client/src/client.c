@@ -23,6 +23,12 @@
 // client's, held while the op is in the queue or the map (or being
 // flushed), dropped by whoever takes it out of the last of them.
 //
+// Drop past send_queue_max (a server that does not read): as the server
+// does it (server.c), the transport is given Goodbye{ELIMIT} at creation
+// and queues it at the drop, behind the Start being written; calls whose
+// Start is refused meanwhile end AA_ELIMIT, the others when the link goes
+// down with AA_ELIMIT (link.c).
+//
 // Threads. Frames arrive on the link's receive thread, serialised; the
 // user's handlers run there (inline) unless the op's assoc has an executor.
 // Deadlines fire on the timer thread. Cancels come from any thread. No user

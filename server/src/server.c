@@ -29,6 +29,15 @@
 //   our Goodbye. A thread inside one of the server's callbacks is marked
 //   (AAI_CB_ENTER): stop from there is AA_EDEADLK, free aborts.
 //
+// * Drop past send_queue_max: the send that would pass it may come from
+//   any thread under ss->mtx, so the session's last word is given to the
+//   transport beforehand: Goodbye{ELIMIT} is encoded once here
+//   (s->limit_frame) and the transport queues it itself at the drop,
+//   behind the reply being written, and refuses every later send
+//   (AA_ELIMIT: the Complete counts as dropped), so no frame follows that
+//   Goodbye either. The session goes down (client_gone with AA_ELIMIT,
+//   its real ops cancelled) when the transport's linger ends (transport.h).
+//
 // * Close vs Start: close sets s->closed and, in the same locked step
 //   (s->mtx, then each ss->mtx), sends every session's Goodbye, then
 //   walks the sessions cancelling their ops. A Start that checks (under
