@@ -4,7 +4,8 @@
 // writes the socket cannot take are finished by the loop thread, the
 // receive buffer grows to a large frame and shrinks back, many
 // connections share one listener's loop, a peer that resets, dial errors
-// and timeouts, URL forms, no SIGPIPE, pause and resume. (fork with an ipc
+// and timeouts, URL forms, no SIGPIPE, pause and resume, the drop past
+// send_max with a last frame and its linger. (fork with an ipc
 // connection is test_client_fork's; fork is not for ThreadSanitizer.)
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -495,6 +496,149 @@ Test(transport_sock, peer_gone_no_sigpipe_ipc)
 	close(lfd);
 	unlink(url + 6);
 	side_fini(&me);
+}
+
+// ---- the drop past send_max, with a last frame ----
+
+// limit_dial dials a raw listener (ipc or tcp) with a 64 KiB send_max, a
+// budget and a last frame, starts the connection and returns the raw
+// peer's fd.
+static int
+limit_dial(aai_conn **cp, bool tcp, side *me, aai_tp_budget *b)
+{
+	int port;
+	const char *url = NULL;
+	char tcp_url[64];
+	int lfd;
+	if (tcp) {
+		lfd = raw_tcp_listen(&port);
+		snprintf(tcp_url, sizeof(tcp_url), "tcp://127.0.0.1:%d", port);
+		url = tcp_url;
+	} else {
+		url = ipc_url();
+		lfd = raw_unix_listen(url, 4);
+	}
+	aai_tp_opts o = {.max_frame = 16 * 1024,
+	                 .send_max = 64 * 1024,
+	                 .budget = b,
+	                 .limit_frame = "BYE!",
+	                 .limit_len = 4};
+	cr_assert_eq(aai_dial(cp, url, &o), 0);
+	int fd = accept(lfd, NULL, NULL);
+	cr_assert_geq(fd, 0);
+	close(lfd);
+	if (!tcp) {
+		unlink(url + 6);
+	}
+	side_init(me, false);
+	aai_conn_start(*cp, &side_cbs, me);
+	return fd;
+}
+
+// limit_flood sends 16 KiB frames, frame i filled with the byte i, until
+// the drop (AA_ELIMIT); returns the frames accepted.
+static int
+limit_flood(aai_conn *c)
+{
+	static uint8_t buf[16 * 1024];
+	for (int i = 0;; i++) {
+		memset(buf, i & 0xff, sizeof(buf));
+		int rv = aai_conn_send(c, buf, sizeof(buf));
+		if (rv != 0) {
+			cr_assert_eq(rv, AA_ELIMIT, "%s", aa_strerror(rv));
+			return i;
+		}
+		cr_assert_lt(i, 1 << 20, "never dropped");
+	}
+}
+
+// A peer that stops reading until past send_max, then reads everything:
+// whole frames in order (the one being written was finished, the queued
+// ones are gone), the last frame, then EOF; the budget is given back at
+// the drop, while the connection is still up.
+static void
+limit_reads_the_last_frame(bool tcp)
+{
+	aai_tp_set_linger_ms(600 * 1000); // never within this test
+	aai_tp_budget b = {.max = 1 << 30};
+	aai_conn *c;
+	side me;
+	int fd = limit_dial(&c, tcp, &me, &b);
+	int sent = limit_flood(c);
+	cr_assert_eq(atomic_load(&b.used), 0, "the budget is back at once");
+	cr_assert_eq(aai_conn_send(c, "x", 1), AA_ELIMIT, "it lingers");
+	pthread_mutex_lock(&me.mtx);
+	cr_assert_eq(me.downs, 0, "still up while it lingers");
+	pthread_mutex_unlock(&me.mtx);
+	static uint8_t frame[16 * 1024];
+	uint8_t hdr[4];
+	int got = 0;
+	for (;;) {
+		read_full(fd, hdr, 4);
+		size_t len = (size_t)hdr[0] << 24 | (size_t)hdr[1] << 16 |
+		             (size_t)hdr[2] << 8 | hdr[3];
+		if (len == 4) {
+			read_full(fd, frame, 4);
+			cr_assert_eq(memcmp(frame, "BYE!", 4), 0);
+			break;
+		}
+		cr_assert_eq(len, sizeof(frame), "a whole frame");
+		read_full(fd, frame, len);
+		for (size_t k = 0; k < len; k++) {
+			cr_assert_eq(frame[k], got & 0xff, "frame %d", got);
+		}
+		got++;
+	}
+	cr_assert_leq(got, sent);
+	cr_assert_lt(got, sent, "queued frames were discarded");
+	test_note("%d of %d frames, then the last frame", got, sent);
+	cr_assert_eq(read(fd, frame, 1), 0, "EOF after the last frame");
+	close(fd); // the peer's close ends the linger
+	cr_assert_eq(side_wait_down(&me), AA_ELIMIT);
+	aai_conn_free(c);
+	side_fini(&me);
+	cr_assert_eq(atomic_load(&b.used), 0);
+	aai_tp_set_linger_ms(0);
+}
+
+Test(transport_sock, limit_drop_last_frame_ipc)
+{
+	limit_reads_the_last_frame(false);
+}
+
+Test(transport_sock, limit_drop_last_frame_tcp)
+{
+	limit_reads_the_last_frame(true);
+}
+
+// A peer that never reads again: the linger (1 s) closes the connection,
+// down(AA_ELIMIT), and the peer reads to EOF (no hang).
+static void
+limit_never_reads(bool tcp)
+{
+	aai_conn *c;
+	side me;
+	int fd = limit_dial(&c, tcp, &me, NULL);
+	(void)limit_flood(c);
+	cr_assert_eq(side_wait_down(&me), AA_ELIMIT);
+	static uint8_t buf[65536];
+	ssize_t n;
+	while ((n = read(fd, buf, sizeof(buf))) > 0) {
+	}
+	cr_assert_geq(n, 0, "EOF (an RST would be a lost stream)");
+	close(fd);
+	aai_conn_free(c);
+	side_fini(&me);
+}
+
+Test(transport_sock, limit_drop_never_read_ipc)
+{
+	limit_never_reads(false);
+}
+
+Test(transport_sock, limit_drop_never_read_tcp)
+{
+	limit_never_reads(true);
 }
 
 // ---- dial ----

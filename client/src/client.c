@@ -23,6 +23,12 @@
 // client's, held while the op is in the queue or the map (or being
 // flushed), dropped by whoever takes it out of the last of them.
 //
+// Drop past send_queue_max (a server that does not read): as the server
+// does it (server.c), the transport is given Goodbye{ELIMIT} at creation
+// and queues it at the drop, behind the Start being written; calls whose
+// Start is refused meanwhile end AA_ELIMIT, the others when the link goes
+// down with AA_ELIMIT (link.c).
+//
 // Threads. Frames arrive on the link's receive thread, serialised; the
 // user's handlers run there (inline) unless the op's assoc has an executor.
 // Deadlines fire on the timer thread. Cancels come from any thread. No user
@@ -176,6 +182,13 @@ aa_client_open(aa_client **cp, const aa_client_opts *o)
 	size_t hb_len = 0;
 	aai_wire_heartbeat(&hb, 0);
 	aai_wire_encode(&hb_len, c->heartbeat, sizeof(c->heartbeat), &hb, 0);
+	aai_wire_msg bye;
+	size_t bye_len = 0;
+	aai_wire_goodbye(&bye, AA_ELIMIT,
+	                 "send queue limit: the server did not read its "
+	                 "requests");
+	int brv = aai_wire_encode(&bye_len, c->limit_frame,
+	                          sizeof(c->limit_frame), &bye, 0);
 	c->tp = (aai_tp_opts){
 	    .max_frame = opts.max_msg_size,
 	    .heartbeat_ms = opts.heartbeat_ms,
@@ -185,6 +198,8 @@ aa_client_open(aa_client **cp, const aa_client_opts *o)
 	    .connect_timeout_ms = opts.connect_timeout_ms,
 	    .send_max = opts.send_queue_max,
 	    .budget = &c->sendq,
+	    .limit_frame = brv == 0 ? c->limit_frame : NULL,
+	    .limit_len = bye_len,
 	    .tls_cert_file = opts.tls_cert_file,
 	    .tls_key_file = opts.tls_key_file,
 	    .tls_ca_file = opts.tls_ca_file,

@@ -103,6 +103,7 @@ struct aa_client {
 	aa_client_opts opts;
 	aai_tp_opts tp;
 	uint8_t heartbeat[32];
+	uint8_t limit_frame[96]; // Goodbye{ELIMIT}: the drop's last word
 	uint64_t instance_id;
 	uint64_t next_id;
 	clink *link; // NULL when not connected

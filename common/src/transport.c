@@ -33,6 +33,19 @@
 //   and then ends the receive path with that reason. A close from the
 //   callback would set closing first, and uncork discards a closing
 //   conn's queue.
+// * The drop past send_max with a last word (limit_frame; the socket
+//   backend does it, transport_sock.c): lingering is a state between
+//   started and closing. aai_conn_linger_locked enters it in the same
+//   locked step that decides the drop: AA_ELIMIT is recorded as the
+//   reason (so a close, a silence or a lost peer during the linger
+//   still reports AA_ELIMIT: the first reason wins), frames stop
+//   (stop_rx), the silence bound is off, and the linger aio is armed.
+//   The backend ends it by closing once the last frame is written and
+//   the peer closed; the linger aio's end closes it anyway
+//   (aai_conn_fail(AA_ELIMIT)), whichever comes first: the close is
+//   idempotent, so the timer racing the end of the write is harmless.
+//   Teardown stops the aio before quiesce (aai_conn_stop_timers), so its
+//   callback never runs on a freed conn.
 // * Timers: one nng aio sleep per connection ticks at a fraction of the
 //   heartbeat and silence periods; it reads last_tx/last_rx (atomics
 //   updated per send and per receive batch), sends the heartbeat frame
@@ -166,6 +179,50 @@ timer_cb(void *arg)
 	nng_sleep_aio(timer_tick_ms(c), c->timer);
 }
 
+// linger_cb ends the linger of a connection dropped past send_max that
+// did not finish writing its last frame in time (or whose peer did not
+// close after it): the close that a finished write would have done.
+static void
+linger_cb(void *arg)
+{
+	aai_conn *c = arg;
+	if (nng_aio_result(c->linger) != 0) {
+		return; // stopped
+	}
+	aai_conn_fail(c, AA_ELIMIT);
+}
+
+static atomic_int linger_ms = AAI_TP_LINGER_MS;
+
+void
+aai_tp_set_linger_ms(int ms)
+{
+	atomic_store(&linger_ms, ms > 0 ? ms : AAI_TP_LINGER_MS);
+}
+
+void
+aai_conn_linger_locked(aai_conn *c)
+{
+	c->lingering = true;
+	if (c->err == 0) {
+		c->err = AA_ELIMIT;
+	}
+	atomic_store(&c->stop_rx, true);   // no frame of a read batch follows
+	atomic_store(&c->rx_paused, true); // and no silence bound
+	nng_sleep_aio(atomic_load(&linger_ms), c->linger);
+}
+
+void
+aai_conn_stop_timers(aai_conn *c)
+{
+	if (c->timer != NULL) {
+		nng_aio_stop(c->timer);
+	}
+	if (c->linger != NULL) {
+		nng_aio_stop(c->linger);
+	}
+}
+
 // ---- base ----
 
 int
@@ -207,6 +264,22 @@ aai_conn_base_init(aai_conn *c, const aai_conn_ops *ops, const aai_tp_opts *o)
 			return AA_ENOMEM;
 		}
 	}
+	if (o->limit_frame != NULL) {
+		c->limit_len = o->limit_len;
+		c->limit_frame = aai_alloc(c->limit_len + 1);
+		if (c->limit_frame == NULL ||
+		    nng_aio_alloc(&c->linger, linger_cb, c) != 0) {
+			aai_free(c->limit_frame);
+			if (c->timer != NULL) {
+				nng_aio_free(c->timer);
+			}
+			aai_free(c->hb_frame);
+			return AA_ENOMEM;
+		}
+		if (c->limit_len > 0) {
+			memcpy(c->limit_frame, o->limit_frame, c->limit_len);
+		}
+	}
 	uint64_t now = aai_tp_now_ms();
 	atomic_init(&c->last_tx_ms, now);
 	atomic_init(&c->last_rx_ms, now);
@@ -224,7 +297,11 @@ aai_conn_base_fini(aai_conn *c)
 	if (c->timer != NULL) {
 		nng_aio_free(c->timer);
 	}
+	if (c->linger != NULL) {
+		nng_aio_free(c->linger);
+	}
 	aai_free(c->hb_frame);
+	aai_free(c->limit_frame);
 	aai_cv_fini(&c->cv);
 	aai_mtx_fini(&c->mtx);
 }

@@ -78,14 +78,28 @@ typedef struct aai_tp_opts {
 	// silence is ours). 0 never pauses: only the side that answers
 	// (a server) may pause, or two peers that both stopped reading would
 	// wait for each other. A send that would queue more than send_max
-	// bytes fails the connection with AA_ELIMIT (a peer that reads
-	// nothing would not read a Goodbye either); default 64 MiB, raised to
+	// bytes fails the connection with AA_ELIMIT (see limit_frame for
+	// its last word); default 64 MiB, raised to
 	// at least send_pause + max_frame + 4. budget (may be NULL; ipc and
 	// tcp only) adds a shared bound: a connection with bytes queued also
 	// stops reading while the budget is over.
+	//
+	// limit_frame (copied; NULL: none): the last frame to say why a
+	// connection past send_max is dropped (the layer's encoded
+	// Goodbye{ELIMIT}). With it, the drop is a linger instead of an
+	// abort, on the socket backend (ipc, tcp): the frames queued and not
+	// started are discarded at once (their bytes leave the count and the
+	// budget), reading stops, the frame being written is finished, then
+	// limit_frame, then the write side is shut (the peer reads EOF); the
+	// connection goes down with AA_ELIMIT when the peer closes, or
+	// AAI_TP_LINGER_MS after the drop, whichever comes first. Sends are
+	// refused from the drop on, with AA_ELIMIT until the close. Other
+	// backends ignore it and drop at once (docs/protocol.md § 17).
 	size_t send_pause;
 	size_t send_max;
 	aai_tp_budget *budget;
+	const void *limit_frame;
+	size_t limit_len;
 	// tls+tcp:// only. Server: cert and key (PEM files) are required; a
 	// CA and tls_verify_peer ask for client certificates. Client: the CA
 	// that signed the server, checked when tls_verify_peer is set;
@@ -146,7 +160,8 @@ void aai_conn_start(aai_conn *c, const aai_conn_cbs *cbs, void *arg);
 
 // aai_conn_send copies one frame into c's pending send buffer, which goes
 // out with every other frame queued meanwhile in one write. Never blocks on
-// the network. Returns AA_ECLOSED once c is closing or down, AA_EMSGSIZE
+// the network. Returns AA_ECLOSED once c is closing or down, AA_ELIMIT
+// while it lingers after a drop past send_max, AA_EMSGSIZE
 // for a frame longer than max_frame, AA_ENOMEM.
 int aai_conn_send(aai_conn *c, const void *frame, size_t len);
 
@@ -199,6 +214,11 @@ size_t aai_sock_rx_cap(aai_conn *c);
 // aai_sock_spins is a test hook: how many times the socket backend's idle
 // loops spun (process-wide), and how many of those spins found an event.
 void aai_sock_spins(uint64_t *spins, uint64_t *hits);
+
+// aai_tp_set_linger_ms is a test hook: the linger of connections dropped
+// past send_max from now on (transport.h, limit_frame), process-wide;
+// 0 restores the default (AAI_TP_LINGER_MS, 1 s).
+void aai_tp_set_linger_ms(int ms);
 
 // aai_conn_suppress_heartbeats is a test hook: while on, c sends no
 // heartbeats, so that its peer's silence detection can be tested.

@@ -12,6 +12,10 @@
 
 #define AAI_TP_HDR 4 // big-endian frame length before each frame
 
+// How long a connection dropped past send_max may take to write its last
+// frame (limit_frame) before it is closed anyway (transport.h).
+#define AAI_TP_LINGER_MS 1000
+
 // A growable byte buffer; it keeps its memory (no shrink), so that steady
 // state allocates nothing.
 typedef struct aai_tbuf {
@@ -51,6 +55,9 @@ struct aai_conn {
 	atomic_bool rx_paused; // not reading: the peer does not read ours
 	uint8_t *hb_frame;     // owned copy
 	size_t hb_len;
+	uint8_t *limit_frame; // owned copy, or NULL
+	size_t limit_len;
+	nng_aio *linger; // with limit_frame: the drop's linger timer
 
 	pthread_mutex_t mtx; // guards the fields below (and nng send buffers)
 	pthread_cond_t cv;   // rx_done
@@ -61,8 +68,9 @@ struct aai_conn {
 	int err;      // first reason for going down
 	bool rx_done; // down delivered (or never will be)
 	bool free_deferred;
-	bool in_rx;  // the receive path runs callbacks
-	int failing; // aai_conn_fail calls still running
+	bool in_rx;     // the receive path runs callbacks
+	bool lingering; // dropped past send_max: only the last frame leaves
+	int failing;    // aai_conn_fail calls still running
 	pthread_t rx_thread;
 	int end_err; // aai_conn_end_batch: set and read on the rx thread
 
@@ -80,6 +88,16 @@ void aai_conn_base_fini(aai_conn *c);
 // aai_conn_quiesce waits until no aai_conn_fail (e.g. a close on another
 // thread) still runs: backends call it in teardown before freeing c.
 void aai_conn_quiesce(aai_conn *c);
+
+// aai_conn_stop_timers stops c's heartbeat and linger timers (teardown,
+// before aai_conn_quiesce).
+void aai_conn_stop_timers(aai_conn *c);
+
+// aai_conn_linger_locked starts the drop's linger: it records AA_ELIMIT as
+// the reason (if none yet), stops delivering frames and arms the linger
+// timer, whose end fails c with AA_ELIMIT. Expects c->mtx, c->linger and
+// !c->lingering.
+void aai_conn_linger_locked(aai_conn *c);
 
 // aai_conn_fail records err as the reason (if none yet) and aborts I/O.
 void aai_conn_fail(aai_conn *c, int err);

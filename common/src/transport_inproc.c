@@ -63,7 +63,8 @@
 //   end's own batch (paused) until the peer's queue is taken, which wakes
 //   its owner; a send past send_max fails the sender's connection with
 //   AA_ELIMIT. (The shared budget of the stream transports does not apply
-//   in process.)
+//   in process, nor the last frame, limit_frame: the drop stays a plain
+//   close, docs/protocol.md § 17.)
 // * Shutdown of one end: aai_conn_fail records the reason (transport.c) and
 //   abort marks side[s].closed and wakes both threads; the peer then ends
 //   with AA_ECONNLOST. An owner leaves its loop only when its side's token
@@ -695,9 +696,7 @@ iconn_teardown(aai_conn *c, bool from_rx)
 	if (ic->thr_started && !from_rx) {
 		pthread_join(ic->thr, NULL);
 	}
-	if (c->timer != NULL) {
-		nng_aio_stop(c->timer);
-	}
+	aai_conn_stop_timers(c);
 	aai_conn_quiesce(c); // a close on another thread may still use p
 	aai_mtx_lock(&ic->p->mtx);
 	ic->p->side[ic->s].conn = NULL; // OWNER_NONE: nobody reads it

@@ -30,7 +30,11 @@
 //   is what makes 256 outstanding frames cost a few writes, not 256).
 // * Flow control: `queued` counts the bytes of pend and fly (and the
 //   shared budget, if any, the same). A send past send_max fails the
-//   conn (AA_ELIMIT). At the end of a batch the receive path pauses
+//   conn (AA_ELIMIT) at once: limit_frame is not used here, since the
+//   write in flight belongs to nng's aio until it completes (none of its
+//   frames can be withdrawn) and a stream has no half close to put EOF
+//   after a last frame (docs/protocol.md § 17). At the end of a batch the
+//   receive path pauses
 //   (issues no next receive) while queued is over send_pause, or the
 //   budget is over and queued is not zero; the sender that finishes a
 //   write resumes it (rx_continue) once queued is down to half, or zero.
@@ -522,9 +526,7 @@ nconn_teardown(aai_conn *c, bool from_rx)
 	if (join) {
 		pthread_join(nc->waiter, NULL);
 	}
-	if (c->timer != NULL) {
-		nng_aio_stop(c->timer);
-	}
+	aai_conn_stop_timers(c);
 	aai_conn_quiesce(c); // a close on another thread may still use s
 	if (c->budget != NULL) {
 		atomic_fetch_sub(&c->budget->used,

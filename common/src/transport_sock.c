@@ -59,12 +59,38 @@
 // * Cork: while the loop thread delivers the frames of one read, sends only
 //   queue; at its end (uncork) one write carries them all.
 // * Flow control as in transport_nng.c: queued counts pend and fly (and the
-//   shared budget); past send_max the conn fails with AA_ELIMIT; at the end
+//   shared budget); past send_max the conn is dropped (below; without a
+//   limit_frame it fails at once with AA_ELIMIT); at the end
 //   of a read the loop pauses reading (EPOLLIN off) while queued is over
 //   send_pause (or the budget is over with queued > 0); the thread that
 //   drains it to half (queue_sub) puts EPOLLIN back. Both decide under
 //   c->mtx, where the mask is also changed (update_mask), so a drain cannot
 //   slip between the check and the pause.
+// * The drop with a last word (transport.h, limit_frame). The send that
+//   would pass send_max decides it under c->mtx (drop_locked): pend (the
+//   frames not started) is freed at once, the conn's bytes leave the
+//   budget (what is left, one frame being written and the last frame,
+//   is bounded per conn and no longer counted there), limit_frame is
+//   queued alone in pend, EPOLLIN goes off for good, and the linger timer
+//   starts. fly may hold frames no write has started: fly_trim cuts them
+//   off after the frame that fly_off is inside (finished, or the stream
+//   would be corrupt) and moves that frame's rest into a buffer of its
+//   size. fly is touched without the lock only by a token holder inside
+//   tx_run (writing); so the drop trims at once when nobody is writing
+//   (no token, or the write parked on the loop), else it sets trim_fly
+//   and the writer trims when its write returns, under the lock. When
+//   tx_run has written everything of a lingering conn, it shuts the
+//   write side (the peer reads the last frame, then EOF); the peer's
+//   close then raises EPOLLHUP, which ends the receive path with down
+//   (AA_ELIMIT, recorded at the drop). A peer that never reads or never
+//   closes is closed by the linger timer (aai_conn_fail, shutdown: it
+//   may cut the partial frame; the conn is gone either way). Races: a
+//   concurrent send after the drop gets AA_ELIMIT (sends check
+//   lingering under the same lock); a close during the linger closes at
+//   once (reason still AA_ELIMIT); the loop draining (queue_sub) does not
+//   resume reading nor touch the budget of a lingering conn; a drop on
+//   the loop thread inside a read's batch stops the batch (stop_rx) and
+//   uncork writes the last frame.
 // * Close (aai_conn_fail → sconn_abort, any thread): shutdown(SHUT_RDWR).
 //   That raises EPOLLHUP, which epoll reports whatever the mask (also while
 //   paused), so the loop thread reads, sees stop_rx or EOF and ends the
@@ -229,10 +255,10 @@ queue_sub(sconn *sc, size_t n)
 {
 	aai_conn *c = &sc->base;
 	sc->queued -= n;
-	if (c->budget != NULL) {
+	if (c->budget != NULL && !c->lingering) {
 		atomic_fetch_sub(&c->budget->used, n);
 	}
-	if (!sc->rx_paused || c->closing ||
+	if (!sc->rx_paused || c->closing || c->lingering ||
 	    (sc->queued > c->send_pause / 2 ||
 	     (budget_over(c) && sc->queued > 0))) {
 		return;
@@ -240,6 +266,95 @@ queue_sub(sconn *sc, size_t n)
 	sc->rx_paused = false;
 	atomic_store(&c->rx_paused, false);
 	update_mask(sc);
+}
+
+// take_token swaps pend into fly for the caller, who now holds the token.
+// Expects base.mtx, !sending, pend not empty.
+static void
+take_token(sconn *sc)
+{
+	sc->sending = true;
+	sc->writing = true;
+	aai_tbuf t = sc->fly;
+	sc->fly = sc->pend;
+	sc->pend = t;
+	sc->fly_off = 0;
+}
+
+static uint32_t
+frame_len_at(const uint8_t *p)
+{
+	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
+	       ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+// fly_trim, for a lingering conn, drops the frames of fly that no write
+// has started: the frame that fly_off is inside is finished (cutting it
+// would corrupt the stream), the rest goes, and what is left moves to a
+// buffer of its own size so that the memory goes back now. Expects
+// base.mtx and no thread writing from fly (!writing).
+static void
+fly_trim(sconn *sc)
+{
+	size_t off = 0;
+	size_t end = 0; // the end of the last frame a write started
+	while (off + AAI_TP_HDR <= sc->fly.len && off < sc->fly_off) {
+		end = off + AAI_TP_HDR + frame_len_at(sc->fly.p + off);
+		off = end;
+	}
+	size_t rest = end > sc->fly_off ? end - sc->fly_off : 0;
+	uint8_t *p = rest > 0 ? aai_alloc(rest) : NULL;
+	if (rest > 0 && p == NULL) {
+		sc->fly.len = end; // keep the big buffer, written as it is
+	} else {
+		if (rest > 0) {
+			memcpy(p, sc->fly.p + sc->fly_off, rest);
+		}
+		aai_tbuf_fini(&sc->fly);
+		sc->fly = (aai_tbuf){.p = p, .len = rest, .cap = rest};
+		sc->fly_off = 0;
+	}
+	sc->queued = sc->fly.len + sc->pend.len;
+	sc->trim_fly = false;
+}
+
+// drop_locked drops sc past send_max with its last frame (transport.h,
+// limit_frame): the queued frames go now, the one being written is
+// finished (by whoever writes it: at once when the write is parked on the
+// loop, else by the writer when its write returns), limit_frame follows
+// it, reading stops, and the linger timer bounds the rest. Returns true
+// when the caller must now write (it took the token). Expects base.mtx.
+static bool
+drop_locked(sconn *sc)
+{
+	aai_conn *c = &sc->base;
+	if (c->budget != NULL) {
+		// The budget forgets sc now: what is left is one frame
+		// being written and the last frame, bounded per conn.
+		atomic_fetch_sub(&c->budget->used, sc->queued);
+	}
+	aai_conn_linger_locked(c);
+	sc->rx_paused = true;
+	aai_tbuf_fini(&sc->pend);
+	if (sc->writing) {
+		sc->trim_fly = true;
+	} else {
+		fly_trim(sc); // parked on the loop, or nothing in flight
+	}
+	if (aai_tbuf_put_frame(&sc->pend, c->limit_len, c->limit_frame, NULL,
+	                       NULL) != 0) {
+		sc->pend.len = 0; // no last word: close after the partial
+	}
+	sc->queued = sc->fly.len + sc->pend.len;
+	update_mask(sc);
+	if (sc->sending || sc->corked) {
+		return false; // the token holder (or uncork) writes it
+	}
+	if (sc->pend.len == 0) {
+		return false; // nothing to write: the linger closes it
+	}
+	take_token(sc);
+	return true;
 }
 
 // tx_run writes fly, then whatever was queued meanwhile, until nothing is
@@ -266,6 +381,7 @@ tx_run(sconn *sc)
 			           errno != EWOULDBLOCK) {
 				aai_mtx_lock(&c->mtx);
 				sc->sending = false;
+				sc->writing = false;
 				sc->tx_loop = false;
 				update_mask(sc);
 				aai_mtx_unlock(&c->mtx);
@@ -276,6 +392,10 @@ tx_run(sconn *sc)
 			// thread writes the rest when it can.
 			aai_mtx_lock(&c->mtx);
 			sc->tx_loop = true;
+			sc->writing = false;
+			if (sc->trim_fly) {
+				fly_trim(sc); // the drop came during the write
+			}
 			update_mask(sc);
 			aai_mtx_unlock(&c->mtx);
 			return;
@@ -284,11 +404,19 @@ tx_run(sconn *sc)
 		queue_sub(sc, sc->fly.len);
 		sc->fly.len = 0;
 		sc->fly_off = 0;
+		sc->trim_fly = false; // all of it was written
 		if (sc->pend.len == 0 || c->closing) {
+			// Lingering and all written (the last frame too):
+			// the peer reads EOF after it.
+			bool said = c->lingering && !c->closing;
 			sc->sending = false;
+			sc->writing = false;
 			sc->tx_loop = false;
 			update_mask(sc);
 			aai_mtx_unlock(&c->mtx);
+			if (said) {
+				(void)shutdown(sc->fd, SHUT_WR);
+			}
 			return;
 		}
 		aai_tbuf t = sc->fly;
@@ -298,32 +426,30 @@ tx_run(sconn *sc)
 	}
 }
 
-// take_token swaps pend into fly for the caller, who now holds the token.
-// Expects base.mtx, !sending, pend not empty.
-static void
-take_token(sconn *sc)
-{
-	sc->sending = true;
-	aai_tbuf t = sc->fly;
-	sc->fly = sc->pend;
-	sc->pend = t;
-	sc->fly_off = 0;
-}
-
 static int
 sconn_send(aai_conn *c, size_t len, const void *data,
            void (*encode)(void *ctx, uint8_t *dst), void *ctx)
 {
 	sconn *sc = (sconn *)c;
 	aai_mtx_lock(&c->mtx);
-	if (c->closing) {
+	if (c->closing || c->lingering) {
+		bool limit = c->lingering && !c->closing;
 		aai_mtx_unlock(&c->mtx);
-		return AA_ECLOSED;
+		return limit ? AA_ELIMIT : AA_ECLOSED; // the drop's reason
 	}
 	if (sc->queued + len + AAI_TP_HDR > c->send_max) {
-		// The peer reads nothing: drop it rather than grow.
+		// The peer reads nothing: drop it rather than grow, with a
+		// last word when the layer gave one.
+		if (c->linger == NULL) {
+			aai_mtx_unlock(&c->mtx);
+			aai_conn_fail(c, AA_ELIMIT);
+			return AA_ELIMIT;
+		}
+		bool write = drop_locked(sc);
 		aai_mtx_unlock(&c->mtx);
-		aai_conn_fail(c, AA_ELIMIT);
+		if (write) {
+			tx_run(sc);
+		}
 		return AA_ELIMIT;
 	}
 	int rv = aai_tbuf_put_frame(&sc->pend, len, data, encode, ctx);
@@ -444,6 +570,10 @@ rx_pause_now(sconn *sc)
 {
 	aai_conn *c = &sc->base;
 	aai_mtx_lock(&c->mtx);
+	if (c->lingering && !c->closing) {
+		aai_mtx_unlock(&c->mtx);
+		return true; // dropped: reading stays off
+	}
 	bool pause =
 	    !c->closing && c->send_pause != 0 &&
 	    (sc->queued > c->send_pause || (budget_over(c) && sc->queued > 0));
@@ -536,6 +666,9 @@ conn_event(sconn *sc, uint32_t ev)
 	if (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
 		aai_mtx_lock(&c->mtx);
 		bool mine = sc->tx_loop;
+		if (mine) {
+			sc->writing = true; // the loop holds the token
+		}
 		aai_mtx_unlock(&c->mtx);
 		if (mine) {
 			tx_run(sc); // we hold the token
@@ -650,12 +783,10 @@ sconn_teardown(aai_conn *c, bool from_rx)
 {
 	sconn *sc = (sconn *)c;
 	(void)from_rx; // the loop thread left the conn before rx_end
-	if (c->timer != NULL) {
-		nng_aio_stop(c->timer);
-	}
+	aai_conn_stop_timers(c);
 	aai_conn_quiesce(c); // a close on another thread may still use fd
 	close(sc->fd);
-	if (c->budget != NULL) {
+	if (c->budget != NULL && !c->lingering) {
 		atomic_fetch_sub(&c->budget->used, sc->queued); // never sent
 	}
 	sloop *lp = sc->loop;

@@ -35,8 +35,10 @@ typedef struct sconn {
 	aai_tbuf pend;
 	aai_tbuf fly; // the write in flight; owned by the sending token
 	size_t fly_off;
-	bool sending; // a thread (or the loop: tx_loop) holds the token
-	bool tx_loop; // the loop finishes the write when writable
+	bool sending;  // a thread (or the loop: tx_loop) holds the token
+	bool writing;  // the token holder is inside tx_run (fly in use)
+	bool trim_fly; // the drop waits for the writer to trim fly
+	bool tx_loop;  // the loop finishes the write when writable
 	bool corked;
 	size_t queued;
 	bool rx_paused;

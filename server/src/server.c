@@ -29,6 +29,15 @@
 //   our Goodbye. A thread inside one of the server's callbacks is marked
 //   (AAI_CB_ENTER): stop from there is AA_EDEADLK, free aborts.
 //
+// * Drop past send_queue_max: the send that would pass it may come from
+//   any thread under ss->mtx, so the session's last word is given to the
+//   transport beforehand: Goodbye{ELIMIT} is encoded once here
+//   (s->limit_frame) and the transport queues it itself at the drop,
+//   behind the reply being written, and refuses every later send
+//   (AA_ELIMIT: the Complete counts as dropped), so no frame follows that
+//   Goodbye either. The session goes down (client_gone with AA_ELIMIT,
+//   its real ops cancelled) when the transport's linger ends (transport.h).
+//
 // * Close vs Start: close sets s->closed and, in the same locked step
 //   (s->mtx, then each ss->mtx), sends every session's Goodbye, then
 //   walks the sessions cancelling their ops. A Start that checks (under
@@ -133,6 +142,14 @@ aa_server_alloc(aa_server **sp, const aa_server_opts *o)
 	aai_wire_heartbeat(&hb, 0);
 	if ((rv = aai_wire_encode(&s->hb_len, s->hb_frame, sizeof(s->hb_frame),
 	                          &hb, 0)) != 0) {
+		goto fail;
+	}
+	aai_wire_msg bye;
+	aai_wire_goodbye(&bye, AA_ELIMIT,
+	                 "send queue limit: the client did not read its "
+	                 "replies");
+	if ((rv = aai_wire_encode(&s->limit_len, s->limit_frame,
+	                          sizeof(s->limit_frame), &bye, 0)) != 0) {
 		goto fail;
 	}
 	if ((rv = aai_pool_new(&s->pool, NULL, NULL)) != 0) {
@@ -332,6 +349,8 @@ aa_server_listen(aa_server *s, const char *url)
 	    .send_pause = s->send_pause,
 	    .send_max = s->send_max,
 	    .budget = &s->budget,
+	    .limit_frame = s->limit_frame,
+	    .limit_len = s->limit_len,
 	};
 	aai_listener *l;
 	if ((rv = aai_listen(&l, url, &o, aai_session_accept, s)) != 0) {

@@ -157,6 +157,8 @@ struct aa_server {
 	char *tls_cert, *tls_key, *tls_ca;
 	uint8_t hb_frame[16];
 	size_t hb_len;
+	uint8_t limit_frame[96]; // Goodbye{ELIMIT}: the drop's last word
+	size_t limit_len;
 	aa_assoc assoc;
 	aai_pool *pool; // entries and real ops; outlives s while ops live
 	aa_timer_queue *tq;

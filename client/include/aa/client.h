@@ -45,7 +45,8 @@ typedef struct aa_client_opts {
 	int connect_timeout_ms; // 0: 5000
 	size_t send_queue_max;  // bytes waiting to be written to the server
 	                        // past which the connection is dropped
-	                        // (AA_ELIMIT: it does not read); 0: 64 MiB
+	                        // (AA_ELIMIT: it does not read; a Goodbye
+	                        // says so, best effort); 0: 64 MiB
 	bool reconnect;         // after a loss, the next call dials again
 	                        // (on a thread of its own: calls never
 	                        // block; only aa_client_open waits)

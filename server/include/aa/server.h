@@ -120,9 +120,10 @@ typedef struct aa_server_opts {
 	// send_queue_pause bytes wait to be written to a client, the server
 	// stops reading that client (its Starts wait; others are served) until
 	// they drop to half; a client whose queue would pass send_queue_max is
-	// dropped (AA_ELIMIT). send_budget bounds the bytes queued to all
-	// clients together: past it, every client with bytes queued stops
-	// reading too. 0: 1 MiB, 32 MiB and 256 MiB.
+	// dropped (AA_ELIMIT) with a best-effort Goodbye{ELIMIT} after the
+	// reply being written (ipc, tcp; 1 s linger). send_budget bounds the
+	// bytes queued to all clients together: past it, every client with
+	// bytes queued stops reading too. 0: 1 MiB, 32 MiB and 256 MiB.
 	size_t send_queue_pause;
 	size_t send_queue_max;
 	size_t send_budget;
