@@ -1931,6 +1931,60 @@ Test(server, a_client_drops_a_server_that_never_reads, .timeout = 120)
 	close(lfd);
 }
 
+// A server that vanishes while the client still has bytes queued for it:
+// once the client's ops have ended, send_queued counts nothing of the dead
+// connection (it used to, until the next connect or stop freed it).
+Test(server, send_queued_forgets_a_lost_connection, .timeout = 120)
+{
+	fx_url(true);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/s.sock", fx.dir);
+	int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+	cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(listen(lfd, 1), 0);
+	opener_opts = (aa_client_opts){.url = fx.url};
+	int open_rv = -1;
+	thr t;
+	thr_start(&t, client_open_main, &open_rv);
+	int fd = accept(lfd, NULL, NULL);
+	cr_assert_geq(fd, 0);
+	static uint8_t frame[4096];
+	(void)read_frame(fd, frame, sizeof(frame)); // the client's Hello
+	aai_wire_method echo = {.name = "echo", .cancel_types = 7};
+	aai_wire_msg h;
+	aai_wire_hello_server(&h, 1, 1u << 20, 1024, 0, &echo, 1);
+	raw_send(fd, &h);
+	thr_join(&t);
+	cr_assert_eq(open_rv, 0);
+	aa_client *c = opened_client;
+	// We never read: past the socket's buffer the Starts wait in the
+	// client's queue.
+	static char payload[256 * 1024];
+	aa_op *ops[16];
+	aa_client_stats cst;
+	for (int i = 0; i < 16; i++) {
+		cr_assert_eq(aa_client_call(&ops[i], c, "echo", payload,
+		                            sizeof(payload), NULL, NULL),
+		             0);
+	}
+	aa_client_stats_get(c, &cst);
+	cr_assert_gt(cst.send_queued, 0, "nothing waits to be written");
+	close(fd); // the server is gone
+	for (int i = 0; i < 16; i++) {
+		while (aa_op_status(ops[i]) == AA_STARTED) {
+			sched_yield(); // the loss ends them all
+		}
+		cr_assert_eq(aa_op_error(ops[i]), AA_ECONNLOST);
+		aa_op_unref(ops[i]);
+	}
+	aa_client_stats_get(c, &cst);
+	cr_assert_eq(cst.send_queued, 0,
+	             "a lost connection's bytes still counted: %llu",
+	             (unsigned long long)cst.send_queued);
+	aa_client_free(c);
+	close(lfd);
+}
+
 // The client's side of the Goodbye: past send_queue_max it drops a server
 // that stopped reading with Goodbye{ELIMIT} behind the Start it was
 // writing; the server, reading again before the linger ends, gets the

@@ -87,6 +87,7 @@ typedef struct nconn {
 	// (pend and fly), and whether the receive path is paused for them.
 	size_t queued;
 	bool rx_paused;
+	bool budget_gone; // the shared budget no longer counts queued
 } nconn;
 
 typedef struct nlistener {
@@ -207,6 +208,12 @@ rx_finish(nconn *nc, int err)
 	// The thread that issued the receive which just failed may not have
 	// left rx_continue yet: c must outlive it.
 	aai_mtx_lock(&c->mtx);
+	// Nothing more is written: the shared budget (and the layers'
+	// send_queued) forgets what nc still holds now, not at teardown.
+	if (c->budget != NULL && !nc->budget_gone) {
+		atomic_fetch_sub(&c->budget->used, nc->queued);
+	}
+	nc->budget_gone = true;
 	while (nc->rx_issuing > 0) {
 		aai_cv_wait(&c->cv, &c->mtx);
 	}
@@ -233,7 +240,7 @@ queue_sub(nconn *nc, size_t n)
 {
 	aai_conn *c = &nc->base;
 	nc->queued -= n;
-	if (c->budget != NULL) {
+	if (c->budget != NULL && !nc->budget_gone) {
 		atomic_fetch_sub(&c->budget->used, n);
 	}
 	if (!nc->rx_paused || c->closing ||
@@ -528,7 +535,7 @@ nconn_teardown(aai_conn *c, bool from_rx)
 	}
 	aai_conn_stop_timers(c);
 	aai_conn_quiesce(c); // a close on another thread may still use s
-	if (c->budget != NULL) {
+	if (c->budget != NULL && !nc->budget_gone) {
 		atomic_fetch_sub(&c->budget->used,
 		                 nc->queued); // never written
 	}

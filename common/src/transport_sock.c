@@ -248,6 +248,21 @@ update_mask(sconn *sc)
 	(void)epoll_ctl(sc->loop->epfd, EPOLL_CTL_MOD, sc->fd, &e);
 }
 
+// budget_forget_locked takes what sc still has queued off the shared
+// budget, once: at the drop (the rest is bounded per conn) and when the
+// receive path ends (nothing more will be written), so that the budget
+// and the layers' send_queued count only live connections, not ones
+// waiting to be freed. Expects base.mtx.
+static void
+budget_forget_locked(sconn *sc)
+{
+	aai_conn *c = &sc->base;
+	if (c->budget != NULL && !sc->budget_gone) {
+		atomic_fetch_sub(&c->budget->used, sc->queued);
+	}
+	sc->budget_gone = true;
+}
+
 // queue_sub takes n written bytes off the count and resumes a paused
 // receive once queued is down to half (or zero). Expects base.mtx.
 static void
@@ -255,7 +270,7 @@ queue_sub(sconn *sc, size_t n)
 {
 	aai_conn *c = &sc->base;
 	sc->queued -= n;
-	if (c->budget != NULL && !c->lingering) {
+	if (c->budget != NULL && !sc->budget_gone) {
 		atomic_fetch_sub(&c->budget->used, n);
 	}
 	if (!sc->rx_paused || c->closing || c->lingering ||
@@ -328,11 +343,9 @@ static bool
 drop_locked(sconn *sc)
 {
 	aai_conn *c = &sc->base;
-	if (c->budget != NULL) {
-		// The budget forgets sc now: what is left is one frame
-		// being written and the last frame, bounded per conn.
-		atomic_fetch_sub(&c->budget->used, sc->queued);
-	}
+	// The budget forgets sc now: what is left is one frame being
+	// written and the last frame, bounded per conn.
+	budget_forget_locked(sc);
 	aai_conn_linger_locked(c);
 	sc->rx_paused = true;
 	aai_tbuf_fini(&sc->pend);
@@ -552,6 +565,7 @@ rx_finish(sconn *sc, int err)
 	aai_conn *c = &sc->base;
 	aai_conn_fail(c, err); // sends stop too
 	aai_mtx_lock(&c->mtx);
+	budget_forget_locked(sc); // nothing more is written
 	if (sc->registered) {
 		sc->registered = false;
 		(void)epoll_ctl(sc->loop->epfd, EPOLL_CTL_DEL, sc->fd, NULL);
@@ -786,7 +800,7 @@ sconn_teardown(aai_conn *c, bool from_rx)
 	aai_conn_stop_timers(c);
 	aai_conn_quiesce(c); // a close on another thread may still use fd
 	close(sc->fd);
-	if (c->budget != NULL && !c->lingering) {
+	if (c->budget != NULL && !sc->budget_gone) {
 		atomic_fetch_sub(&c->budget->used, sc->queued); // never sent
 	}
 	sloop *lp = sc->loop;

@@ -42,8 +42,9 @@ typedef struct sconn {
 	bool corked;
 	size_t queued;
 	bool rx_paused;
-	bool registered; // in the loop's epoll set
-	uint32_t mask;   // events asked for while registered
+	bool budget_gone; // the shared budget no longer counts queued
+	bool registered;  // in the loop's epoll set
+	uint32_t mask;    // events asked for while registered
 } sconn;
 
 struct sloop {
