@@ -1866,35 +1866,47 @@ Test(server, a_peer_past_the_hard_limit_that_never_reads_is_closed,
 	close(fd);
 }
 
+// raw_echo_server opens a client with opts (its url set here) against a
+// raw ipc:// server of ours that answers the Hello with one method, echo,
+// and then reads nothing unless the test does. *lfd and *fd: the listening
+// and the accepted socket, for the test to close.
+static aa_client *
+raw_echo_server(aa_client_opts opts, int *lfd, int *fd)
+{
+	fx_url(true);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/s.sock", fx.dir);
+	*lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+	cr_assert_eq(bind(*lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(listen(*lfd, 1), 0);
+	// aa_client_open waits for our Hello: it runs on a thread, the
+	// accept side here.
+	opts.url = fx.url;
+	opener_opts = opts;
+	int open_rv = -1;
+	thr t;
+	thr_start(&t, client_open_main, &open_rv);
+	*fd = accept(*lfd, NULL, NULL);
+	cr_assert_geq(*fd, 0);
+	static uint8_t frame[4096];
+	(void)read_frame(*fd, frame, sizeof(frame)); // the client's Hello
+	aai_wire_method echo = {.name = "echo", .cancel_types = 7};
+	aai_wire_msg h;
+	aai_wire_hello_server(&h, 1, 1u << 20, 1024, 0, &echo, 1);
+	raw_send(*fd, &h);
+	thr_join(&t);
+	cr_assert_eq(open_rv, 0);
+	return opened_client;
+}
+
 // The client side of the same bound: a server that answers the handshake
 // and then reads nothing. Past send_queue_max the client drops the
 // connection, and its calls end with AA_ELIMIT, instead of growing.
 Test(server, a_client_drops_a_server_that_never_reads, .timeout = 120)
 {
-	fx_url(true);
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/s.sock", fx.dir);
-	int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
-	cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	cr_assert_eq(listen(lfd, 1), 0);
-	// aa_client_open waits for our Hello: it runs on a thread, the
-	// accept side here.
-	opener_opts =
-	    (aa_client_opts){.url = fx.url, .send_queue_max = 2 << 20};
-	int open_rv = -1;
-	thr t;
-	thr_start(&t, client_open_main, &open_rv);
-	int fd = accept(lfd, NULL, NULL);
-	cr_assert_geq(fd, 0);
-	static uint8_t frame[4096];
-	(void)read_frame(fd, frame, sizeof(frame)); // the client's Hello
-	aai_wire_method echo = {.name = "echo", .cancel_types = 7};
-	aai_wire_msg h;
-	aai_wire_hello_server(&h, 1, 1u << 20, 1024, 0, &echo, 1);
-	raw_send(fd, &h);
-	thr_join(&t);
-	cr_assert_eq(open_rv, 0);
-	aa_client *c = opened_client;
+	int lfd, fd;
+	aa_client *c = raw_echo_server(
+	    (aa_client_opts){.send_queue_max = 2 << 20}, &lfd, &fd);
 	static char payload[256 * 1024];
 	aa_op *ops[32];
 	int n = 0, refused = 0;
@@ -1936,27 +1948,8 @@ Test(server, a_client_drops_a_server_that_never_reads, .timeout = 120)
 // connection (it used to, until the next connect or stop freed it).
 Test(server, send_queued_forgets_a_lost_connection, .timeout = 120)
 {
-	fx_url(true);
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/s.sock", fx.dir);
-	int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
-	cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	cr_assert_eq(listen(lfd, 1), 0);
-	opener_opts = (aa_client_opts){.url = fx.url};
-	int open_rv = -1;
-	thr t;
-	thr_start(&t, client_open_main, &open_rv);
-	int fd = accept(lfd, NULL, NULL);
-	cr_assert_geq(fd, 0);
-	static uint8_t frame[4096];
-	(void)read_frame(fd, frame, sizeof(frame)); // the client's Hello
-	aai_wire_method echo = {.name = "echo", .cancel_types = 7};
-	aai_wire_msg h;
-	aai_wire_hello_server(&h, 1, 1u << 20, 1024, 0, &echo, 1);
-	raw_send(fd, &h);
-	thr_join(&t);
-	cr_assert_eq(open_rv, 0);
-	aa_client *c = opened_client;
+	int lfd, fd;
+	aa_client *c = raw_echo_server((aa_client_opts){0}, &lfd, &fd);
 	// We never read: past the socket's buffer the Starts wait in the
 	// client's queue.
 	static char payload[256 * 1024];
@@ -1997,28 +1990,9 @@ Test(server, a_client_says_goodbye_to_a_server_that_never_reads,
 		return;
 	}
 	aai_tp_set_linger_ms(600 * 1000); // never within this test
-	fx_url(true);
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/s.sock", fx.dir);
-	int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
-	cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	cr_assert_eq(listen(lfd, 1), 0);
-	opener_opts =
-	    (aa_client_opts){.url = fx.url, .send_queue_max = 2 << 20};
-	int open_rv = -1;
-	thr t;
-	thr_start(&t, client_open_main, &open_rv);
-	int fd = accept(lfd, NULL, NULL);
-	cr_assert_geq(fd, 0);
-	static uint8_t frame[1 << 20];
-	(void)read_frame(fd, frame, sizeof(frame)); // the client's Hello
-	aai_wire_method echo = {.name = "echo", .cancel_types = 7};
-	aai_wire_msg h;
-	aai_wire_hello_server(&h, 1, 1u << 20, 1024, 0, &echo, 1);
-	raw_send(fd, &h);
-	thr_join(&t);
-	cr_assert_eq(open_rv, 0);
-	aa_client *c = opened_client;
+	int lfd, fd;
+	aa_client *c = raw_echo_server(
+	    (aa_client_opts){.send_queue_max = 2 << 20}, &lfd, &fd);
 	static char payload[256 * 1024];
 	aa_op *ops[32];
 	int n = 0;
@@ -2035,6 +2009,7 @@ Test(server, a_client_says_goodbye_to_a_server_that_never_reads,
 		aa_client_stats_get(c, &cst);
 	} while (cst.send_queued != 0);
 	// The server reads again.
+	static uint8_t frame[1 << 20];
 	static uint8_t abuf[16384];
 	aai_wire_arena a;
 	int starts = 0;
