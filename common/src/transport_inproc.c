@@ -7,10 +7,8 @@
 // framing, the same callbacks, the same lifecycle.
 //
 // Design notes.
-// * Registry: a global list of listeners by name under registry_mtx. Dial
-//   looks the name up, marks the listener busy, builds a pipe and two
-//   connections, calls the accept callback on the dialing thread with no
-//   lock held, then unmarks it; listener free waits for busy == 0.
+// * Registry, dial and listen, and the kill hook: transport_inproc_listen.c
+//   (its own notes); transport_inproc.h holds what the two files share.
 // * Pipe: shared by the two ends, one mutex (pipe->mtx) for everything in
 //   it. Sending on side s appends header + frame to side[1 - s].in: one
 //   copy.
@@ -89,16 +87,7 @@
 //   its own owner thread only, so a thread held at a server checkpoint
 //   is always the server end's, never the client's. Batches then cost a
 //   wake-up each (the idle owner wakes the peer's, see rx_thread).
-//   aai_inproc_kill(name) makes a listener vanish as a killed process's
-//   would: unregistered (a dial gets AA_ECONNREF), and the accepted side
-//   of every pipe made through it closed at once, with no Goodbye and no
-//   reason recorded, so both ends end with AA_ECONNLOST (the dialer's
-//   after it took what was already queued to it, as a socket's reader
-//   does). The listener lists its live pipes for this (l->pipes, p->l,
-//   p->next/prev, under registry_mtx). Lock order: registry_mtx, then
-//   p->mtx. A pipe's last release unlinks it under registry_mtx before
-//   freeing it, so a kill that walks the list never sees a freed pipe;
-//   a listener's free detaches its pipes (p->l = NULL) the same way.
+//   aai_inproc_kill(name): transport_inproc_listen.c.
 // * Measured (Release, `bench_proxy --transport inproc --reps 5 echo`, two
 //   vCPUs shared with other builds; docs/PERFORMANCE.md "In-process path"):
 //   before, with two threads per call and 20 us spins, p50 per round
@@ -112,70 +101,7 @@
 #include <unistd.h>
 
 #include "inproc_hooks.h"
-#include "transport_impl.h"
-
-typedef struct ipipe ipipe;
-typedef struct iconn iconn;
-
-// What an end's owner thread is doing (pipe->mtx).
-typedef enum owner_state {
-	OWNER_NONE,   // not started, or left its loop: nobody takes its batch
-	OWNER_AWAKE,  // in its loop: delivering its batch, idle or spinning
-	OWNER_AWAY,   // delivering the peer's batch (a hand-over)
-	OWNER_ASLEEP, // waiting on its cv
-} owner_state;
-
-struct iside {
-	aai_tbuf in;       // bytes the other end sent to this one
-	pthread_cond_t cv; // wakes this end's owner thread
-	iconn *conn;       // this end
-	owner_state owner; // this end's owner thread
-	bool busy;         // the token: a thread delivers this side's batch
-	bool paused;       // asleep because the peer does not take our sends
-	bool closed;       // this end was closed or failed
-	atomic_uint kicks; // bumped on every append and close: spinners
-	// Owner thread only: the adaptive spin.
-	uint64_t idle_since; // ns; 0 while not idle
-	uint64_t avg_gap;    // ns, average idle gap
-};
-
-typedef struct ilistener ilistener;
-
-struct ipipe {
-	pthread_mutex_t mtx;
-	int refs; // ends not yet torn down
-	struct iside side[2];
-	// registry_mtx: the listener it was made through (NULL once that
-	// is freed), and its place in the listener's list of live pipes.
-	ilistener *l;
-	ipipe *next, *prev;
-};
-
-struct iconn {
-	aai_conn base;
-	ipipe *p;
-	int s; // my side: I read side[s].in and write side[1 - s].in
-	pthread_t thr;
-	bool thr_started;
-	aai_tbuf work; // the holder of side[s]'s token only
-};
-
-struct ilistener {
-	aai_listener base;
-	struct ilistener *next;
-	char *name;
-	aai_tp_opts opts;
-	uint8_t *hb_frame;
-	void (*accept)(void *, aai_conn *);
-	void *arg;
-	bool registered; // registry_mtx
-	int busy;        // registry_mtx: accept callbacks running
-	ipipe *pipes;    // registry_mtx: live pipes made through it
-	pthread_cond_t cv;
-};
-
-static pthread_mutex_t registry_mtx = PTHREAD_MUTEX_INITIALIZER;
-static ilistener *registry;
+#include "transport_inproc.h"
 
 // ---- spinning ----
 
@@ -648,37 +574,18 @@ iconn_abort(aai_conn *c)
 	aai_mtx_unlock(&p->mtx);
 }
 
-// pipe_unlink takes p out of its listener's list (registry_mtx).
-static void
-pipe_unlink(ipipe *p)
-{
-	if (p->l == NULL) {
-		return;
-	}
-	if (p->prev != NULL) {
-		p->prev->next = p->next;
-	} else {
-		p->l->pipes = p->next;
-	}
-	if (p->next != NULL) {
-		p->next->prev = p->prev;
-	}
-	p->l = NULL;
-	p->next = p->prev = NULL;
-}
-
-static void
-pipe_release(ipipe *p)
+void
+aai_inproc_pipe_release(ipipe *p)
 {
 	aai_mtx_lock(&p->mtx);
 	bool last = --p->refs == 0;
 	aai_mtx_unlock(&p->mtx);
 	if (last) {
-		// A kill walking the list holds registry_mtx: after this,
-		// nobody reaches p.
-		aai_mtx_lock(&registry_mtx);
-		pipe_unlink(p);
-		aai_mtx_unlock(&registry_mtx);
+		// A kill walking the list holds aai_inproc_registry_mtx: after
+		// this, nobody reaches p.
+		aai_mtx_lock(&aai_inproc_registry_mtx);
+		aai_inproc_pipe_unlink(p);
+		aai_mtx_unlock(&aai_inproc_registry_mtx);
 		for (int i = 0; i < 2; i++) {
 			aai_tbuf_fini(&p->side[i].in);
 			aai_cv_fini(&p->side[i].cv);
@@ -701,7 +608,7 @@ iconn_teardown(aai_conn *c, bool from_rx)
 	aai_mtx_lock(&ic->p->mtx);
 	ic->p->side[ic->s].conn = NULL; // OWNER_NONE: nobody reads it
 	aai_mtx_unlock(&ic->p->mtx);
-	pipe_release(ic->p);
+	aai_inproc_pipe_release(ic->p);
 	aai_tbuf_fini(&ic->work);
 	aai_conn_base_fini(c);
 	aai_free(ic);
@@ -715,8 +622,8 @@ static const aai_conn_ops iconn_ops = {
     .teardown = iconn_teardown,
 };
 
-static iconn *
-iconn_alloc(ipipe *p, int s, const aai_tp_opts *o)
+iconn *
+aai_inproc_conn_alloc(ipipe *p, int s, const aai_tp_opts *o)
 {
 	iconn *ic = aai_zalloc(sizeof(*ic));
 	if (ic == NULL) {
@@ -745,204 +652,10 @@ aai_conn_send_raw(aai_conn *c, const void *data, size_t len)
 	return pipe_append((iconn *)c, &a);
 }
 
-// ---- dial and listen ----
-
-int
-aai_inproc_dial(aai_conn **cp, const char *name, const aai_tp_opts *o)
-{
-	ilistener *l;
-	aai_mtx_lock(&registry_mtx);
-	for (l = registry; l != NULL; l = l->next) {
-		if (strcmp(l->name, name) == 0) {
-			break;
-		}
-	}
-	if (l == NULL) {
-		aai_mtx_unlock(&registry_mtx);
-		return AA_ECONNREF;
-	}
-	l->busy++;
-	aai_mtx_unlock(&registry_mtx);
-
-	int rv = AA_ENOMEM;
-	iconn *cli = NULL, *srv = NULL;
-	ipipe *p = aai_zalloc(sizeof(*p));
-	if (p != NULL) {
-		aai_mtx_init(&p->mtx);
-		aai_cv_init(&p->side[0].cv);
-		aai_cv_init(&p->side[1].cv);
-		p->refs = 2;
-		if ((cli = iconn_alloc(p, 0, o)) != NULL &&
-		    (srv = iconn_alloc(p, 1, &l->opts)) != NULL) {
-			rv = 0;
-		}
-	}
-	if (rv != 0 && p != NULL) {
-		if (cli != NULL) {
-			iconn_teardown(&cli->base, false); // drops one ref
-		} else {
-			pipe_release(p);
-		}
-		pipe_release(p);
-	}
-	if (rv == 0) {
-		aai_mtx_lock(&registry_mtx);
-		p->l = l; // l is busy: not freed under us
-		p->next = l->pipes;
-		if (l->pipes != NULL) {
-			l->pipes->prev = p;
-		}
-		l->pipes = p;
-		aai_mtx_unlock(&registry_mtx);
-		l->accept(l->arg, &srv->base);
-		*cp = &cli->base;
-	}
-
-	aai_mtx_lock(&registry_mtx);
-	if (--l->busy == 0) {
-		aai_cv_broadcast(&l->cv);
-	}
-	aai_mtx_unlock(&registry_mtx);
-	return rv;
-}
-
-static int
-ilistener_port(aai_listener *l)
-{
-	return 0;
-}
-
-static void
-ilistener_close(aai_listener *al)
-{
-	ilistener *l = (ilistener *)al;
-	aai_mtx_lock(&registry_mtx);
-	if (l->registered) {
-		ilistener **pp = &registry;
-		while (*pp != l) {
-			pp = &(*pp)->next;
-		}
-		*pp = l->next;
-		l->registered = false;
-	}
-	aai_mtx_unlock(&registry_mtx);
-}
-
-static void
-ilistener_free(aai_listener *al)
-{
-	ilistener *l = (ilistener *)al;
-	ilistener_close(al);
-	aai_mtx_lock(&registry_mtx);
-	while (l->busy > 0) {
-		aai_cv_wait(&l->cv, &registry_mtx);
-	}
-	while (l->pipes != NULL) {
-		pipe_unlink(l->pipes); // they outlive it
-	}
-	aai_mtx_unlock(&registry_mtx);
-	aai_cv_fini(&l->cv);
-	aai_free(l->hb_frame);
-	aai_free(l->name);
-	aai_free(l);
-	aai_live_dec(AA_LIVE_OTHER);
-}
-
-static const aai_listener_ops ilistener_ops = {
-    .port = ilistener_port,
-    .close = ilistener_close,
-    .free = ilistener_free,
-};
-
-int
-aai_inproc_listen(aai_listener **lp, const char *name, const aai_tp_opts *o,
-                  void (*accept)(void *, aai_conn *), void *arg)
-{
-	ilistener *l = aai_zalloc(sizeof(*l));
-	if (l == NULL) {
-		return AA_ENOMEM;
-	}
-	l->base.ops = &ilistener_ops;
-	l->accept = accept;
-	l->arg = arg;
-	l->opts = *o;
-	l->opts.tls_cert_file = l->opts.tls_key_file = NULL;
-	l->opts.tls_ca_file = l->opts.tls_server_name = NULL;
-	if ((l->name = aai_strdup(name)) == NULL) {
-		aai_free(l);
-		return AA_ENOMEM;
-	}
-	if (o->heartbeat_len > 0) {
-		if ((l->hb_frame = aai_alloc(o->heartbeat_len)) == NULL) {
-			aai_free(l->name);
-			aai_free(l);
-			return AA_ENOMEM;
-		}
-		memcpy(l->hb_frame, o->heartbeat_frame, o->heartbeat_len);
-		l->opts.heartbeat_frame = l->hb_frame;
-	}
-	aai_cv_init(&l->cv);
-	aai_mtx_lock(&registry_mtx);
-	for (ilistener *x = registry; x != NULL; x = x->next) {
-		if (strcmp(x->name, name) == 0) {
-			aai_mtx_unlock(&registry_mtx);
-			aai_cv_fini(&l->cv);
-			aai_free(l->hb_frame);
-			aai_free(l->name);
-			aai_free(l);
-			return AA_EBUSY;
-		}
-	}
-	l->next = registry;
-	registry = l;
-	l->registered = true;
-	aai_mtx_unlock(&registry_mtx);
-	aai_live_inc(AA_LIVE_OTHER);
-	*lp = &l->base;
-	return 0;
-}
-
 // ---- test hooks (inproc_hooks.h) ----
 
 void
 aai_inproc_set_handover(bool on)
 {
 	atomic_store(&handover_off, !on);
-}
-
-int
-aai_inproc_kill(const char *name)
-{
-	aai_mtx_lock(&registry_mtx);
-	ilistener *l;
-	for (l = registry; l != NULL; l = l->next) {
-		if (strcmp(l->name, name) == 0) {
-			break;
-		}
-	}
-	if (l == NULL) {
-		aai_mtx_unlock(&registry_mtx);
-		return AA_ENOENT;
-	}
-	// Unregistered in the same step: no dial finds it any more.
-	ilistener **pp = &registry;
-	while (*pp != l) {
-		pp = &(*pp)->next;
-	}
-	*pp = l->next;
-	l->registered = false;
-	for (ipipe *p = l->pipes; p != NULL; p = p->next) {
-		// The accepted side closes as iconn_abort would, but with no
-		// reason recorded: its owner ends with AA_ECONNLOST, the
-		// dialer's once it took what was queued to it.
-		aai_mtx_lock(&p->mtx);
-		p->side[1].closed = true;
-		atomic_fetch_add(&p->side[0].kicks, 1);
-		atomic_fetch_add(&p->side[1].kicks, 1);
-		aai_cv_broadcast(&p->side[0].cv);
-		aai_cv_broadcast(&p->side[1].cv);
-		aai_mtx_unlock(&p->mtx);
-	}
-	aai_mtx_unlock(&registry_mtx);
-	return 0;
 }
