@@ -2064,6 +2064,7 @@ static struct {
 	bool bye_on_start; // answer a Start with Goodbye{bye_reason}
 	uint32_t bye_reason;
 	gate goodbye; // the client's Goodbye arrived
+	gate down;    // the connection to the client ended
 	uint32_t goodbye_reason;
 	char goodbye_text[128];
 } fake;
@@ -2102,6 +2103,7 @@ fake_frame(void *arg, aai_conn *c, const uint8_t *data, size_t len)
 static void
 fake_down(void *arg, aai_conn *c, int err)
 {
+	gate_open(&fake.down);
 }
 
 static void
@@ -2115,7 +2117,12 @@ fake_accept(void *arg, aai_conn *c)
 
 // The client's Goodbye leaves before its link ends, on every transport:
 // over a stream transport the Hello's batch is corked, and a close from
-// the callback would have discarded it.
+// the callback discarded it every time. It stays best effort there: a
+// thread that still holds the connection's send token when the batch
+// ends (the opener, just done writing its Hello) writes it only if it is
+// not closed first. So over ipc each attempt waits for the end of the
+// connection and looks for the Goodbye before it; attempts go on until one
+// has it (without the batch's end, none ever does).
 static void
 client_refuses_version(bool ipc)
 {
@@ -2123,21 +2130,36 @@ client_refuses_version(bool ipc)
 	aai_wire_arena_init(&fake.arena, fake.abuf, sizeof(fake.abuf));
 	aai_listener *l;
 	cr_assert_eq(aai_listen(&l, fx.url, NULL, fake_accept, NULL), 0);
-	aa_client *c = NULL;
 	fake.version = 2;
-	gate_init(&fake.goodbye);
-	aa_client_opts co = {.url = fx.url};
-	cr_assert_eq(aa_client_open(&c, &co), AA_ENOTSUP);
-	cr_assert_null(c);
+	int attempts = 0;
+	bool said = false;
+	while (!said && attempts < (ipc ? 20 : 1)) {
+		attempts++;
+		gate_init(&fake.goodbye);
+		gate_init(&fake.down);
+		aa_client *c = NULL;
+		aa_client_opts co = {.url = fx.url};
+		cr_assert_eq(aa_client_open(&c, &co), AA_ENOTSUP);
+		cr_assert_null(c);
+		if (ipc) {
+			gate_wait(&fake.down); // after any Goodbye frame
+			said = gate_is_open(&fake.goodbye);
+		} else {
+			gate_wait(&fake.goodbye);
+			said = true;
+		}
+		aai_conn_free(fake.conn);
+		gate_fini(&fake.goodbye);
+		gate_fini(&fake.down);
+	}
+	cr_assert(said, "no Goodbye in %d attempts", attempts);
+	test_note("the client's Goodbye came at attempt %d", attempts);
 	// The client said why, with the text of docs/protocol.md § 4.
-	gate_wait(&fake.goodbye);
 	cr_assert_eq(fake.goodbye_reason, AA_ENOTSUP);
 	cr_assert_str_eq(fake.goodbye_text,
 	                 "protocol version 2 not supported; client speaks 1");
 	aai_listener_free(l);
-	aai_conn_free(fake.conn);
 	aai_wire_arena_fini(&fake.arena);
-	gate_fini(&fake.goodbye);
 }
 
 Test(server, a_client_refuses_another_protocol_version)
@@ -2170,6 +2192,8 @@ Test(server, the_goodbye_reason_reaches_the_ops_it_ends)
 	cr_assert_eq(aai_listen(&l, fx.url, NULL, fake_accept, NULL), 0);
 	fake.version = 1;
 	fake.bye_on_start = true;
+	gate_init(&fake.goodbye); // the fake's callbacks open them
+	gate_init(&fake.down);
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		fake.bye_reason = cases[i].sent;
 		aa_client *c = NULL;
@@ -2194,6 +2218,8 @@ Test(server, the_goodbye_reason_reaches_the_ops_it_ends)
 	}
 	aai_listener_free(l);
 	aai_wire_arena_fini(&fake.arena);
+	gate_fini(&fake.goodbye);
+	gate_fini(&fake.down);
 }
 
 Test(server, stop_from_a_callback_is_edeadlk)
