@@ -1734,15 +1734,16 @@ read_frame_or_eof(int fd, uint8_t *buf, size_t cap, bool *eof)
 	return len;
 }
 
-// read_to_goodbye reads fd until EOF: Completes of 512 KiB, then one
-// Goodbye{ELIMIT} and nothing after it. Returns the Completes read.
+// read_to_goodbye reads fd until EOF: frames of kind (a Complete must be
+// COMPLETED with 512 KiB), then one Goodbye{ELIMIT} whose text has why,
+// and nothing after it. Returns how many frames of kind were read.
 static int
-read_to_goodbye(int fd)
+read_to_goodbye(int fd, int kind, const char *why)
 {
 	static uint8_t frame[1 << 20];
 	static uint8_t abuf[16384];
 	aai_wire_arena a;
-	int completes = 0;
+	int seen = 0;
 	bool bye = false, eof = false;
 	for (;;) {
 		size_t n = read_frame_or_eof(fd, frame, sizeof(frame), &eof);
@@ -1753,21 +1754,24 @@ read_to_goodbye(int fd)
 		aai_wire_arena_init(&a, abuf, sizeof(abuf));
 		aai_wire_msg m;
 		cr_assert_eq(aai_wire_decode(&m, NULL, &a, frame, n, 0), 0);
-		if (m.kind == AAI_WIRE_COMPLETE) {
-			cr_assert_eq(m.complete.status, AAI_WIRE_COMPLETED);
-			cr_assert_eq(m.complete.payload_len, 512u * 1024);
-			completes++;
+		if ((int)m.kind == kind) {
+			if (kind == AAI_WIRE_COMPLETE) {
+				cr_assert_eq(m.complete.status,
+				             AAI_WIRE_COMPLETED);
+				cr_assert_eq(m.complete.payload_len,
+				             512u * 1024);
+			}
+			seen++;
 		} else if (m.kind == AAI_WIRE_GOODBYE) {
 			cr_assert_eq(m.goodbye.reason, AA_ELIMIT);
 			cr_assert_not_null(m.goodbye.message);
-			cr_assert_not_null(strstr(m.goodbye.message,
-			                          "did not read its replies"),
+			cr_assert_not_null(strstr(m.goodbye.message, why),
 			                   "%s", m.goodbye.message);
 			bye = true;
 		}
 	}
 	cr_assert(bye, "no Goodbye before EOF");
-	return completes;
+	return seen;
 }
 
 // hard_limit_flood starts 24 "hold" ops on fd and completes them with
@@ -1814,7 +1818,8 @@ Test(server, a_peer_past_the_hard_limit_reads_a_goodbye, .timeout = 120)
 	hard_limit_flood(fd);
 	cr_assert_eq(fx_event(AA_SEV_CLIENT_GONE), 0,
 	             "the connection stays up while it lingers");
-	int completes = read_to_goodbye(fd);
+	int completes =
+	    read_to_goodbye(fd, AAI_WIRE_COMPLETE, "did not read its replies");
 	test_note("%d replies were being written, then the Goodbye",
 	          completes);
 	cr_assert_lt(completes, 24, "the queued replies were discarded");
@@ -2009,32 +2014,8 @@ Test(server, a_client_says_goodbye_to_a_server_that_never_reads,
 		aa_client_stats_get(c, &cst);
 	} while (cst.send_queued != 0);
 	// The server reads again.
-	static uint8_t frame[1 << 20];
-	static uint8_t abuf[16384];
-	aai_wire_arena a;
-	int starts = 0;
-	bool bye = false, eof = false;
-	for (;;) {
-		size_t len = read_frame_or_eof(fd, frame, sizeof(frame), &eof);
-		if (eof) {
-			break;
-		}
-		cr_assert_not(bye, "a frame after the Goodbye");
-		aai_wire_arena_init(&a, abuf, sizeof(abuf));
-		aai_wire_msg m;
-		cr_assert_eq(aai_wire_decode(&m, NULL, &a, frame, len, 0), 0);
-		if (m.kind == AAI_WIRE_START) {
-			starts++;
-		} else if (m.kind == AAI_WIRE_GOODBYE) {
-			cr_assert_eq(m.goodbye.reason, AA_ELIMIT);
-			cr_assert_not_null(m.goodbye.message);
-			cr_assert_not_null(strstr(m.goodbye.message,
-			                          "did not read its requests"),
-			                   "%s", m.goodbye.message);
-			bye = true;
-		}
-	}
-	cr_assert(bye, "no Goodbye before EOF");
+	int starts =
+	    read_to_goodbye(fd, AAI_WIRE_START, "did not read its requests");
 	test_note("%d of %d Starts were written, then the Goodbye", starts, n);
 	cr_assert_lt(starts, n, "the queued Starts were discarded");
 	close(fd); // ends the linger
